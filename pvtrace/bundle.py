@@ -1,0 +1,122 @@
+"""Trace bundles: a directory of Parquet tables plus ``metadata.json``.
+
+A bundle is what ``pvtrace ingest`` writes and what every later stage reads (SPEC section 2)::
+
+    DIR/events.parquet        one row per event-log record, sorted by ts
+    DIR/diagnostics.parquet   dtrace: lines found in the input
+    DIR/lockstat.parquet      lockstat(1) report rows (when such input was given)
+    DIR/...                   other tables, each described by schemas/<name>.json
+    DIR/metadata.json         inputs, record counts, malformed lines, drops, layout
+
+Bundles are written atomically: everything goes to a temporary sibling directory which is then
+renamed into place, so an interrupted ingest never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pvtrace import schemas
+from pvtrace.errors import PvtraceError
+
+BUNDLE_FORMAT = "pvtrace-bundle/1"
+META_FILE = "metadata.json"
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return Path(path, META_FILE).is_file()
+
+
+def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa.Table],
+                 metadata: dict[str, Any], *, force: bool = False) -> Path:
+    """Write ``tables`` (each conformed to its schema) and ``metadata`` to ``out_dir`` atomically.
+
+    An existing bundle is replaced only with ``force``; an existing directory that is not a
+    bundle is never touched.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not is_bundle(out)):
+            raise PvtraceError("exists and is not a pvtrace bundle; choose another -o",
+                               path=str(out))
+        if is_bundle(out) and not force:
+            raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        meta = {"format": BUNDLE_FORMAT, **metadata, "tables": {}}
+        for name, data in tables.items():
+            table = schemas.conform(data, name)
+            pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+            meta["tables"][name] = {"rows": table.num_rows,
+                                    "schema_version": schemas.load(name).version}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class Bundle:
+    """A bundle opened for reading; tables are loaded on first use."""
+
+    path: Path
+    metadata: dict[str, Any]
+    _cache: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+
+    def has(self, name: str) -> bool:
+        return (self.path / f"{name}.parquet").is_file()
+
+    def arrow(self, name: str) -> pa.Table:
+        file = self.path / f"{name}.parquet"
+        if not file.is_file():
+            raise PvtraceError(f"bundle has no {name} table", path=str(self.path))
+        try:
+            table = pq.read_table(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
+        schemas.check_version(table.schema.metadata, name, str(file))
+        return table
+
+    def table(self, name: str) -> pl.DataFrame:
+        if name not in self._cache:
+            self._cache[name] = pl.from_arrow(self.arrow(name))
+        return self._cache[name]
+
+
+def open_bundle(path: str | os.PathLike) -> Bundle:
+    """Open a bundle directory, refusing a bundle format newer than this pvtrace."""
+    p = Path(path)
+    if not p.exists():
+        raise PvtraceError("no such file or directory", path=str(p))
+    if not is_bundle(p):
+        raise PvtraceError(f"not a pvtrace bundle (no {META_FILE})", path=str(p))
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise PvtraceError(f"unreadable bundle metadata: {exc}", path=str(p / META_FILE)) from None
+    fmt = str(meta.get("format", ""))
+    if not fmt.startswith("pvtrace-bundle/"):
+        raise PvtraceError("not a pvtrace bundle metadata file", path=str(p / META_FILE))
+    if int(fmt.split("/")[1].split(".")[0]) > int(BUNDLE_FORMAT.split("/")[1]):
+        raise PvtraceError(f"bundle format {fmt} is newer than this pvtrace ({BUNDLE_FORMAT}); "
+                           "upgrade pvtrace", path=str(p))
+    return Bundle(p, meta)

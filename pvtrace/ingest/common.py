@@ -1,0 +1,58 @@
+"""What every input-format parser returns, so ``pvtrace ingest`` can merge them into one bundle.
+
+A parser reads one plain-text input (already decompressed, see :mod:`pvtrace.ingest.source`)
+and returns a :class:`Parsed`: the rows it produced per table, every problem it found
+(malformed lines with their line numbers, a cut-off last line, warnings printed by the capture
+tool), and facts about the input for ``metadata.json``. Nothing is dropped silently: a line that
+does not become a row becomes a :class:`Problem`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import polars as pl
+
+
+class Format(StrEnum):
+    PVLOG = "pvlog"                      # pvtrace event log v1 (pvtrace.d output)
+    LOCKSTAT = "lockstat"                # lockstat(1) human-readable report(s)
+    LOCKSTAT_PARSABLE = "lockstat-p"     # lockstat -p output
+    LOCKPROF = "lockprof"                # sysctl debug.lock.prof.stats
+
+
+class ProblemKind(StrEnum):
+    MALFORMED = "malformed"   # a line that is none of the things the format allows
+    CUT_OFF = "cut_off"       # the last line ended without a newline and did not parse
+    WARNING = "warning"       # the capture tool's own warning (drops, out of records, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    src: int                 # index of the input in the ingest call
+    path: str                # the input's name as the user gave it
+    line: int | None         # 1-based line number, None when not about one line
+    kind: ProblemKind
+    reason: str
+
+    def one_line(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.kind.value}: {self.reason}"
+
+
+@dataclass
+class Parsed:
+    """The result of parsing one input."""
+
+    format: Format
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    records: int = 0          # rows produced (the input's main table)
+    lines: int = 0            # lines read
+
+    @property
+    def malformed(self) -> int:
+        return sum(p.kind is ProblemKind.MALFORMED for p in self.problems)
