@@ -1,0 +1,1 @@
+"""Replay: re-execute captured lock traffic under another lock design (docs/REPLAY.md)."""

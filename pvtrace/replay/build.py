@@ -1,0 +1,317 @@
+"""Steps: a thread's timeline rewritten for one lock design (docs/REPLAY.md sections 2 and 3).
+
+The engine executes, per thread, a list of *steps*: acquire a key, release a run of keys, move
+to another page (which matters for true/false classification), end. Each step carries the
+captured work that precedes it (its *gap*); only lock waits change in a replay.
+
+This module turns the linked timeline (:mod:`pvtrace.timeline`) plus the design's key for each
+record into those steps, in one compiled pass. The design-specific part is entirely in the key
+arrays computed beforehand; the walk below applies the same rules to every design:
+``CHANGE_PV_LIST_LOCK_TO_PHYS`` switch pairs that become no-ops when both pages share a key,
+page moves (``P``) that force a switch the captured kernel did not need, removed lock classes,
+locks held at the start or end of the capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+STEP_ACQ, STEP_REL, STEP_PAGE, STEP_END = 0, 1, 2, 3
+FLAG_PV = 1          # a pv-list step (classified true/false, page-tracked)
+FLAG_CONT = 2        # continues a superpage run: extends the held range
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Per-step and per-acquisition arrays for one design."""
+
+    kind: np.ndarray        # int8 STEP_*
+    key: np.ndarray         # int64: ACQ key, REL first key
+    key_hi: np.ndarray      # int64: REL last key
+    mode: np.ndarray        # int8: 0 write, 1 read
+    gap: np.ndarray         # int64 ns of captured work before the step
+    flags: np.ndarray       # int8 FLAG_*
+    page: np.ndarray        # uint64 pa the thread works on (pv ACQ/PAGE)
+    is2m: np.ndarray        # bool
+    acq: np.ndarray         # int64: ACQ its acquisition id; REL first acquisition released
+    acq_n: np.ndarray       # int64: REL number of acquisitions released
+    thread_first: np.ndarray  # int64 per thread
+    thread_end: np.ndarray    # int64 per thread
+    thread_start: np.ndarray  # int64 per thread: replay start time (captured)
+    # per acquisition
+    acq_cls: np.ndarray     # int16 class code
+    acq_op: np.ndarray      # int32 op code
+    acq_event: np.ndarray   # int64 timeline record index of the A (or of the R / P)
+    acq_extra: np.ndarray   # int64 acquisitions the design performs but need not execute
+    clamped_gaps: int
+    nested_pv: int
+
+
+def build_steps(tl, is_pv, removed, klo, khi, kmode, keyc, pv_code: int) -> Steps:
+    """Build the steps of every thread. Per-record inputs: ``is_pv`` (pv-list lock record or
+    page move), ``removed`` (the design has no such lock), ``klo``/``khi`` (dense key run the
+    record requests under the design), ``kmode`` (0 write, 1 read), ``keyc`` (the page's
+    captured-layout key, -1 unknown)."""
+    span = np.maximum(khi - klo, 0)
+    cap = int(3 * len(tl.ev) + 2 * span.sum() + 2 * tl.nthreads + 16)
+    out = _build(tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner,
+                 tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
+                 is_pv, removed, klo, khi, kmode, keyc, cap)
+    (kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, tfirst, tend, tstart,
+     acls, aop, aev, aextra, nsteps, nacq, clamped, nested) = out
+    return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
+                 flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
+                 tfirst, tend, tstart, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
+                 int(clamped), int(nested))
+
+
+@nb.njit(cache=True)
+def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last,
+           is_pv, removed, klo, khi, kmode, keyc, cap):
+    kind = np.zeros(cap, np.int8)
+    key = np.zeros(cap, np.int64)
+    key_hi = np.zeros(cap, np.int64)
+    mode = np.zeros(cap, np.int8)
+    gap = np.zeros(cap, np.int64)
+    flags = np.zeros(cap, np.int8)
+    page = np.zeros(cap, np.uint64)
+    is2m = np.zeros(cap, np.bool_)
+    acq = np.full(cap, -1, np.int64)
+    acq_n = np.zeros(cap, np.int64)
+    acls = np.zeros(cap, np.int16)
+    aop = np.zeros(cap, np.int32)
+    aev = np.zeros(cap, np.int64)
+    aextra = np.zeros(cap, np.int64)
+    nthr = len(t_first)
+    tfirst = np.zeros(nthr, np.int64)
+    tend = np.zeros(nthr, np.int64)
+    tstart = np.zeros(nthr, np.int64)
+    ev_acq = np.full(len(ev), -1, np.int64)      # acquisition id an A (or start-held R) got
+    n = 0
+    na = 0
+    clamped = 0
+    nested = 0
+    open_keys = np.zeros(16, np.int64)   # non-pv keys acquired and not yet released
+    open_acq = np.zeros(16, np.int64)
+    for t in range(nthr):
+        s, e = t_first[t], t_end[t]
+        tfirst[t] = n
+        # Thread start: its first record, or an earlier request time.
+        s0 = ts[s]
+        for i in range(s, e):
+            if ev[i] == 0 and ts[i] - wait[i] < s0:
+                s0 = ts[i] - wait[i]
+        tstart[t] = s0
+        prev_e = s0
+        pending = 0
+        h_lo = -1
+        h_hi = -1
+        h_acq = -1
+        h_n = 0
+        h_mode = 0
+        pv_open = False
+        prev_keyc = -1
+        skip_a = -1
+        nopen = 0
+        # Locks held when the capture began: taken, without wait, at the thread's start.
+        for i in range(s, e):
+            if ev[i] != 1 or partner[i] >= 0 or removed[i]:
+                continue
+            if is_pv[i]:
+                if pv_open:
+                    nested += 1
+                    continue
+                pv_open = True
+                h_lo = klo[i]
+                h_hi = khi[i]
+                h_acq = na
+                h_n = h_hi - h_lo + 1
+                h_mode = kmode[i]
+                prev_keyc = keyc[i]
+            for k in range(klo[i], khi[i] + 1):
+                kind[n] = 0
+                key[n] = k
+                mode[n] = kmode[i]
+                flags[n] = (1 if is_pv[i] else 0) | (2 if k > klo[i] else 0)
+                page[n] = pa[i]
+                acq[n] = na
+                acls[na] = cls[i]
+                aop[na] = op[i]
+                aev[na] = i
+                if k == klo[i] and is_pv[i]:
+                    aextra[na] = (512 - (khi[i] - klo[i] + 1)) if rmode[i] == 3 else 0
+                n += 1
+                na += 1
+            ev_acq[i] = acq[n - 1] - (khi[i] - klo[i])
+        for i in range(s, e):
+            k_ev = ev[i]
+            if k_ev == 2 or k_ev == 3:
+                continue
+            start_i = ts[i] - wait[i] if k_ev == 0 else ts[i]
+            seg = start_i - prev_e
+            if seg < 0:
+                clamped += 1
+                seg = 0
+            pending += seg
+            prev_e = ts[i]
+            if k_ev == 0:                                   # acquire
+                if removed[i]:
+                    if is_pv[i]:
+                        pv_open = True
+                    continue
+                if is_pv[i]:
+                    if i == skip_a:                          # switch pair kept the same key
+                        prev_keyc = keyc[i]
+                        continue
+                    if pv_open:
+                        nested += 1
+                        if h_lo >= 0:
+                            kind[n] = 1
+                            key[n] = h_lo
+                            key_hi[n] = h_hi
+                            flags[n] = 1
+                            acq[n] = h_acq
+                            acq_n[n] = h_n
+                            gap[n] = pending
+                            pending = 0
+                            n += 1
+                    pv_open = True
+                    h_lo = klo[i]
+                    h_hi = khi[i]
+                    h_acq = na
+                    h_n = h_hi - h_lo + 1
+                    h_mode = kmode[i]
+                    prev_keyc = keyc[i]
+                ev_acq[i] = na
+                for k in range(klo[i], khi[i] + 1):
+                    kind[n] = 0
+                    key[n] = k
+                    mode[n] = kmode[i]
+                    flags[n] = (1 if is_pv[i] else 0) | (2 if k > klo[i] else 0)
+                    page[n] = pa[i]
+                    acq[n] = na
+                    acls[na] = cls[i]
+                    aop[na] = op[i]
+                    aev[na] = i
+                    gap[n] = pending
+                    pending = 0
+                    n += 1
+                    na += 1
+                if not is_pv[i] and partner[i] < 0:
+                    if nopen == len(open_keys):
+                        open_keys = np.concatenate((open_keys, np.zeros(nopen, np.int64)))
+                        open_acq = np.concatenate((open_acq, np.zeros(nopen, np.int64)))
+                    open_keys[nopen] = klo[i]
+                    open_acq[nopen] = ev_acq[i]
+                    nopen += 1
+            elif k_ev == 1:                                 # release
+                if removed[i]:
+                    if is_pv[i]:
+                        pv_open = False
+                    continue
+                if is_pv[i]:
+                    if not pv_open or h_lo < 0:
+                        continue
+                    j = next_rec[i]
+                    if (j >= 0 and ev[j] == 0 and is_pv[j] and not removed[j]
+                            and klo[j] == h_lo and khi[j] == h_hi):
+                        skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
+                        continue
+                    kind[n] = 1
+                    key[n] = h_lo
+                    key_hi[n] = h_hi
+                    flags[n] = 1
+                    acq[n] = h_acq
+                    acq_n[n] = h_n
+                    gap[n] = pending
+                    pending = 0
+                    n += 1
+                    pv_open = False
+                    h_lo = -1
+                    h_hi = -1
+                else:
+                    a = partner[i] if partner[i] >= 0 else i
+                    if ev_acq[a] < 0:
+                        continue
+                    kind[n] = 1
+                    key[n] = klo[a]
+                    key_hi[n] = klo[a]
+                    acq[n] = ev_acq[a]
+                    acq_n[n] = 1
+                    gap[n] = pending
+                    pending = 0
+                    n += 1
+            elif k_ev == 4:                                 # page move
+                if not pv_open or removed[i] or not is_pv[i] or h_lo < 0:
+                    continue
+                if (klo[i] != h_lo or khi[i] != h_hi) and keyc[i] == prev_keyc and keyc[i] >= 0:
+                    # The captured kernel kept its lock here; this design must switch.
+                    kind[n] = 1
+                    key[n] = h_lo
+                    key_hi[n] = h_hi
+                    flags[n] = 1
+                    acq[n] = h_acq
+                    acq_n[n] = h_n
+                    gap[n] = pending
+                    pending = 0
+                    n += 1
+                    h_lo = klo[i]
+                    h_hi = khi[i]
+                    h_acq = na
+                    h_n = h_hi - h_lo + 1
+                    for k in range(klo[i], khi[i] + 1):
+                        kind[n] = 0
+                        key[n] = k
+                        mode[n] = h_mode
+                        flags[n] = 1 | (2 if k > klo[i] else 0)
+                        page[n] = pa[i]
+                        is2m[n] = rmode[i] == 3
+                        acq[n] = na
+                        acls[na] = cls[i]
+                        aop[na] = op[i]
+                        aev[na] = i
+                        if k == klo[i]:
+                            aextra[na] = (512 - (khi[i] - klo[i] + 1)) if rmode[i] == 3 else 0
+                        n += 1
+                        na += 1
+                else:
+                    kind[n] = 2
+                    flags[n] = 1
+                    page[n] = pa[i]
+                    is2m[n] = rmode[i] == 3
+                    gap[n] = pending
+                    pending = 0
+                    n += 1
+                prev_keyc = keyc[i]
+        # Locks still held when the capture ended are released at its last timestamp.
+        if (pv_open and h_lo >= 0) or nopen > 0:
+            seg = t_last - prev_e
+            pending += seg if seg > 0 else 0
+            if pv_open and h_lo >= 0:
+                kind[n] = 1
+                key[n] = h_lo
+                key_hi[n] = h_hi
+                flags[n] = 1
+                acq[n] = h_acq
+                acq_n[n] = h_n
+                gap[n] = pending
+                pending = 0
+                n += 1
+            for m in range(nopen - 1, -1, -1):
+                kind[n] = 1
+                key[n] = open_keys[m]
+                key_hi[n] = open_keys[m]
+                acq[n] = open_acq[m]
+                acq_n[n] = 1
+                gap[n] = pending
+                pending = 0
+                n += 1
+        kind[n] = 3
+        gap[n] = pending
+        n += 1
+        tend[t] = n
+    return (kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, tfirst, tend, tstart,
+            acls, aop, aev, aextra, n, na, clamped, nested)

@@ -1,0 +1,267 @@
+"""Replay a timeline under a lock design and measure it (SPEC section 3).
+
+The pipeline for one design:
+
+1. the design maps every lock record and page move to a key (vectorized, ``pvtrace.models``);
+2. keys are made dense: lock addresses, stock slots and OBM pages each get a block of ids,
+   pages sorted so that a frame's pages are contiguous and a superpage run is an id range;
+3. :mod:`pvtrace.replay.build` writes each thread's steps; :mod:`pvtrace.replay.kernel`
+   executes them;
+4. per-acquisition results become the counters, percentiles and per-class/per-op tables below.
+
+``observed`` numbers come straight from the capture's ``B``/``S`` records, so the user can see
+how well replaying the captured design reproduces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pvtrace import metrics
+from pvtrace.errors import PvtraceError
+from pvtrace.models import get_design
+from pvtrace.models.base import SPACE_PAGE, Design
+from pvtrace.models.layout import PAGES_PER_FRAME, Layout
+from pvtrace.replay.build import Steps, build_steps
+from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
+from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, MODE_R, Timeline
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayParams:
+    """Parameters shared by every design of one replay."""
+
+    layout: Layout                  # the design's pv-list layout (and OBM turnstile grouping)
+    captured_layout: Layout         # the layout of the kernel the capture was taken on
+    spin_limit_ns: int = 0          # waits up to this spin; longer ones block on a turnstile
+    wakeup_ns: int = 0              # latency of waking a blocked waiter
+
+
+@dataclass(frozen=True)
+class DesignRun:
+    """Raw arrays of one design's replay, before aggregation."""
+
+    design: Design
+    params: ReplayParams
+    steps: Steps
+    nkeys: int
+    req: np.ndarray
+    grant: np.ndarray
+    wait: np.ndarray
+    rel: np.ndarray
+    klass: np.ndarray
+    sibling: np.ndarray
+    thread_end: np.ndarray
+    forced_grants: int
+    unknown_page: int
+
+
+def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
+    """Per-record key runs (dense ids), modes and captured keys for ``design``."""
+    n = len(tl.ev)
+    pv_code = tl.class_code("pv")
+    is_lock = tl.ev <= EV_S
+    is_page = (tl.ev == EV_P) & (tl.pa != 0)
+    pv_rec = is_lock & (tl.cls == pv_code)
+    pv_known = (pv_rec & (tl.pa != 0)) | is_page
+    is_pv = pv_rec | is_page
+    removed_codes = [tl.class_code(c) for c in design.removed_classes]
+    removed = np.isin(tl.cls, removed_codes) & is_lock
+    if "pv" in design.removed_classes:
+        removed |= is_page
+    is2m = is_page & (tl.mode == MODE_2M)
+
+    # Lock-address keys: every lock record not keyed by page.
+    by_lock = is_lock & ~pv_known
+    lock_vals = np.unique(tl.lock[by_lock])
+    nlock = len(lock_vals)
+    klo = np.full(n, -1, np.int64)
+    klo[by_lock] = np.searchsorted(lock_vals, tl.lock[by_lock])
+    khi = klo.copy()
+
+    # Page keys of pv records, from the design.
+    idx = np.flatnonzero(pv_known)
+    pk = design.pv_keys(tl.pa[idx], is2m[idx])
+    vals = np.unique(pk.value)
+    base = nlock
+    lo = base + np.searchsorted(vals, pk.value)
+    hi = lo.copy()
+    if pk.space == SPACE_PAGE and pk.is_range.any():
+        r = pk.is_range
+        hi[r] = base + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
+    klo[idx] = lo
+    khi[idx] = hi
+    nkeys = nlock + len(vals)
+
+    if design.shared_turnstiles:
+        page_pa = vals << np.uint64(12) if pk.space == SPACE_PAGE else vals
+        ts_vals, ts_of_page = np.unique(params.layout.slot(page_pa), return_inverse=True)
+        turnstile = np.concatenate([np.arange(nlock, dtype=np.int64),
+                                    nlock + ts_of_page.astype(np.int64)])
+    else:
+        turnstile = np.arange(nkeys, dtype=np.int64)
+
+    kmode = np.where(tl.mode == MODE_R, 1, 0).astype(np.int8)
+    if not design.pv_shared_reads:
+        kmode[pv_rec] = 0
+    keyc = np.full(n, -1, np.int64)
+    keyc[pv_known] = params.captured_layout.slot(tl.pa[pv_known]).astype(np.int64)
+    unknown_page = int((pv_rec & (tl.pa == 0) & (tl.ev == EV_A) & ~removed).sum())
+    return is_pv, removed, klo, khi, kmode, keyc, nkeys, turnstile, unknown_page
+
+
+def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
+    """Replay ``tl`` under ``design``: the raw per-acquisition arrays."""
+    is_pv, removed, klo, khi, kmode, keyc, nkeys, turnstile, unknown = _design_keys(
+        tl, design, params)
+    steps = build_steps(tl, is_pv, removed, klo, khi, kmode, keyc, tl.class_code("pv"))
+    nacq = len(steps.acq_cls)
+    req, grant, wait, rel, klass, sib, t_end, forced, _ = run_kernel(
+        steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags, steps.page,
+        steps.is2m, steps.acq, steps.acq_n, steps.thread_first, steps.thread_end,
+        steps.thread_start, max(nkeys, 1), turnstile, design.shared_turnstiles, nacq,
+        params.spin_limit_ns, params.wakeup_ns)
+    return DesignRun(design, params, steps, nkeys, req, grant, wait, rel, klass, sib, t_end,
+                     int(forced), unknown)
+
+
+def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: np.ndarray,
+                 holds: np.ndarray, spin_limit_ns: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for code in np.unique(codes):
+        sel = codes == code
+        w = waits[sel]
+        spin, block = metrics.split_spin(w, spin_limit_ns)
+        contended = w[w > 0]
+        out[names[code]] = {
+            "acquisitions": int(sel.sum() + extra[sel].sum()),
+            "contended": int(len(contended)),
+            "wait_ns": int(w.sum()),
+            "spin_ns": spin,
+            "block_ns": block,
+            "contended_wait_percentiles_ns": metrics.percentiles(contended),
+            "hold_percentiles_ns": metrics.percentiles(holds[sel][holds[sel] >= 0]),
+        }
+    return out
+
+
+def summarize(run: DesignRun, tl: Timeline) -> dict:
+    """The SPEC section 3 model object for one design."""
+    st, p = run.steps, run.params
+    w = run.wait
+    extra = st.acq_extra
+    held = run.rel >= 0
+    holds = np.where(held, run.rel - run.grant, -1)
+    spin, block = metrics.split_spin(w, p.spin_limit_ns)
+    pv_code = tl.class_code("pv")
+    pv_cont = (st.acq_cls == pv_code) & (w > 0)
+    false_ = pv_cont & (run.klass == CLS_FALSE)
+    true_ = pv_cont & ((run.klass == CLS_TRUE) | (run.klass == CLS_UNKNOWN))
+    contended = w[w > 0]
+    thread_of_acq = tl.tid[st.acq_event]
+    per_thread = (
+        pl.DataFrame({"tid": thread_of_acq, "wait": w})
+        .group_by("tid").agg(pl.col("wait").sum().alias("wait_ns"),
+                             (pl.col("wait") > 0).sum().alias("contended"))
+        .sort("tid")
+    )
+    classes = tl.classes
+    ops = tl.ops
+    return {
+        "model": run.design.name,
+        "params": {
+            "layout": str(p.layout),
+            "captured_layout": str(p.captured_layout),
+            "spin_limit_ns": p.spin_limit_ns,
+            "wakeup_ns": p.wakeup_ns,
+            "shared_turnstiles": run.design.shared_turnstiles,
+            "removed_classes": sorted(run.design.removed_classes),
+        },
+        "acquisitions": int(len(w) + extra.sum()),
+        "contended": int(len(contended)),
+        "wait_ns": int(w.sum()),
+        "spin_ns": spin,
+        "block_ns": block,
+        "false_block": {"count": int(false_.sum()), "wait_ns": int(w[false_].sum())},
+        "true_block": {"count": int(true_.sum()), "wait_ns": int(w[true_].sum()),
+                       "unknown_page": int((pv_cont & (run.klass == CLS_UNKNOWN)).sum())},
+        "sibling_wakeups": int(run.sibling.sum()),
+        "makespan_ns": int(run.thread_end.max() - st.thread_start.min()),
+        "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
+        "contended_wait_percentiles_ns": metrics.percentiles(contended),
+        "hold_percentiles_ns": metrics.percentiles(holds[held]),
+        "by_class": _group_stats(classes, st.acq_cls, w, extra, holds, p.spin_limit_ns),
+        "by_op": _group_stats(ops, st.acq_op, w, extra, holds, p.spin_limit_ns),
+        "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
+                       for t, ws, c in per_thread.iter_rows()},
+        "anomalies": {
+            "forced_grants": run.forced_grants,
+            "unknown_page_acquisitions": run.unknown_page,
+            "clamped_gaps": st.clamped_gaps,
+            "nested_pv_holds": st.nested_pv,
+        },
+        "steps": int(len(st.kind)),
+    }
+
+
+def observed(tl: Timeline) -> dict:
+    """What the capture itself shows: its acquisitions and recorded B/S waits."""
+    a = tl.ev == EV_A
+    w = tl.wait[a]
+    spun = tl.spun[a]
+    contended = w[w > 0]
+    r_idx = tl.partner[a]
+    paired = r_idx >= 0
+    holds = np.where(paired, tl.ts[np.maximum(r_idx, 0)] - tl.ts[a], -1)
+    codes = tl.cls[a]
+    by_class = _group_stats(tl.classes, codes, w, np.zeros(len(w), np.int64), holds, 0)
+    for name, d in by_class.items():
+        sel = codes == tl.classes.index(name)
+        d["spin_ns"] = int(spun[sel].sum())
+        d["block_ns"] = d["wait_ns"] - d["spin_ns"]
+    by_op = _group_stats(tl.ops, tl.op[a], w, np.zeros(len(w), np.int64), holds, 0)
+    return {
+        "acquisitions": int(a.sum()),
+        "contended": int(len(contended)),
+        "wait_ns": int(w.sum()),
+        "spin_ns": int(spun.sum()),
+        "block_ns": int(w.sum() - spun.sum()),
+        "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
+        "wait_percentiles_ns": metrics.percentiles(w),
+        "contended_wait_percentiles_ns": metrics.percentiles(contended),
+        "hold_percentiles_ns": metrics.percentiles(holds[paired]),
+        "by_class": by_class,
+        "by_op": by_op,
+        "unmatched": {
+            "orphan_waits": tl.counts.orphan_waits,
+            "held_at_start": tl.counts.held_at_start,
+            "held_at_end": tl.counts.held_at_end,
+        },
+    }
+
+
+def make_params(captured_layout: str, layout: str | None, spin_limit_ns: int,
+                wakeup_ns: int) -> ReplayParams:
+    if spin_limit_ns < 0 or wakeup_ns < 0:
+        raise PvtraceError("--spin-limit and --wakeup-ns must be >= 0")
+    cap = Layout.parse(captured_layout if captured_layout not in (None, "", "unknown")
+                       else "superpage")
+    return ReplayParams(Layout.parse(layout) if layout else cap, cap, spin_limit_ns, wakeup_ns)
+
+
+def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
+                  layout: str | None = None, spin_limit_ns: int = 0,
+                  wakeup_ns: int = 0) -> dict:
+    """Replay an ``events`` table under one design; returns the SPEC model object."""
+    tl = Timeline.from_events(events)
+    params = make_params(captured_layout, layout, spin_limit_ns, wakeup_ns)
+    return summarize(run_design(tl, get_design(model, params.layout), params), tl)
+
+
+def observed_events(events: pl.DataFrame) -> dict:
+    """The ``observed`` object of an ``events`` table."""
+    return observed(Timeline.from_events(events))
+
