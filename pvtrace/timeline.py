@@ -75,44 +75,64 @@ class Timeline:
         return build_timeline(events)
 
 
+def _codes(col: pl.Series, mapping: dict[str, int] | None, default: int, dtype) -> tuple[
+        np.ndarray, list[str]]:
+    """Small-integer codes of a string or categorical column, without materializing strings.
+
+    With ``mapping`` the codes are its values (unknown strings get ``default``); without, the
+    distinct values are sorted and numbered. Returns the codes and the sorted distinct values.
+    """
+    if col.dtype in (pl.Categorical, pl.Enum):
+        distinct = pl.DataFrame({"v": col.unique()}).with_columns(
+            code=pl.col("v").to_physical().cast(pl.Int64), v=pl.col("v").cast(pl.String))
+        values = sorted(distinct["v"].to_list())
+        ours = mapping if mapping is not None else {v: i for i, v in enumerate(values)}
+        lut = np.full(int(distinct["code"].max()) + 1, default, dtype)
+        for v, c in distinct.iter_rows():
+            lut[c] = ours.get(v, default)
+        return lut[col.to_physical().to_numpy()], values
+    col = col.cast(pl.String)
+    values = sorted(col.unique().to_list())
+    ours = mapping if mapping is not None else {v: i for i, v in enumerate(values)}
+    return col.replace_strict(ours, default=default, return_dtype=pl.Int64).to_numpy().astype(
+        dtype), values
+
+
 def build_timeline(events: pl.DataFrame) -> Timeline:
     """Code, regroup by thread and link the records of an ``events`` table (sorted by ts)."""
     if events.height == 0:
         raise PvtraceError("the trace has no event records to replay")
-    ev_s = events["ev"].cast(pl.String)
-    cls_s = events["cls"].cast(pl.String)
-    op_s = events["op"].cast(pl.String)
-    classes = sorted(set(cls_s.unique().to_list()) - {"-"})
-    ops = sorted(op_s.unique().to_list())
-    df = events.select(
-        tid=pl.col("tid").cast(pl.Int64),
-        ts=pl.col("ts").cast(pl.Int64),
-        ev=ev_s.replace_strict(EV_CODES, return_dtype=pl.UInt8),
-        cls=cls_s.replace_strict({c: i for i, c in enumerate(classes)}, default=-1,
-                                 return_dtype=pl.Int16),
-        lock=pl.col("lock").cast(pl.UInt64),
-        mode=events["mode"].cast(pl.String).replace_strict(MODE_CODES, default=MODE_NONE,
-                                                           return_dtype=pl.UInt8),
-        ns=pl.col("ns").cast(pl.Int64),
-        pa=pl.col("pa").cast(pl.UInt64),
-        op=op_s.replace_strict({o: i for i, o in enumerate(ops)}, return_dtype=pl.Int32),
-    )
-    t0 = int(df["ts"].min())
+    ev, ev_values = _codes(events["ev"], EV_CODES, -1, np.int8)
+    if (ev < 0).any():
+        bad = sorted(set(ev_values) - set(EV_CODES))
+        raise PvtraceError(f"events table has unknown event letters {bad}")
+    cls_all, cls_values = _codes(events["cls"], None, -1, np.int16)
+    classes = [c for c in cls_values if c != "-"]
+    remap = np.array([classes.index(c) if c != "-" else -1 for c in cls_values] or [-1],
+                     np.int16)
+    cls = remap[cls_all]
+    mode, _ = _codes(events["mode"], MODE_CODES, MODE_NONE, np.uint8)
+    op, ops = _codes(events["op"], None, 0, np.int32)
+    tid_all = events["tid"].to_numpy().astype(np.int64)
     # Stable grouping by thread keeps each thread's records in capture (ts) order.
-    df = df.with_columns(pl.col("ts") - t0).with_row_index("_i").sort(
-        ["tid", "_i"], maintain_order=True)
-    a = {c: df[c].to_numpy() for c in df.columns}
-    tid = a["tid"]
+    order = np.argsort(tid_all, kind="stable")
+    ts_all = events["ts"].to_numpy().astype(np.int64)
+    t0 = int(ts_all.min())
+    tid = tid_all[order]
+    ts = ts_all[order] - t0
+    ev = ev[order].astype(np.uint8)
+    lock = events["lock"].to_numpy().astype(np.uint64)[order]
+    ns = events["ns"].to_numpy().astype(np.int64)[order]
+    pa = events["pa"].to_numpy().astype(np.uint64)[order]
     starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]).astype(np.int64)
     ends = np.r_[starts[1:], len(tid)].astype(np.int64)
-    wait, spun, partner, prev_rec, next_rec, counts = _link(
-        starts, ends, a["ev"], a["lock"], a["ns"])
+    wait, spun, partner, prev_rec, next_rec, counts = _link(starts, ends, ev, lock, ns)
     return Timeline(
-        tid=tid, ts=a["ts"], ev=a["ev"], cls=a["cls"], lock=a["lock"], mode=a["mode"],
-        ns=a["ns"], pa=a["pa"], op=a["op"], wait=wait, spun=spun, partner=partner,
-        prev_rec=prev_rec, next_rec=next_rec, thread_first=starts, thread_end=ends,
-        thread_ids=tid[starts], classes=classes, ops=ops, t0=t0,
-        t_last=int(a["ts"].max()), counts=LinkCounts(*(int(c) for c in counts)))
+        tid=tid, ts=ts, ev=ev, cls=cls[order], lock=lock, mode=mode[order], ns=ns, pa=pa,
+        op=op[order], wait=wait, spun=spun, partner=partner, prev_rec=prev_rec,
+        next_rec=next_rec, thread_first=starts, thread_end=ends, thread_ids=tid[starts],
+        classes=classes, ops=ops, t0=t0, t_last=int(ts.max()),
+        counts=LinkCounts(*(int(c) for c in counts)))
 
 
 @nb.njit(cache=True)

@@ -38,6 +38,8 @@ def _render(report: dict, *, detail: bool) -> None:
     from pvtrace.report import table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # files and pipes get the whole table, not a squeezed one
     console.print(table.trace_line(report))
     console.print(table.compare_table(report))
     console.print(table.class_table(report))

@@ -46,7 +46,7 @@ def compare_table(report: dict) -> Table:
     base = _baseline(report)
     obs = report["observed"]
     table = Table(title="Replayed lock waits per design", title_justify="left")
-    for col, just in (("design", "left"), ("acquisitions", "right"), ("contended", "right"),
+    for col, just in (("design", "left"), ("acquired", "right"), ("contended", "right"),
                       ("wait", "right"), ("spin", "right"), ("block", "right"),
                       ("false blocks", "right"), ("true blocks", "right"),
                       ("sibling wakeups", "right"), ("p99 wait", "right"),
@@ -62,8 +62,8 @@ def compare_table(report: dict) -> Table:
         table.add_row(
             m["model"], f"{m['acquisitions']:,}", f"{m['contended']:,}", fmt_ns(m["wait_ns"]),
             fmt_ns(m["spin_ns"]), fmt_ns(m["block_ns"]),
-            f"{m['false_block']['count']:,} / {fmt_ns(m['false_block']['wait_ns'])}",
-            f"{m['true_block']['count']:,} / {fmt_ns(m['true_block']['wait_ns'])}",
+            f"{m['false_block']['count']:,} ({fmt_ns(m['false_block']['wait_ns'])})",
+            f"{m['true_block']['count']:,} ({fmt_ns(m['true_block']['wait_ns'])})",
             f"{m['sibling_wakeups']:,}", fmt_ns(m["contended_wait_percentiles_ns"]["p99"]),
             fmt_ns(m["makespan_ns"]), fmt_change(m["wait_ns"], base["wait_ns"]),
             fmt_change(m["makespan_ns"], base["makespan_ns"]))
@@ -112,10 +112,11 @@ def notes(report: dict) -> list[str]:
                    f"{um['held_at_start']} locks held at capture start, "
                    f"{um['held_at_end']} held at capture end (docs/REPLAY.md section 1)")
     drops = report["trace"].get("drops") or {}
-    if drops:
-        total = sum(int(v) for v in drops.values())
+    per_cpu = drops.get("per_cpu", {}) if isinstance(drops, dict) else {}
+    if per_cpu:
+        total = sum(int(v) for v in per_cpu.values())
         out.append(f"the capture lost {total:,} records to DTrace drops on CPU(s) "
-                   f"{', '.join(str(c) for c in sorted(drops, key=str))}: waits there may be "
+                   f"{', '.join(str(c) for c in sorted(per_cpu, key=str))}: waits there may be "
                    "understated")
     for m in report["models"]:
         a = m["anomalies"]
