@@ -1,0 +1,76 @@
+"""``pvtrace dscript``: print the DTrace script that captures a pvtrace event log.
+
+The script, ``pvtrace/dscripts/pvtrace.d``, ships as package data so that the version that
+``pvtrace ingest`` reads is always the version that printed the log. It runs on the FreeBSD
+machine under study (this package need not be installed there): print it here, copy it over,
+run it with ``dtrace -Z -s pvtrace.d``, copy the log back and ingest it. docs/CAPTURE.md has
+the whole procedure.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from pvtrace.cli import app
+from pvtrace.errors import PvtraceError
+
+SCRIPT_NAME = "pvtrace.d"
+
+RUN_HELP = """Print the DTrace capture script pvtrace.d (to stdout or --output).
+
+Run it as root on the FreeBSD machine (kldload dtraceall first), e.g.
+
+\b
+  dtrace -Z -q -x temporal -x bufsize=64m -x switchrate=10hz \\
+    -s pvtrace.d -o capture.log -c 'make -j32 buildkernel'
+
+or for a fixed window while a workload runs, with dtrace's stderr (drops)
+kept in the log:
+
+\b
+  pvtrace dscript --duration 60 -o pvtrace.d
+  dtrace -Z -q -x temporal -x bufsize=64m -x switchrate=10hz \\
+    -s pvtrace.d > capture.log 2>&1
+
+-Z is required: static helpers such as pmap_pv_promote_pde may be inlined
+and then have no fbt probe. Afterwards: pvtrace ingest capture.log -o
+bundle. docs/CAPTURE.md has the whole procedure.
+"""
+
+
+def load_script(duration_s: int | None = None) -> str:
+    """The capture script; with ``duration_s``, plus a clause that ends it after that long."""
+    text = (resources.files("pvtrace") / "dscripts" / SCRIPT_NAME).read_text(encoding="utf-8")
+    if duration_s is not None:
+        text += (
+            f"\n/* Added by `pvtrace dscript --duration {duration_s}`: stop after "
+            f"{duration_s} s. */\n"
+            f"tick-{duration_s}s\n{{\n\texit(0);\n}}\n"
+        )
+    return text
+
+
+@app.command(help=RUN_HELP)
+def dscript(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the script to FILE instead of stdout.",
+        metavar="FILE"),
+    duration: int | None = typer.Option(
+        None, "--duration", min=1, metavar="SECONDS",
+        help="Add a tick-Ns clause that stops the capture after SECONDS."),
+) -> None:
+    text = load_script(duration)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise PvtraceError(f"cannot write the script: {exc.strerror}; choose another --output",
+                           path=str(output)) from exc
+    print(f"pvtrace: wrote {output}; run it with dtrace -Z -s {output.name} "
+          f"(see pvtrace dscript --help)", file=sys.stderr)
