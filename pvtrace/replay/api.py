@@ -30,11 +30,19 @@ class LoadedTrace:
     metadata: dict[str, Any]
 
     @property
-    def captured_layout(self) -> str:
+    def layout_known(self) -> bool:
         lay = self.metadata.get("layout")
         if isinstance(lay, dict):
             lay = lay.get("effective")
-        return lay if lay and lay != "unknown" else "superpage"
+        return bool(lay) and lay != "unknown"
+
+    @property
+    def captured_layout(self) -> str:
+        """The captured kernel's layout; superpage when ingest could not tell."""
+        lay = self.metadata.get("layout")
+        if isinstance(lay, dict):
+            lay = lay.get("effective")
+        return lay if self.layout_known else "superpage"
 
 
 def load_trace(path: str) -> LoadedTrace:
@@ -74,6 +82,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "events": trace.events.height,
             "threads": tl.nthreads,
             "layout": str(params.captured_layout),
+            "layout_assumed": not trace.layout_known,
             "layout_detected": (meta.get("layout") or {}).get("detected")
             if isinstance(meta.get("layout"), dict) else meta.get("layout"),
             "span_ns": int(tl.t_last),

@@ -74,8 +74,8 @@ def class_table(report: dict) -> Table:
     """Wait per lock class and design: where contention went."""
     classes = sorted({c for m in report["models"] for c in m["by_class"]}
                      | set(report["observed"]["by_class"]))
-    table = Table(title="Wait by lock class (contended acquisitions / total wait)",
-                  title_justify="left")
+    table = Table(title="Wait by lock class", title_justify="left",
+                  caption="contended acquisitions / total wait", caption_justify="left")
     table.add_column("design", no_wrap=True)
     for c in classes:
         table.add_column(CLASS_NAMES.get(c, c), justify="right", no_wrap=True)
@@ -106,6 +106,9 @@ def op_table(model: dict, limit: int = 12) -> Table:
 def notes(report: dict) -> list[str]:
     """Things the user must know to trust the numbers (unmatched records, drops, anomalies)."""
     out = []
+    if report["trace"].get("layout_assumed"):
+        out.append("the capture's pv lock layout could not be detected; assumed "
+                   f"{report['trace']['layout']} (set it with `pvtrace ingest --layout`)")
     um = report["observed"]["unmatched"]
     if any(um.values()):
         out.append(f"unmatched records: {um['orphan_waits']} waits without acquisition, "
