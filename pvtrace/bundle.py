@@ -57,7 +57,11 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
         meta = {"format": BUNDLE_FORMAT, **metadata, "tables": {}}
         for name, data in tables.items():
             table = schemas.conform(data, name)
-            pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+            # Dictionary pages only where the schema asks for them: trying them on the
+            # high-cardinality integer columns costs time and saves nothing.
+            dict_cols = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+            pq.write_table(table, tmp / f"{name}.parquet", compression="zstd",
+                           use_dictionary=dict_cols or False)
             meta["tables"][name] = {"rows": table.num_rows,
                                     "schema_version": schemas.load(name).version}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -85,18 +89,21 @@ class Bundle:
     def has(self, name: str) -> bool:
         return (self.path / f"{name}.parquet").is_file()
 
-    def arrow(self, name: str) -> pa.Table:
+    def arrow(self, name: str, columns: list[str] | None = None) -> pa.Table:
         file = self.path / f"{name}.parquet"
         if not file.is_file():
             raise PvtraceError(f"bundle has no {name} table", path=str(self.path))
         try:
-            table = pq.read_table(file)
+            table = pq.read_table(file, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
         schemas.check_version(table.schema.metadata, name, str(file))
         return table
 
-    def table(self, name: str) -> pl.DataFrame:
+    def table(self, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """Table ``name`` as a DataFrame (all columns are cached; a column subset is not)."""
+        if columns is not None:
+            return pl.from_arrow(self.arrow(name, columns))
         if name not in self._cache:
             self._cache[name] = pl.from_arrow(self.arrow(name))
         return self._cache[name]

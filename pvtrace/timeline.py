@@ -46,13 +46,11 @@ class Timeline:
     cls: np.ndarray          # int16 index into classes; -1 for P/E/X
     lock: np.ndarray         # uint64
     mode: np.ndarray         # uint8 MODE_*
-    ns: np.ndarray           # int64
     pa: np.ndarray           # uint64
     op: np.ndarray           # int32 index into ops
     wait: np.ndarray         # int64: for A, the attached B/S ns (observed wait); else 0
     spun: np.ndarray         # int64: for A, the attached S ns
     partner: np.ndarray      # int64: A -> its R, R -> its A, else -1
-    prev_rec: np.ndarray     # int64: previous record of the thread that is not B/S, or -1
     next_rec: np.ndarray     # int64: next record of the thread that is not B/S, or -1
     thread_first: np.ndarray  # int64 per thread: index of its first record
     thread_end: np.ndarray   # int64 per thread: one past its last record
@@ -126,11 +124,10 @@ def build_timeline(events: pl.DataFrame) -> Timeline:
     pa = events["pa"].to_numpy().astype(np.uint64)[order]
     starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]).astype(np.int64)
     ends = np.r_[starts[1:], len(tid)].astype(np.int64)
-    wait, spun, partner, prev_rec, next_rec, counts = _link(starts, ends, ev, lock, ns)
+    wait, spun, partner, next_rec, counts = _link(starts, ends, ev, lock, ns)
     return Timeline(
-        tid=tid, ts=ts, ev=ev, cls=cls[order], lock=lock, mode=mode[order], ns=ns, pa=pa,
-        op=op[order], wait=wait, spun=spun, partner=partner, prev_rec=prev_rec,
-        next_rec=next_rec, thread_first=starts, thread_end=ends, thread_ids=tid[starts],
+        tid=tid, ts=ts, ev=ev, cls=cls[order], lock=lock, mode=mode[order], pa=pa,
+        op=op[order], wait=wait, spun=spun, partner=partner, next_rec=next_rec, thread_first=starts, thread_end=ends, thread_ids=tid[starts],
         classes=classes, ops=ops, t0=t0, t_last=int(ts.max()),
         counts=LinkCounts(*(int(c) for c in counts)))
 
@@ -141,7 +138,6 @@ def _link(starts, ends, ev, lock, ns):
     wait = np.zeros(n, np.int64)
     spun = np.zeros(n, np.int64)
     partner = np.full(n, -1, np.int64)
-    prev_rec = np.full(n, -1, np.int64)
     next_rec = np.full(n, -1, np.int64)
     orphan = 0
     held_start = 0
@@ -180,7 +176,6 @@ def _link(starts, ends, ev, lock, ns):
                 pend_ns = 0
                 pend_spin = 0
                 pend_n = 0
-            prev_rec[i] = last
             if last >= 0:
                 next_rec[last] = i
             last = i
@@ -206,4 +201,4 @@ def _link(starts, ends, ev, lock, ns):
                     depth -= 1
         orphan += pend_n
         held_end += depth
-    return wait, spun, partner, prev_rec, next_rec, (orphan, held_start, held_end)
+    return wait, spun, partner, next_rec, (orphan, held_start, held_end)

@@ -21,6 +21,8 @@ from pvtrace.replay.run import make_params, observed, run_design, summarize
 from pvtrace.timeline import Timeline
 
 REPORT_SCHEMA = "pvtrace-replay/1"
+# The replay needs these columns of the events table; cpu, src and line stay on disk.
+REPLAY_COLUMNS = ["ts", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def load_trace(path: str) -> LoadedTrace:
     """Open a bundle, or ingest a raw capture (file or ``-``) into a temporary bundle."""
     if path != "-" and is_bundle(path):
         bundle: Bundle = open_bundle(path)
-        return LoadedTrace(path, bundle.table("events"), bundle.metadata)
+        return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
     if path != "-" and not Path(path).exists():
         raise PvtraceError("no such file or directory", path=path)
     from pvtrace.ingest import run_ingest
@@ -62,27 +64,29 @@ def load_trace(path: str) -> LoadedTrace:
             raise PvtraceError("no pvtrace event records to replay (lockstat and "
                                "LOCK_PROFILING inputs summarize, they cannot be replayed)",
                                path=path)
-        return LoadedTrace(path, bundle.table("events"), bundle.metadata)
+        return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
 
 
 def replay_trace(path: str, models: list[str], *, layout: str | None = None,
                  spin_limit_ns: int = 0, wakeup_ns: int = 0) -> dict:
     """Replay the trace at ``path`` under each of ``models``; the SPEC report object."""
     trace = load_trace(path)
-    if trace.events.height == 0:
+    nevents = trace.events.height
+    if nevents == 0:
         raise PvtraceError("the trace has no event records to replay", path=path)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
     designs = [get_design(m, params.layout) for m in models]  # validate names first
     tl = Timeline.from_events(trace.events)
-    meta = trace.metadata
+    meta, layout_known = trace.metadata, trace.layout_known
+    del trace  # the timeline holds all the replay needs; free the table
     report = {
         "schema": REPORT_SCHEMA,
         "trace": {
-            "path": trace.path,
-            "events": trace.events.height,
+            "path": path,
+            "events": nevents,
             "threads": tl.nthreads,
             "layout": str(params.captured_layout),
-            "layout_assumed": not trace.layout_known,
+            "layout_assumed": not layout_known,
             "layout_detected": (meta.get("layout") or {}).get("detected")
             if isinstance(meta.get("layout"), dict) else meta.get("layout"),
             "span_ns": int(tl.t_last),
