@@ -3,11 +3,13 @@
 Signatures, checked line by line over the first 64 KiB; the first line that matches one decides:
 
 - ``# pvtrace-log v1`` or a 10-field record whose 4th field is an event letter -> event log;
-- ``debug.lock.prof.stats:`` or the LOCK_PROFILING header (``max wait_max total ...``) -> lockprof;
+- ``debug.lock.prof.stats:`` or the LOCK_PROFILING header (``max wait_max total ...``, or
+  ``max total ...`` from kernels before wait_max) -> lockprof;
 - a lockstat title (``Adaptive mutex spin: 12 events in 1.003 seconds (...)``), the column
   header (``Count indv cuml rcnt ...``), a ``-D 0`` summary line, or ``lockstat: warning:``
   -> lockstat report;
-- a line of ``-p`` output (event index, count, lock..., caller, rcnt, total ns) -> lockstat -p.
+- a line of ``-p`` output (event index, count, lock..., caller, rcnt, and unless ``-b`` total ns)
+  -> lockstat -p.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _SIGNATURES: list[tuple[re.Pattern[str], Format]] = [
     (re.compile(r"^\s*\d+\s+\d+\s+\d+\s+[ARBSPEX]\s+\S+\s+(0x[0-9a-fA-F]+|0)\s+\S+\s+\d+\s+"
                 r"(0x[0-9a-fA-F]+|0)\s+\S+\s*$"), Format.PVLOG),
     (re.compile(r"^debug\.lock\.prof\.stats:"), Format.LOCKPROF),
-    (re.compile(r"^\s*max\s+wait_max\s+total\s+wait_total\s+count\s+avg\s+wait_avg"),
+    (re.compile(r"^\s*max\s+(wait_max\s+)?total\s+wait_total\s+count\s+avg\s+wait_avg"),
      Format.LOCKPROF),
     (re.compile(r"^.+: \d+ events in [0-9.]+ seconds \([0-9.]+ events/sec\)\s*$"),
      Format.LOCKSTAT),
@@ -30,7 +32,7 @@ _SIGNATURES: list[tuple[re.Pattern[str], Format]] = [
     (re.compile(r"^\s*\d+ (Adaptive mutex|Spin lock|Thread lock|R/W|SX|Profiling interrupt|"
                 r"Recursive lock)"), Format.LOCKSTAT),
     (re.compile(r"^lockstat: warning:"), Format.LOCKSTAT),
-    (re.compile(r"^\d+ \d+ .+ \S+ \d+\.\d+ \d+( \d+)*( \S+)*\s*$"), Format.LOCKSTAT_PARSABLE),
+    (re.compile(r"^\d+ \d+ .+ \S+ \d+\.\d+( \d+)*( \S+)*\s*$"), Format.LOCKSTAT_PARSABLE),
 ]
 
 SNIFF_BYTES = 64 * 1024

@@ -1,0 +1,120 @@
+"""LOCK_PROFILING dumps: ``sysctl debug.lock.prof.stats`` (``sys/kern/subr_lock.c``).
+
+A kernel built with ``options LOCK_PROFILING`` counts, per acquisition point (file, line, lock
+name), how long the lock was held and waited for. ``dump_lock_prof_stats`` prints a header and
+one row per point (``lock_prof_output``)::
+
+    "\\n%8s %9s %11s %11s %11s %6s %6s %2s %6s %s\\n"     max wait_max total wait_total count
+                                                        avg wait_avg cnt_hold cnt_lock name
+    "%8ju %9ju %11ju %11ju %11ju %6ju %6ju %2ju %6ju %s:%d (%s:%s)\\n"
+
+Times are measured in ns and printed in microseconds, truncated; ``count`` counts
+acquisitions, ``cnt_lock`` the contested ones, ``cnt_hold`` is always 0. ``sysctl`` prefixes the
+value with ``debug.lock.prof.stats:`` (``sysctl -n`` does not). Kernels before ``wait_max`` was
+added print 8 numbers (``%6ju %12ju %12ju %11ju %5ju %5ju %12ju %12ju``: max total wait_total
+count avg wait_avg cnt_hold cnt_lock); such rows get a null ``wait_max``. The header tells which
+layout follows; without one, the number of leading integers does.
+
+The name column is ``file:line (class:name)``; the lock class has no colon ("sleep mutex",
+"spin mutex", "rw", "sx", "lockmgr"), the lock name may contain spaces, colons and parentheses,
+so the split is: the file up to the first ``:<digits> (``, the class up to the next colon, the
+name up to the final ``)``. Rows are parsed with one regex per line; anything else is a problem.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.lockstat_parse import Diagnostics, family_expr, fmt_ns, frame, read_lines
+
+_PREFIX = re.compile(r"^debug\.lock\.prof\.stats:\s*$")
+_HEADER = re.compile(r"^(?:debug\.lock\.prof\.stats:)?\s*max\s+(?P<wm>wait_max\s+)?total\s+"
+                     r"wait_total\s+count\s+avg\s+wait_avg\s+cnt_hold\s+cnt_lock\s+name\s*$")
+_ROW = re.compile(r"^\s*(?P<nums>\d+(?:\s+\d+){7,8}) (?P<name>\S.*?)\s*$")
+_NAME = re.compile(r"^(?P<file>.*?):(?P<line>\d+) \((?P<cls>[^:]*):(?P<lock>.*)\)$")
+_NUM_COLS = ["max", "wait_max", "total", "wait_total", "count", "avg", "wait_avg", "cnt_hold",
+             "cnt_lock"]
+
+
+def parse(path: Path, src: int, name: str) -> Parsed:
+    """Parse one or more ``debug.lock.prof.stats`` dumps."""
+    lines, cut_off = read_lines(path)
+    diags = Diagnostics(src, name)
+    problems: list[Problem] = []
+    rows: list[dict[str, Any]] = []
+    dump, wide = 0, None          # wide: the header has wait_max (9 numbers); None: no header
+    for no, text in enumerate(lines, start=1):
+        if not text.strip() or _PREFIX.match(text):
+            continue
+        if (m := _HEADER.match(text)) is not None:
+            dump, wide = dump + 1, m["wm"] is not None
+            continue
+        reason = _row(rows, src, no, max(dump, 1), wide, text)
+        if reason is not None and not diags.take(no, text):
+            last = cut_off and no == len(lines)
+            problems.append(Problem(src, name, no,
+                                    ProblemKind.CUT_OFF if last else ProblemKind.MALFORMED,
+                                    ("last line cut off: " if last else "") + reason))
+    problems.extend(diags.problems)
+    problems.sort(key=lambda p: p.line or 0)
+    df = frame(rows, "lockprof")
+    meta = {
+        "format": Format.LOCKPROF.value, "dumps": dump, "rows": len(df),
+        "acquisitions": int(df["count"].sum() or 0),
+        "contested": int(df["cnt_lock"].sum() or 0),
+        "wait_total_us": int(df["wait_total"].sum() or 0),
+    }
+    return Parsed(format=Format.LOCKPROF, tables={"lockprof": df, "diagnostics": diags.frame()},
+                  problems=problems, meta=meta, records=len(df), lines=len(lines))
+
+
+def _row(rows: list[dict[str, Any]], src: int, no: int, dump: int, wide: bool | None,
+         text: str) -> str | None:
+    m = _ROW.match(text)
+    if m is None:
+        return "not a LOCK_PROFILING header or row (9 numbers, then file:line (class:name))"
+    nums = [int(x) for x in m["nums"].split()]
+    if wide is None:
+        wide = len(nums) == 9
+    if len(nums) != (9 if wide else 8):
+        return f"LOCK_PROFILING row with {len(nums)} numbers, the header announces " \
+               f"{9 if wide else 8}"
+    if not wide:
+        nums.insert(1, None)      # type: ignore[arg-type]  # no wait_max before it existed
+    n = _NAME.match(m["name"])
+    if n is None:
+        return "LOCK_PROFILING row: name is not file:line (class:name)"
+    rows.append({"src": src, "line_no": no, "dump": dump, **dict(zip(_NUM_COLS, nums)),
+                 "name": m["name"], "file": n["file"], "line": int(n["line"]),
+                 "lock_class": n["cls"], "lock_name": n["lock"]})
+    return None
+
+
+def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
+    """The pv-list and pv-chunk-list families against all locks: waits, acquisitions, contention."""
+    df = tables.get("lockprof")
+    if df is None or df.is_empty():
+        return []
+    df = df.with_columns(family=family_expr(pl.col("lock_name")))
+    tot = df.select(pl.col("wait_total").sum(), pl.col("count").sum(), pl.col("cnt_lock").sum(),
+                    pl.col("total").sum()).row(0)
+    out = [f"lock profiling: {tot[1]} acquisitions, {tot[2]} contested, "
+           f"wait {fmt_ns(tot[0] * 1000)}, hold {fmt_ns(tot[3] * 1000)} (all locks)"]
+    for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
+        f = df.filter(pl.col("family") == fam).select(
+            pl.col("wait_total").sum(), pl.col("count").sum(), pl.col("cnt_lock").sum(),
+            pl.col("total").sum()).row(0)
+        out.append(f"  {label}: wait {fmt_ns((f[0] or 0) * 1000)} ({_pct(f[0], tot[0])}), "
+                   f"{f[1] or 0} acquisitions ({_pct(f[1], tot[1])}), "
+                   f"{f[2] or 0} contested ({_pct(f[2], tot[2])}), "
+                   f"hold {fmt_ns((f[3] or 0) * 1000)} ({_pct(f[3], tot[3])})")
+    return out
+
+
+def _pct(part: int | None, whole: int | None) -> str:
+    return f"{100.0 * (part or 0) / whole:.1f}%" if whole else "n/a"

@@ -1,0 +1,541 @@
+"""lockstat(1) report and -p parsing.
+
+The printers below are lockstat.c's ``report_stats`` (and ``-D 0``, ``-p``) transcribed with the
+exact printf formats, so a report they print is what lockstat prints for the same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pvtrace.ingest import lockstat
+from pvtrace.ingest.common import Format, ProblemKind
+from pvtrace.ingest.detect import sniff
+from pvtrace.ingest.lockstat_parse import EVENT_NAMES, parse_p_line
+from pvtrace.schemas import conform
+
+DATA = Path(__file__).parent / "data" / "lockstat"
+_FIXTURE = [HealthCheck.function_scoped_fixture]   # each example overwrites one tmp file
+SEP = "-" * 79 + "\n"
+
+
+# ---------------------------------------------------------------------------- printers
+
+@dataclass
+class Rec:
+    count: int
+    lock: str
+    caller: str
+    time_ns: int = 0                  # ls_time, total
+    refcnt: int = 0                   # ls_refcnt (FreeBSD: 0)
+    hist: dict[int, int] = field(default_factory=dict)   # bucket index -> count
+    frames: list[str] = field(default_factory=list)      # frames as printed
+
+
+def print_report(desc: str, recs: list[Rec], *, total: int, elapsed_ns: int, mode: str = "t",
+                 rates: bool = False, g: bool = False, W: bool = False, w: bool = False,
+                 lhdr: str = "Lock", units: str = "nsec") -> str:
+    """report_stats() for one event; mode is b (-b), t (default), h (-h) or s (-s N)."""
+    out = []
+    lh = ("Hottest " if W else "") + lhdr
+    ch = ("Hottest " if w else "") + "Caller"
+    out.append("\n%s: %.0f events in %.3f seconds (%.0f events/sec)\n\n"
+               % (desc, float(total), elapsed_ns / 1e9, total * 1e9 / elapsed_ns))
+    header = "%5s %4s %4s %4s %8s %-22s %-24s\n" % (
+        "ops/s" if rates else "Count", "genr" if g else "indv", "cuml", "rcnt",
+        "" if mode == "b" else units, lh, ch)
+    if mode in "bt":
+        out += [header, SEP]
+    ptotal = 0.0
+    for r in recs:
+        if mode in "hs":
+            out += [SEP, header]
+        percent = r.count * 100.0 / total
+        ptotal += percent
+        buf = "" if mode == "b" else "%d" % (r.time_ns // r.count)
+        out.append("%5d " % (r.count if not rates else r.count * 10**9 // elapsed_ns))
+        out.append("%3.0f%% " % percent)
+        out.append("---- " if g else "%3.0f%% " % ptotal)
+        out.append("%4.2f %8s " % (r.refcnt / r.count, buf))
+        out.append("%-22s " % r.lock)
+        out.append("%-24s\n" % r.caller)
+        if mode in "bt":
+            continue
+        out.append("\n")
+        out.append("%10s %31s %-9s %-24s\n" % (units, "------ Time Distribution ------",
+                                               "ops/s" if rates else "count",
+                                               "Stack" if mode == "s" else ""))
+        bins = sorted(r.hist)
+        total_bin = sum(r.hist.values())
+        frames = list(r.frames)
+        for j in range(bins[0], bins[-1] + 1):
+            n = r.hist.get(j, 0)
+            depth = n * 30 // total_bin
+            out.append("%10d |%s%s %-9d " % (1 << j, "@" * depth, " " * (30 - depth),
+                                              n if not rates else n * 10**9 // elapsed_ns))
+            out.append("%-24s\n" % frames.pop(0) if frames and mode == "s" else "\n")
+        for f in frames if mode == "s" else []:
+            out.append("%15s %-36s %-24s\n" % ("", "", f))
+    out.append(SEP)
+    return "".join(out)
+
+
+def print_summary(desc: str, total: int) -> str:
+    """-D 0: one line per event."""
+    return "%20d %s\n" % (total, desc)
+
+
+def print_p(event: int, recs: list[Rec], mode: str = "t") -> str:
+    """-p: one line per record."""
+    out = []
+    for r in recs:
+        s = "%d %d" % (event, r.count) + " %s" % r.lock + " %s" % r.caller
+        s += " %f" % (r.refcnt / r.count)
+        if mode != "b":
+            s += " %d" % r.time_ns
+        if mode in "hs":
+            s += "".join(" %d" % r.hist.get(j, 0) for j in range(64))
+        if mode == "s":
+            s += "".join(" %s" % f for f in r.frames)
+        out.append(s + "\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def parse_text(tmp_path: Path, text: str, name: str = "in.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return lockstat.parse(path, 3, name)
+
+
+def rows_of(parsed, *cols: str) -> list[tuple]:
+    return parsed.tables["lockstat"].select(cols).rows()
+
+
+def test_tables_conform_to_schemas(tmp_path):
+    parsed = lockstat.parse(DATA / "pv_reports.txt", 0, "pv_reports.txt")
+    for name in ("lockstat", "lockstat_hist", "lockstat_stack", "diagnostics"):
+        conform(parsed.tables[name], name)
+
+
+# ---------------------------------------------------------------------------- man pages
+
+@pytest.mark.parametrize("name, fmt", [
+    ("freebsd_manpage_sleep5.txt", Format.LOCKSTAT), ("illumos_manpage.txt", Format.LOCKSTAT),
+    ("pv_reports.txt", Format.LOCKSTAT), ("pv_parsable.txt", Format.LOCKSTAT_PARSABLE)])
+def test_detected_as_lockstat(name, fmt):
+    assert sniff((DATA / name).read_text(), name) is fmt
+
+
+def test_detects_parsable_basic_lines():
+    assert sniff("1 100000 pv_chunks_mutex free_pv_chunk+0x44 0.000000\n", "x") is \
+        Format.LOCKSTAT_PARSABLE
+
+
+@pytest.mark.parametrize("name, rows, reports, hist, stack", [
+    ("freebsd_manpage_sleep5.txt", 23, 2, 0, 0),
+    ("freebsd_manpage_H_D10.txt", 20, 2, 0, 0),
+    ("freebsd_manpage_H_f_s50.txt", 2, 1, 7, 15),
+    ("illumos_manpage.txt", 99, 8, 0, 0),
+])
+def test_man_page_examples_parse_without_problems(name, rows, reports, hist, stack):
+    parsed = lockstat.parse(DATA / name, 0, name)
+    assert parsed.problems == []
+    assert parsed.format is Format.LOCKSTAT
+    assert parsed.records == rows
+    assert parsed.meta["reports"] == reports
+    assert len(parsed.tables["lockstat_hist"]) == hist
+    assert len(parsed.tables["lockstat_stack"]) == stack
+
+
+def test_man_page_sleep5_rows():
+    parsed = lockstat.parse(DATA / "freebsd_manpage_sleep5.txt", 0, "x")
+    cols = ("line", "report", "event", "event_index", "count", "indv", "cuml", "rcnt", "nsec",
+            "total_ns", "lock", "caller", "events_total", "seconds", "events_per_sec")
+    got = rows_of(parsed, *cols)
+    assert got[0] == (6, 1, "Adaptive mutex spin", 0, 13750, 33, 33, 0.0, 72, 13750 * 72,
+                      "vm_page_queue_free_mtx", "vm_page_free_toq+0x12e", 41411, 5.011, 8263)
+    assert got[4] == (10, 1, "Adaptive mutex spin", 0, 618, 1, 84, 0.0, 31, 618 * 31,
+                      "0xfffff8000cd83a88", "qsyncvp+0x37", 41411, 5.011, 8263)
+    assert got[-1] == (33, 2, "Adaptive mutex block", 1, 1, 10, 100, 0.0, 7864, 7864,
+                       "0xfffff8000cd83a88", "qsyncvp+0x37", 10, 5.011, 2)
+
+
+def test_man_page_stack_example_exact_hist_and_stack():
+    parsed = lockstat.parse(DATA / "freebsd_manpage_H_f_s50.txt", 0, "x")
+    assert rows_of(parsed, "line", "row_id", "count", "nsec", "lock", "caller", "stack_depth",
+                   "hist_buckets") == [
+        (6, 0, 32, 1631, "0xfffff800686f50d8", "tcp_do_segment+0x284b", 7, 4),
+        (18, 1, 29, 4851, "0xfffff800686f50d8", "sowakeup+0xf8", 8, 3)]
+    assert parsed.tables["lockstat_hist"].select(
+        "line", "bucket_line", "row_id", "bucket_ns", "count").rows() == [
+        (6, 9, 0, 1024, 11), (6, 10, 0, 2048, 14), (6, 11, 0, 4096, 6), (6, 12, 0, 8192, 1),
+        (18, 21, 1, 4096, 15), (18, 22, 1, 8192, 12), (18, 23, 1, 16384, 2)]
+    stack = parsed.tables["lockstat_stack"]
+    assert stack.filter(pl.col("row_id") == 0).select("line", "depth", "frame").rows() == [
+        (9, 0, "tcp_input+0xf54"), (10, 1, "ip_input+0xc8"), (11, 2, "swi_net+0x192"),
+        (12, 3, "intr_event_execute_handlers+0x93"), (13, 4, "ithread_loop+0xa6"),
+        (14, 5, "fork_exit+0x84"), (15, 6, "0xffffffff808cf9ee")]
+    assert stack.filter(pl.col("row_id") == 1)["frame"].to_list() == [
+        "tcp_do_segment+0x2423", "tcp_input+0xf54", "ip_input+0xc8", "swi_net+0x192",
+        "intr_event_execute_handlers+0x93", "ithread_loop+0xa6", "fork_exit+0x84",
+        "0xffffffff808cf9ee"]
+
+
+def test_illumos_flags_genr_hottest():
+    parsed = lockstat.parse(DATA / "illumos_manpage.txt", 0, "x")
+    df = parsed.tables["lockstat"]
+    assert set(df["rcnt"].to_list()) == {1.0}
+    genr = df.filter(pl.col("genr"))
+    assert len(genr) == 20 and genr["cuml"].null_count() == 20
+    assert genr.row(0, named=True)["indv"] == 100
+    assert genr["lock_header"].unique().to_list() == ["Hottest CPU+PIL"]
+    last = df.filter(pl.col("report") == 8)
+    assert last["hottest_caller"].all() and not last["hottest_lock"].any()
+    assert last.select("count", "lock", "caller").row(0) == (13641, "cpu[3]", "(usermode)")
+    assert last["lock_header"][0] == "CPU+PIL"
+
+
+# ---------------------------------------------------------------------------- own reports
+
+E = 5_011_000_000   # elapsed ns
+
+PV = [Rec(6000, "pmap pv list", "pmap_enter+0x2f1", 6000 * 5230),
+      Rec(2500, "pmap pv list", "pmap_remove_all+0x8d", 2500 * 9120),
+      Rec(900, "pmap pv chunk list", "get_pv_entry+0x1a0", 900 * 1400),
+      Rec(600, "vm page", "vm_page_alloc+0x138", 600 * 333)]
+WIDE = [Rec(1234567, "pv_list_locks+0x1c0", "pmap_remove_pages+0x4ff", 1234567 * 88),
+        Rec(100000, "pv_chunks_mutex", "free_pv_chunk+0x44", 100000 * 61),
+        Rec(4321, "0xfffff8000cd83a88", "qsyncvp+0x37", 4321 * 31)]
+STACKED = [Rec(40, "pmap pv list", "pmap_enter+0x2f1", 40 * 3000,
+               hist={10: 11, 11: 14, 13: 15},
+               frames=["pmap_enter+0x2f1", "vm_fault+0x11a", "vm_fault_trap+0x60",
+                       "trap_pfault+0x1f7", "trap+0x2b0", "calltrap+0x8"]),
+           Rec(2, "pmap pv chunk list", "reclaim_pv_chunk+0x2c", 2 * 70000,
+               hist={16: 2}, frames=["reclaim_pv_chunk+0x2c"])]
+
+
+def own_reports() -> str:
+    return "".join([
+        print_report("R/W writer blocked by writer", PV, total=12000, elapsed_ns=E),
+        "lockstat: warning: 12 drops on CPU 3\n",
+        print_report("Adaptive mutex spin", WIDE, total=1400000, elapsed_ns=E),
+        print_report("R/W writer hold", PV[:2], total=9000, elapsed_ns=E),
+        print_report("R/W writer blocked by readers", STACKED, total=42, elapsed_ns=E, mode="s"),
+        print_report("R/W reader blocked by writer", STACKED[1:], total=2, elapsed_ns=E,
+                     mode="h"),
+        print_summary("Adaptive mutex spin", 1400000),
+        print_summary("R/W writer blocked by writer", 12000),
+        print_report("Profiling interrupt", [Rec(97, "cpu[1]+TShar", "pmap_enter+0x2f1", 97 * 400)],
+                     total=97, elapsed_ns=E, g=True, W=True, lhdr="CPU+Pri_Class"),
+        print_report("Adaptive mutex block", WIDE[1:2], total=100000, elapsed_ns=E, w=True),
+        print_report("R/W writer blocked by writer", PV[:1], total=12000, elapsed_ns=E,
+                     rates=True),
+        print_report("SX exclusive block", [Rec(7, "allproc", "kern_fork+0x3d2")], total=7,
+                     elapsed_ns=E, mode="b"),
+        "\n\n",
+        "lockstat: warning: 1 drop on CPU 0\n",
+        "lockstat: warning: ran out of data records (use -n for more)\n",
+    ])
+
+
+def test_own_reports_file_is_what_the_printer_prints():
+    assert (DATA / "pv_reports.txt").read_text() == own_reports()
+
+
+def test_own_reports_exact_rows():
+    parsed = lockstat.parse(DATA / "pv_reports.txt", 0, "pv_reports.txt")
+    assert [p.kind for p in parsed.problems] == [ProblemKind.WARNING] * 3
+    assert [p.line for p in parsed.problems] == [11, 92, 93]
+    cols = ("line", "report", "event", "summary", "count", "indv", "cuml", "nsec", "total_ns",
+            "lock", "caller", "events_total", "rate", "genr", "hottest_lock", "hottest_caller",
+            "basic", "lock_header", "units")
+    ww = "R/W writer blocked by writer"
+    flags = (False, False, False, False, False, "Lock", "nsec")
+    assert rows_of(parsed, *cols) == [
+        (6, 1, ww, False, 6000, 50, 50, 5230, 6000 * 5230, "pmap pv list", "pmap_enter+0x2f1",
+         12000, *flags),
+        (7, 1, ww, False, 2500, 21, 71, 9120, 2500 * 9120, "pmap pv list",
+         "pmap_remove_all+0x8d", 12000, *flags),
+        (8, 1, ww, False, 900, 8, 78, 1400, 900 * 1400, "pmap pv chunk list",
+         "get_pv_entry+0x1a0", 12000, *flags),
+        (9, 1, ww, False, 600, 5, 83, 333, 600 * 333, "vm page", "vm_page_alloc+0x138", 12000,
+         *flags),
+        (17, 2, "Adaptive mutex spin", False, 1234567, 88, 88, 88, 1234567 * 88,
+         "pv_list_locks+0x1c0", "pmap_remove_pages+0x4ff", 1400000, *flags),
+        (18, 2, "Adaptive mutex spin", False, 100000, 7, 95, 61, 100000 * 61, "pv_chunks_mutex",
+         "free_pv_chunk+0x44", 1400000, *flags),
+        (19, 2, "Adaptive mutex spin", False, 4321, 0, 96, 31, 4321 * 31, "0xfffff8000cd83a88",
+         "qsyncvp+0x37", 1400000, *flags),
+        (26, 3, "R/W writer hold", False, 6000, 67, 67, 5230, 6000 * 5230, "pmap pv list",
+         "pmap_enter+0x2f1", 9000, *flags),
+        (27, 3, "R/W writer hold", False, 2500, 28, 94, 9120, 2500 * 9120, "pmap pv list",
+         "pmap_remove_all+0x8d", 9000, *flags),
+        (34, 4, "R/W writer blocked by readers", False, 40, 95, 95, 3000, 40 * 3000,
+         "pmap pv list", "pmap_enter+0x2f1", 42, *flags),
+        (45, 4, "R/W writer blocked by readers", False, 2, 5, 100, 70000, 140000,
+         "pmap pv chunk list", "reclaim_pv_chunk+0x2c", 42, *flags),
+        (55, 5, "R/W reader blocked by writer", False, 2, 100, 100, 70000, 140000,
+         "pmap pv chunk list", "reclaim_pv_chunk+0x2c", 2, *flags),
+        (60, 6, "Adaptive mutex spin", True, 1400000, None, None, None, None, None, None,
+         1400000, False, False, False, False, False, None, None),
+        (61, 7, ww, True, 12000, None, None, None, None, None, None, 12000,
+         False, False, False, False, False, None, None),
+        (67, 8, "Profiling interrupt", False, 97, 100, None, 400, 97 * 400, "cpu[1]+TShar",
+         "pmap_enter+0x2f1", 97, False, True, True, False, False, "Hottest CPU+Pri_Class",
+         "nsec"),
+        (74, 9, "Adaptive mutex block", False, 100000, 100, 100, 61, 100000 * 61,
+         "pv_chunks_mutex", "free_pv_chunk+0x44", 100000, False, False, False, True, False,
+         "Lock", "nsec"),
+        (81, 10, ww, False, 1197, 50, 50, 5230, None, "pmap pv list", "pmap_enter+0x2f1",
+         12000, True, False, False, False, False, "Lock", "nsec"),
+        (88, 11, "SX exclusive block", False, 7, 100, 100, None, None, "allproc",
+         "kern_fork+0x3d2", 7, False, False, False, False, True, "Lock", None),
+    ]
+    hist = parsed.tables["lockstat_hist"].select("line", "bucket_line", "report", "row_id",
+                                                 "bucket_ns", "count").rows()
+    assert hist == [(34, 37, 4, 9, 1024, 11), (34, 38, 4, 9, 2048, 14),
+                    (34, 39, 4, 9, 4096, 0), (34, 40, 4, 9, 8192, 15),
+                    (45, 48, 4, 10, 65536, 2), (55, 58, 5, 11, 65536, 2)]
+    stack = parsed.tables["lockstat_stack"].select("line", "row_id", "depth", "frame").rows()
+    assert stack == [(37, 9, 0, "pmap_enter+0x2f1"), (38, 9, 1, "vm_fault+0x11a"),
+                     (39, 9, 2, "vm_fault_trap+0x60"), (40, 9, 3, "trap_pfault+0x1f7"),
+                     (41, 9, 4, "trap+0x2b0"), (42, 9, 5, "calltrap+0x8"),
+                     (48, 10, 0, "reclaim_pv_chunk+0x2c")]
+    diag = parsed.tables["diagnostics"].select("line", "kind", "cpu", "count").rows()
+    assert diag == [(11, "drops", 3, 12), (92, "drops", 0, 1),
+                    (93, "out_of_records", None, None)]
+    assert parsed.meta["events"] == sorted({e for (e,) in rows_of(parsed, "event")})
+
+
+def test_summary_lines_pv_families():
+    parsed = lockstat.parse(DATA / "pv_reports.txt", 0, "pv_reports.txt")
+    lines = lockstat.summary_lines(parsed.tables)
+    i = lines.index("lockstat R/W writer blocked by writer: 24000 events, "
+                    "est. 55.640 ms in the rows listed")
+    assert lines[i + 1:i + 6] == [
+        "  pv list: 8500 events (35.4% of all locks), est. 54.180 ms (97.4% of the time listed)",
+        "  pv chunk list: 900 events (3.8% of all locks), est. 1.260 ms (2.3% of the time listed)",
+        "lockstat R/W writer blocked by writer (-R rates): 2395 ops/s",
+        "  pv list: 1197 ops/s (50.0% of all locks)",
+        "  pv chunk list: 0 ops/s (0.0% of all locks)"]
+    spin = lines.index("lockstat Adaptive mutex spin: 2800000 events, "
+                       "est. 114.876 ms in the rows listed")
+    assert lines[spin + 1:spin + 3] == [
+        "  pv list: 1234567 events (44.1% of all locks), est. 108.642 ms "
+        "(94.6% of the time listed)",
+        "  pv chunk list: 100000 events (3.6% of all locks), est. 6.100 ms "
+        "(5.3% of the time listed)"]
+
+
+def test_summary_lines_on_conformed_tables():
+    parsed = lockstat.parse(DATA / "pv_reports.txt", 0, "pv_reports.txt")
+    tables = {k: pl.from_arrow(conform(v, k)) for k, v in parsed.tables.items()}
+    assert lockstat.summary_lines(tables) == lockstat.summary_lines(parsed.tables)
+
+
+def test_summary_lines_summary_only(tmp_path):
+    parsed = parse_text(tmp_path, print_summary("R/W writer blocked by writer", 77))
+    assert lockstat.summary_lines(parsed.tables) == [
+        "lockstat R/W writer blocked by writer: 77 events",
+        "  (-D 0 summary only: no per-lock rows)"]
+
+
+# ---------------------------------------------------------------------------- -p
+
+def test_parsable_lines_exact(tmp_path):
+    text = (print_p(4, PV) + print_p(1, WIDE[1:2], mode="b")
+            + print_p(5, STACKED, mode="s") + print_p(6, STACKED[1:], mode="h"))
+    parsed = parse_text(tmp_path, text)
+    assert parsed.problems == []
+    assert parsed.format is Format.LOCKSTAT_PARSABLE
+    assert rows_of(parsed, "line", "report", "event", "event_index", "count", "rcnt", "nsec",
+                   "total_ns", "total_ns_exact", "lock", "caller", "basic") == [
+        (1, 1, "R/W writer blocked by writer", 4, 6000, 0.0, 5230, 6000 * 5230, True,
+         "pmap pv list", "pmap_enter+0x2f1", False),
+        (2, 1, "R/W writer blocked by writer", 4, 2500, 0.0, 9120, 2500 * 9120, True,
+         "pmap pv list", "pmap_remove_all+0x8d", False),
+        (3, 1, "R/W writer blocked by writer", 4, 900, 0.0, 1400, 900 * 1400, True,
+         "pmap pv chunk list", "get_pv_entry+0x1a0", False),
+        (4, 1, "R/W writer blocked by writer", 4, 600, 0.0, 333, 600 * 333, True, "vm page",
+         "vm_page_alloc+0x138", False),
+        (5, 2, "Adaptive mutex block", 1, 100000, 0.0, None, None, False, "pv_chunks_mutex",
+         "free_pv_chunk+0x44", True),
+        (6, 3, "R/W writer blocked by readers", 5, 40, 0.0, 3000, 120000, True, "pmap pv list",
+         "pmap_enter+0x2f1", False),
+        (7, 3, "R/W writer blocked by readers", 5, 2, 0.0, 70000, 140000, True,
+         "pmap pv chunk list", "reclaim_pv_chunk+0x2c", False),
+        (8, 4, "R/W reader blocked by writer", 6, 2, 0.0, 70000, 140000, True,
+         "pmap pv chunk list", "reclaim_pv_chunk+0x2c", False),
+    ]
+    assert parsed.tables["lockstat_hist"].select("line", "row_id", "bucket_ns", "count").rows() == [
+        (6, 5, 1024, 11), (6, 5, 2048, 14), (6, 5, 8192, 15), (7, 6, 65536, 2), (8, 7, 65536, 2)]
+    assert parsed.tables["lockstat_stack"].filter(pl.col("row_id") == 5)["frame"].to_list() == \
+        STACKED[0].frames
+    assert parsed.tables["lockstat_stack"].filter(pl.col("row_id") == 7).is_empty()
+
+
+def test_parsable_file_in_data_dir():
+    parsed = lockstat.parse(DATA / "pv_parsable.txt", 0, "pv_parsable.txt")
+    assert parsed.problems == []
+    assert parsed.format is Format.LOCKSTAT_PARSABLE
+    assert parsed.records == 8
+
+
+@pytest.mark.parametrize("line, lock, caller", [
+    ("4 10 pmap pv list pmap_enter+0x2f1 0.000000 52300", "pmap pv list", "pmap_enter+0x2f1"),
+    ("4 10 em0  rx 7 foo+0x1 0.000000 52300", "em0  rx 7", "foo+0x1"),
+    ("4 10 lock 1.5 foo 0.000000", "lock 1.5", "foo"),
+])
+def test_parsable_ambiguity_rule(line, lock, caller):
+    p = parse_p_line(line)
+    assert not isinstance(p, str)
+    assert (p.lock, p.caller) == (lock, caller)
+
+
+@pytest.mark.parametrize("line, why", [
+    ("4 10 lock foo 0.000000 1 2 3", "3 numbers after rcnt"),
+    ("4 10 lock foo bar", "no rcnt"),
+    ("4 10 lk foo 0.000000 12 a b", "stack frames without"),
+])
+def test_parsable_bad_lines(line, why):
+    p = parse_p_line(line)
+    assert isinstance(p, str) and why in p
+
+
+# ---------------------------------------------------------------------------- problems
+
+def test_bad_lines_are_reported_with_line_numbers(tmp_path):
+    good = print_report("Adaptive mutex spin", PV[:1], total=6000, elapsed_ns=E)
+    text = ("garbage here\n" + good.replace(
+        "\n" + SEP, "\n 12x  3% 4% 0.00 1 l c\n" + SEP, 1)
+        + "Event  Time  Owner Lock Caller\n" + "     7 |@@@@ 2\n" + " 12  50%")
+    parsed = parse_text(tmp_path, text)
+    probs = [(p.line, p.kind) for p in parsed.problems]
+    assert probs == [(1, ProblemKind.MALFORMED), (6, ProblemKind.MALFORMED),
+                     (10, ProblemKind.MALFORMED), (11, ProblemKind.MALFORMED),
+                     (12, ProblemKind.CUT_OFF)]
+    assert "-T" in parsed.problems[2].reason
+    assert "histogram" in parsed.problems[3].reason
+    assert parsed.records == 1
+
+
+def test_several_runs_and_crlf(tmp_path):
+    one = print_report("Adaptive mutex spin", PV[:2], total=8500, elapsed_ns=E)
+    parsed = parse_text(tmp_path, (one + "\n\n" + one).replace("\n", "\r\n"))
+    assert parsed.problems == []
+    assert rows_of(parsed, "report", "lock", "caller") == [
+        (1, "pmap pv list", "pmap_enter+0x2f1"), (1, "pmap pv list", "pmap_remove_all+0x8d"),
+        (2, "pmap pv list", "pmap_enter+0x2f1"), (2, "pmap pv list", "pmap_remove_all+0x8d")]
+
+
+# ---------------------------------------------------------------------------- properties
+
+_WORD = st.text("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789_.[]():/-", min_size=1, max_size=10)
+_SYMBOL = st.builds(lambda s, off: s + (f"+0x{off:x}" if off else ""),
+                    st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True),
+                    st.integers(0, 0xffff))
+_CALLER = st.one_of(_SYMBOL, st.integers(1 << 40, 1 << 64 - 1).map(lambda a: f"0x{a:x}"))
+_LOCK = st.one_of(
+    _CALLER,
+    st.lists(_WORD, min_size=1, max_size=4).flatmap(
+        lambda ws: st.lists(st.sampled_from([" ", "  "]), min_size=len(ws) - 1,
+                            max_size=len(ws) - 1).map(
+            lambda seps: "".join(w + s for w, s in zip(ws, seps + [""])))))
+
+
+@st.composite
+def _recs(draw, mode: str):
+    n = draw(st.integers(1, 6))
+    recs = []
+    for _ in range(n):
+        count = draw(st.integers(1, 10**7))
+        hist: dict[int, int] = {}
+        frames: list[str] = []
+        if mode in "hs":
+            idx = draw(st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True))
+            hist = {i: draw(st.integers(1, 10**6)) for i in idx}
+        if mode == "s":
+            frames = draw(st.lists(_CALLER, max_size=8))
+        recs.append(Rec(count, draw(_LOCK), draw(_CALLER), count * draw(st.integers(0, 10**6)),
+                        draw(st.sampled_from([0, count])), hist, frames))
+    return recs
+
+
+@st.composite
+def _report(draw):
+    mode = draw(st.sampled_from("bths"))
+    flags = {k: draw(st.booleans()) for k in ("g", "W", "w", "rates")}
+    event = draw(st.sampled_from(sorted(EVENT_NAMES)))
+    recs = draw(_recs(mode))
+    total = sum(r.count for r in recs) + draw(st.integers(0, 1000))
+    return event, mode, flags, recs, total
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=_FIXTURE)
+@given(reports=st.lists(_report(), min_size=1, max_size=3), warn=st.booleans())
+def test_property_human_report_round_trip(tmp_path, reports, warn):
+    text = (("lockstat: warning: 3 drops on CPU 1\n" if warn else "")
+            + "".join(print_report(EVENT_NAMES[ev], recs, total=total, elapsed_ns=E, mode=mode,
+                                   **flags) for ev, mode, flags, recs, total in reports))
+    parsed = parse_text(tmp_path, text)
+    assert [p.kind for p in parsed.problems] == [ProblemKind.WARNING] * warn
+    df = parsed.tables["lockstat"]
+    hist = parsed.tables["lockstat_hist"]
+    stack = parsed.tables["lockstat_stack"]
+    row_id = 0
+    for number, (event, mode, flags, recs, total) in enumerate(reports, start=1):
+        rate = (lambda n: n * 10**9 // E) if flags["rates"] else (lambda n: n)
+        rep = df.filter(pl.col("report") == number)
+        assert rep.select("count", "lock", "caller", "event", "event_index").rows() == [
+            (rate(r.count), r.lock, r.caller, EVENT_NAMES[event], event) for r in recs]
+        assert rep["nsec"].to_list() == [None if mode == "b" else r.time_ns // r.count
+                                         for r in recs]
+        assert rep["rcnt"].to_list() == [r.refcnt / r.count for r in recs]
+        assert rep["events_total"].unique().to_list() == [total]
+        assert rep["cuml"].null_count() == (len(recs) if flags["g"] else 0)
+        assert rep["genr"].all() == flags["g"] and rep["hottest_lock"].all() == flags["W"]
+        assert rep["hottest_caller"].all() == flags["w"] and rep["rate"].all() == flags["rates"]
+        assert rep["basic"].all() == (mode == "b")
+        ids = list(range(row_id, row_id + len(recs)))
+        assert rep["row_id"].to_list() == ids
+        want_hist = [(i, 1 << j, rate(r.hist.get(j, 0))) for i, r in zip(ids, recs) if r.hist
+                     for j in range(min(r.hist), max(r.hist) + 1)]
+        assert hist.filter(pl.col("report") == number).select(
+            "row_id", "bucket_ns", "count").rows() == want_hist
+        assert stack.filter(pl.col("row_id").is_in(ids)).select("row_id", "depth", "frame").rows() \
+            == [(i, d, f) for i, r in zip(ids, recs) for d, f in enumerate(r.frames)]
+        row_id += len(recs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=_FIXTURE)
+@given(data=st.data(), mode=st.sampled_from("bths"), event=st.sampled_from(sorted(EVENT_NAMES)))
+def test_property_parsable_round_trip(tmp_path, data, mode, event):
+    recs = data.draw(_recs(mode))
+    parsed = parse_text(tmp_path, print_p(event, recs, mode))
+    assert parsed.problems == []
+    df = parsed.tables["lockstat"]
+    assert df.select("event_index", "count", "lock", "caller", "total_ns").rows() == [
+        (event, r.count, r.lock, r.caller, None if mode == "b" else r.time_ns) for r in recs]
+    assert parsed.tables["lockstat_hist"].select("row_id", "bucket_ns", "count").rows() == [
+        (i, 1 << j, n) for i, r in enumerate(recs) for j, n in sorted(r.hist.items())]
+    assert parsed.tables["lockstat_stack"].select("row_id", "frame").rows() == [
+        (i, f) for i, r in enumerate(recs) for f in r.frames]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=_FIXTURE)
+@given(totals=st.lists(st.tuples(st.sampled_from(sorted(EVENT_NAMES)), st.integers(0, 10**15)),
+                       min_size=1, max_size=5))
+def test_property_summary_lines(tmp_path, totals):
+    text = "".join(print_summary(EVENT_NAMES[e], n) for e, n in totals)
+    parsed = parse_text(tmp_path, text)
+    assert parsed.problems == []
+    assert rows_of(parsed, "event", "count", "summary") == [
+        (EVENT_NAMES[e], n, True) for e, n in totals]
