@@ -37,6 +37,17 @@ def is_bundle(path: str | os.PathLike) -> bool:
     return Path(path, META_FILE).is_file()
 
 
+def check_target(out_dir: str | os.PathLike, *, force: bool = False) -> None:
+    """Refuse an output that :func:`write_bundle` would refuse (callers check before work)."""
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not is_bundle(out)):
+            raise PvtraceError("exists and is not a pvtrace bundle; choose another -o",
+                               path=str(out))
+        if is_bundle(out) and not force:
+            raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+
+
 def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa.Table],
                  metadata: dict[str, Any], *, force: bool = False) -> Path:
     """Write ``tables`` (each conformed to its schema) and ``metadata`` to ``out_dir`` atomically.
@@ -45,12 +56,7 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
     bundle is never touched.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not is_bundle(out)):
-            raise PvtraceError("exists and is not a pvtrace bundle; choose another -o",
-                               path=str(out))
-        if is_bundle(out) and not force:
-            raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+    check_target(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

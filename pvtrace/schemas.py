@@ -29,7 +29,9 @@ _SCALARS = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
     "uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(), "uint64": pa.uint64(),
     "float64": pa.float64(), "bool": pa.bool_(), "string": pa.large_string(),
-    "dict<string>": pa.dictionary(pa.uint32(), pa.large_string()),
+    # Dictionary values are plain (32-bit offset) strings: Parquet gives dictionaries back
+    # with those whatever was written, and a bundle must read back with its own schema.
+    "dict<string>": pa.dictionary(pa.uint32(), pa.string()),
 }
 
 

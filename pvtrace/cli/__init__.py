@@ -20,12 +20,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Replay FreeBSD pmap pv-list lock captures under other lock designs."""
+    # A callback keeps `pvtrace COMMAND` a command group even while one command exists.
+
+
 # Command modules register themselves on `app` when imported (one line per module).
+from pvtrace.cli import synth as _synth  # noqa: E402,F401
+from pvtrace.cli import replay as _replay  # noqa: E402,F401
+from pvtrace.cli import ingest as _ingest  # noqa: E402,F401
+from pvtrace.cli import dscript as _dscript  # noqa: E402,F401
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, an Exit raised by a command comes back as a return value.
+        status = app(standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except PvtraceError as exc:
         print(f"pvtrace: {exc.one_line()}", file=sys.stderr)
         sys.exit(2)
@@ -37,10 +51,6 @@ def main() -> None:
     except KeyboardInterrupt:
         print("pvtrace: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except typer.TyperException as exc:  # click (vendored by typer) usage errors, --help
+        exc.show()
+        sys.exit(2)

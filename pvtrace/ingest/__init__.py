@@ -1,0 +1,340 @@
+"""Ingest: turn raw captures into one trace bundle (SPEC section 2).
+
+:func:`run_ingest` is what ``pvtrace ingest INPUT... -o DIR`` does, for every input format:
+
+1. open each input (:mod:`.source`: a path or ``-``; gzip/zstd recognised by content),
+2. detect its format from its first lines (:mod:`.detect`),
+3. hand it to the format's parser (:data:`PARSERS`, imported on demand), which returns a
+   :class:`~pvtrace.ingest.common.Parsed`,
+4. concatenate each table across inputs and sort ``events`` by ``ts`` (stable: ties by input
+   order, then line order),
+5. detect the stock pv-list lock layout (:mod:`.layout`); ``--layout`` overrides it, and when
+   detection says ``unknown`` (an OBM capture has no stock lock addresses) a valid
+   ``# layout=`` fact written by the capture is used; metadata records which one won,
+6. refuse the whole ingest when more than ``max_bad`` lines are malformed,
+7. write the bundle atomically with ``metadata.json`` (keys listed in :func:`_metadata`).
+
+Several event logs in one call are merged into one trace. They are taken to be pieces of ONE
+capture (for example split files, or per-CPU files) when they agree on ``# timestamp0=``;
+thread ids are kept as printed. When their ``timestamp0`` differ (or some lack it) and the
+same thread id appears in more than one of them, the ingest warns: those are different
+threads (or different boots) that the replay would mistake for one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+import pvtrace
+from pvtrace import bundle
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest import detect, layout as layouts
+from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.source import open_source
+
+PARSERS: dict[Format, str] = {
+    Format.PVLOG: "pvtrace.ingest.pvlog",
+    Format.LOCKSTAT: "pvtrace.ingest.lockstat",
+    Format.LOCKSTAT_PARSABLE: "pvtrace.ingest.lockstat",
+    Format.LOCKPROF: "pvtrace.ingest.lockprof",
+}
+MAX_PROBLEMS_IN_METADATA = 100
+SHOWN_IN_ERROR = 5
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    path: str
+    format: str
+    compression: str | None
+    lines: int
+    records: int
+    malformed: int
+    cut_off: int
+    capture: dict[str, str]
+
+
+@dataclass
+class IngestResult:
+    """Everything ``pvtrace ingest`` reports (and ``metadata.json`` records)."""
+
+    out: Path
+    inputs: list[InputSummary]
+    records: int
+    threads: int
+    cpus: list[int]
+    first_ts: int | None
+    last_ts: int | None
+    counts: dict[str, dict[str, int]]          # ev / cls / op -> value -> records
+    drops_per_cpu: dict[int, int]              # dtrace "N drops on CPU M", summed
+    other_drops: dict[str, int]                # dynvar_drops / aggregation_drops totals
+    diagnostics: dict[str, int]                # diagnostic kind -> lines
+    layout_effective: str
+    layout_detected: str
+    layout_evidence: str
+    layout_source: str                         # "--layout", "detected" or "capture"
+    problems: list[Problem]                    # the first ones, in input and line order
+    problem_totals: dict[str, int]             # kind -> count over all inputs
+    warnings: list[str] = field(default_factory=list)
+    extra_lines: list[str] = field(default_factory=list)   # other formats' summary_lines
+    tables: dict[str, int] = field(default_factory=dict)   # table -> rows written
+
+    @property
+    def duration_ns(self) -> int | None:
+        if self.first_ts is None or self.last_ts is None:
+            return None
+        return self.last_ts - self.first_ts
+
+
+def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_bad: int = 10,
+               force: bool = False) -> IngestResult:
+    """Parse ``inputs`` and write one trace bundle to ``out``; see the module docstring."""
+    if not inputs:
+        raise PvtraceError("no inputs given")
+    if layout is not None:
+        layout = layouts.validate(layout)
+    if max_bad < 0:
+        raise PvtraceError(f"--max-bad must be 0 or more, got {max_bad}")
+    if sum(arg == "-" for arg in inputs) > 1:
+        raise PvtraceError("standard input ('-') can be given only once")
+    bundle.check_target(out, force=force)   # before the work, not after
+    started = datetime.now(timezone.utc)
+
+    parsed: list[tuple[Parsed, InputSummary]] = []
+    extra_problems: list[Problem] = []
+    with tempfile.TemporaryDirectory(prefix="pvtrace-ingest-") as tmp:
+        for src, arg in enumerate(inputs):
+            with open_source(arg, Path(tmp)) as source:
+                fmt = detect.sniff(source.head(), source.name)
+                one = _parser(fmt, source.name).parse(source.path, src, source.name)
+            if source.truncated:
+                extra_problems.append(Problem(
+                    src, source.name, None, ProblemKind.CUT_OFF,
+                    f"{source.compression} stream ends early (file truncated?): kept the "
+                    f"{source.size} bytes decoded"))
+            totals = _totals(one)
+            parsed.append((one, InputSummary(
+                path=source.name, format=one.format.value, compression=source.compression,
+                lines=one.lines, records=one.records,
+                malformed=totals.get(ProblemKind.MALFORMED.value, 0),
+                cut_off=totals.get(ProblemKind.CUT_OFF.value, 0)
+                + sum(p.src == src for p in extra_problems),
+                capture=dict(one.meta.get("capture", {})))))
+
+    problems = sorted([p for r, _ in parsed for p in r.problems] + extra_problems,
+                      key=lambda p: (p.src, p.line or 0))
+    problem_totals: Counter[str] = Counter()
+    for r, _ in parsed:
+        problem_totals.update(_totals(r))
+    problem_totals.update(p.kind.value for p in extra_problems)
+    malformed = problem_totals.get(ProblemKind.MALFORMED.value, 0)
+    if malformed > max_bad:
+        shown = [p for p in problems if p.kind is ProblemKind.MALFORMED][:SHOWN_IN_ERROR]
+        raise PvtraceError(
+            f"{malformed} malformed lines, more than --max-bad {max_bad}: "
+            + "; ".join(f"{p.path}:{p.line}: {p.reason}" for p in shown)
+            + ("; ..." if malformed > len(shown) else "")
+            + f"; fix the input or raise --max-bad (e.g. --max-bad {malformed}) to skip them")
+
+    tables = _merge_tables([r for r, _ in parsed])
+    events = tables.get("events")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The sort runs (outside the GIL) while the order-independent facts are computed.
+        ordered = pool.submit(_sorted, events) if events is not None else None
+        detected = (layouts.detect(events) if events is not None
+                    else layouts.Layout("unknown", "no event log among the inputs"))
+        summaries = [s for _, s in parsed]
+        result = _result(Path(out), summaries, events, tables, detected, layout, problems,
+                         dict(problem_totals))
+        result.warnings.extend(_capture_warnings(summaries, events))
+        result.extra_lines.extend(_extra_lines(parsed, tables))
+        if ordered is not None:
+            tables["events"] = ordered.result()
+
+    metadata = _metadata(result, [r for r, _ in parsed], started)
+    bundle.write_bundle(out, tables, metadata, force=force)
+    result.tables = {name: t.height for name, t in tables.items()}
+    return result
+
+
+def _sorted(events: pl.DataFrame) -> pl.DataFrame:
+    """Events in time order; ties keep (src, line) order (SPEC: stable, by line order)."""
+    if events.get_column("ts").is_sorted():
+        return events
+    # Parsers keep line order and inputs are concatenated in order, so a stable sort on ts
+    # alone breaks ties by (src, line), at less than half the cost of a 3-key sort.
+    return events.sort("ts", maintain_order=True)
+
+
+def _parser(fmt: Format, name: str):
+    module = PARSERS.get(fmt)
+    if module is None:
+        raise PvtraceError(f"no parser for {fmt.value} input", path=name)
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise PvtraceError(f"{fmt.value} input is not supported by this pvtrace build",
+                           path=name) from None
+
+
+def _totals(parsed: Parsed) -> dict[str, int]:
+    """Problem counts by kind; parsers that cap their problem list put totals in meta."""
+    counted = Counter(p.kind.value for p in parsed.problems)
+    return {**counted, **parsed.meta.get("problem_totals", {})}
+
+
+def _merge_tables(parsed: list[Parsed]) -> dict[str, pl.DataFrame]:
+    by_name: dict[str, list[pl.DataFrame]] = {}
+    for r in parsed:
+        for name, table in r.tables.items():
+            by_name.setdefault(name, []).append(table)
+    return {name: pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
+            for name, parts in by_name.items()}
+
+
+def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
+            tables: dict[str, pl.DataFrame], detected: layouts.Layout, override: str | None,
+            problems: list[Problem], totals: dict[str, int]) -> IngestResult:
+    counts: dict[str, dict[str, int]] = {}
+    threads, cpus, first, last = 0, [], None, None
+    if events is not None and events.height:
+        frame = events.lazy()
+        *per_col, facts = pl.collect_all(
+            [frame.group_by(col).len().sort(["len", col], descending=[True, False])
+             for col in ("ev", "cls", "op")]
+            + [frame.select(pl.col("tid").n_unique().alias("threads"),
+                            pl.col("cpu").unique().sort().implode().alias("cpus"),
+                            pl.col("ts").min().alias("first"),
+                            pl.col("ts").max().alias("last"))])
+        for col, vc in zip(("ev", "cls", "op"), per_col):
+            counts[col] = {str(k): int(n) for k, n in vc.iter_rows()}
+        threads, cpus, first, last = facts.row(0)
+    drops: dict[int, int] = {}
+    other: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    diag = tables.get("diagnostics")
+    if diag is not None and diag.height:
+        kinds = dict(diag.group_by("kind").len().sort("kind").iter_rows())
+        per_cpu = (diag.filter((pl.col("kind") == "drops") & pl.col("cpu").is_not_null())
+                   .group_by("cpu").agg(pl.col("count").sum()).sort("cpu"))
+        drops = {int(c): int(n) for c, n in per_cpu.iter_rows()}
+        for kind in ("dynvar_drops", "aggregation_drops"):
+            n = diag.filter(pl.col("kind") == kind)["count"].sum()
+            if n:
+                other[kind] = int(n)
+    effective, source = _effective_layout(override, detected, inputs)
+    return IngestResult(
+        out=out, inputs=inputs, records=events.height if events is not None else 0,
+        threads=threads, cpus=cpus, first_ts=first, last_ts=last, counts=counts,
+        drops_per_cpu=drops, other_drops=other, diagnostics=kinds,
+        layout_effective=effective, layout_detected=detected.layout,
+        layout_evidence=detected.evidence, layout_source=source,
+        problems=problems, problem_totals=totals)
+
+
+def _effective_layout(override: str | None, detected: layouts.Layout,
+                      inputs: list[InputSummary]) -> tuple[str, str]:
+    """``--layout`` wins; then the detection; when that says unknown (an OBM capture has no
+    stock lock addresses), a valid ``# layout=`` fact the capture script recorded."""
+    if override is not None:
+        return override, "--layout"
+    if detected.layout != "unknown":
+        return detected.layout, "detected"
+    stated = {s.capture.get("layout") for s in inputs} - {None}
+    if len(stated) == 1:
+        try:
+            return layouts.validate(stated.pop()), "capture"
+        except PvtraceError:
+            pass
+    return detected.layout, "detected"
+
+
+def _capture_warnings(inputs: list[InputSummary], events: pl.DataFrame | None) -> list[str]:
+    """Warn when event logs from different captures share thread ids (see module docs)."""
+    logs = [(i, s) for i, s in enumerate(inputs) if s.format == Format.PVLOG and s.records]
+    stamps = {s.capture.get("timestamp0") for _, s in logs}
+    if len(logs) < 2 or events is None or (len(stamps) == 1 and None not in stamps):
+        return []
+    shared = (events.group_by("tid").agg(pl.col("src").n_unique().alias("n"))
+              .filter(pl.col("n") > 1).height)
+    if not shared:
+        return []
+    names = ", ".join(s.path for _, s in logs)
+    return [f"inputs {names} do not share one timestamp0 (different captures?) yet {shared} "
+            "thread ids appear in more than one: they are merged as the same threads"]
+
+
+def _extra_lines(parsed: list[tuple[Parsed, InputSummary]],
+                 tables: dict[str, pl.DataFrame]) -> list[str]:
+    """Summary lines of the non-event-log formats, from their own modules."""
+    lines: list[str] = []
+    done: set[str] = set()
+    for r, _ in parsed:
+        module_name = PARSERS[r.format]
+        if r.format is Format.PVLOG or module_name in done:
+            continue
+        done.add(module_name)
+        module = importlib.import_module(module_name)
+        if hasattr(module, "summary_lines"):
+            mine = {name: tables[name] for rr, _ in parsed if PARSERS[rr.format] == module_name
+                    for name in rr.tables}
+            lines.extend(module.summary_lines(mine))
+    return lines
+
+
+def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> dict[str, Any]:
+    """``metadata.json`` contents (besides ``format`` and ``tables``, added by the bundle).
+
+    Keys: ``pvtrace_version``, ``ingested_at`` (UTC), ``inputs`` (per input: path, format,
+    compression, lines, records, malformed, cut_off, capture facts, log_version, captures when
+    one file holds several), ``capture`` (``# key=value`` facts, first value wins), ``records``,
+    ``time`` (first_ts, last_ts, duration_ns), ``threads``, ``cpus`` (count, ids), ``counts``
+    (records per ev / cls / op), ``drops`` (per_cpu, total, dynvar_drops, aggregation_drops),
+    ``diagnostics`` (lines per kind), ``problems`` (totals per kind, the first 100 in full),
+    ``layout`` (effective, detected, evidence, source), ``warnings``.
+    """
+    capture: dict[str, str] = {}
+    for s in result.inputs:
+        for k, v in s.capture.items():
+            capture.setdefault(k, v)
+    return {
+        "pvtrace_version": pvtrace.__version__,
+        "ingested_at": started.isoformat(timespec="seconds"),
+        "inputs": [
+            {"path": s.path, "format": s.format, "compression": s.compression,
+             "lines": s.lines, "records": s.records, "malformed": s.malformed,
+             "cut_off": s.cut_off, "capture": s.capture,
+             **({"log_version": r.meta["log_version"]} if "log_version" in r.meta else {}),
+             **({"captures": r.meta["captures"]} if "captures" in r.meta else {})}
+            for s, r in zip(result.inputs, parsed)],
+        "capture": capture,
+        "records": result.records,
+        "time": {"first_ts": result.first_ts, "last_ts": result.last_ts,
+                 "duration_ns": result.duration_ns},
+        "threads": result.threads,
+        "cpus": {"count": len(result.cpus), "ids": result.cpus},
+        "counts": result.counts,
+        "drops": {"per_cpu": {str(c): n for c, n in result.drops_per_cpu.items()},
+                  "total": sum(result.drops_per_cpu.values()), **result.other_drops},
+        "diagnostics": result.diagnostics,
+        "problems": {
+            "totals": result.problem_totals,
+            "first": [{"src": p.src, "path": p.path, "line": p.line, "kind": p.kind.value,
+                       "reason": p.reason}
+                      for p in result.problems[:MAX_PROBLEMS_IN_METADATA]]},
+        "layout": {"effective": result.layout_effective, "detected": result.layout_detected,
+                   "evidence": result.layout_evidence,
+                   "source": result.layout_source},
+        "warnings": result.warnings,
+    }

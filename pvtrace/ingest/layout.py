@@ -1,0 +1,138 @@
+"""Which stock pv-list lock layout did the traced kernel use? Inferred from the ``pv`` records.
+
+The stock amd64 kernel maps a physical address to its pv-list lock in one of two ways
+(DOMAIN.md, ``PHYS_TO_PV_LIST_LOCK``):
+
+- ``superpage`` (NUMA kernels): one 64-byte ``struct pmap_large_md_page`` per 2 MiB frame in
+  ``pv_table``, indexed by ``pa >> 21``; so ``lock - 64 * (pa >> 21)`` is the same number (the
+  address of ``pv_table``) for every record.
+- ``hash:N`` (non-NUMA kernels): ``pv_list_locks[(pa >> 21) % N]``, 32-byte rwlocks; so
+  ``lock - 32 * ((pa >> 21) % N)`` is constant. N is ``MAXCPU``: 256 before FreeBSD 14,
+  1024 after; other powers of two are possible on custom kernels.
+
+A candidate layout *fits* when that difference takes one value for at least
+:data:`FIT_FRACTION` of the distinct (lock, frame) pairs of the ``pv`` acquisitions that
+carry a page (the rest are outliers such as the dummy lock for addresses past the last
+segment, or a page recorded a moment late). Among the fitting hash sizes the smallest is
+reported: a trace whose frames all lie below N cannot tell N from 2N, and the evidence says
+so. One frame fits every layout, so at least two are needed.
+
+Without pages, the spacing of the distinct lock addresses decides: hash locks sit 32 bytes
+apart, superpage locks 64 bytes (times the frame distance). Without pv traffic the layout is
+``unknown``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pvtrace.errors import PvtraceError
+
+FIT_FRACTION = 0.95
+HASH_SIZES = tuple(2 ** k for k in range(4, 15))   # 16 .. 16384
+SUPERPAGE_STRIDE = 64
+HASH_STRIDE = 32
+_LAYOUT_RE = re.compile(r"^(superpage|hash:([1-9][0-9]*))$")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    layout: str      # "superpage", "hash:N" or "unknown"
+    evidence: str    # one sentence a user can check
+
+
+def validate(layout: str) -> str:
+    """Check a ``--layout`` value: ``superpage`` or ``hash:N`` with N a power of two."""
+    m = _LAYOUT_RE.match(layout.strip())
+    if not m or (m.group(2) and int(m.group(2)) & (int(m.group(2)) - 1)):
+        raise PvtraceError(f"bad --layout {layout!r}: use superpage or hash:N "
+                           "(N a power of two, e.g. hash:256)")
+    return m.group(0)
+
+
+def detect(events: pl.DataFrame) -> Layout:
+    """Infer the layout from the ``pv`` lock records of an events table."""
+    if events.height == 0 or "cls" not in events.columns:
+        return Layout("unknown", "no pv-list lock records")
+    # Acquisitions only: their pa is the page the lock was taken for (a release may already
+    # carry the next page), and they are a fifth of the records to look at.
+    pv = events.lazy().filter((pl.col("ev") == "A") & (pl.col("cls") == "pv")
+                              & (pl.col("lock") != 0))
+    pairs, lock_list = pl.collect_all([
+        pv.filter(pl.col("pa") != 0)
+        .select("lock", (pl.col("pa") // (1 << 21)).alias("frame")).unique(),
+        pv.select(pl.col("lock").unique())])
+    locks = np.sort(lock_list["lock"].to_numpy())
+    if locks.size == 0:
+        return Layout("unknown", "no pv-list lock records")
+    if pairs.height:
+        found = _from_pages(pairs["lock"].to_numpy(), pairs["frame"].to_numpy())
+        if found is not None:
+            return found
+    return _from_spacing(locks, with_pages=pairs.height > 0)
+
+
+def _fit(offset: np.ndarray) -> tuple[float, int]:
+    """Share of the most common value of ``offset``, and that value."""
+    values, counts = np.unique(offset, return_counts=True)
+    best = int(np.argmax(counts))
+    return counts[best] / offset.size, int(values[best])
+
+
+def _from_pages(lock: np.ndarray, frame: np.ndarray) -> Layout | None:
+    """Fit the layouts to distinct (lock, 2 MiB frame) pairs; None when no layout fits."""
+    lock = lock.astype(np.uint64)
+    frame = frame.astype(np.uint64)
+    n = lock.size
+    frames = np.unique(frame).size
+    if frames < 2:          # one frame fits every layout
+        return None
+    share, base = _fit(lock - np.uint64(SUPERPAGE_STRIDE) * frame)   # wraps like the kernel
+    if share >= FIT_FRACTION:
+        return Layout("superpage", f"lock - 64*(pa>>21) is constant (pv_table at {base:#x}) "
+                                   f"for {share:.1%} of {n} (lock, frame) pairs over "
+                                   f"{frames} 2 MiB frames")
+    fits = []
+    for size in HASH_SIZES:
+        slot = frame % np.uint64(size)
+        share_h, base_h = _fit(lock - np.uint64(HASH_STRIDE) * slot)
+        if share_h >= FIT_FRACTION:
+            fits.append((size, share_h, base_h))
+    if not fits:
+        return None
+    size, share_h, base_h = fits[0]
+    text = (f"lock - 32*((pa>>21) % {size}) is constant (pv_list_locks at {base_h:#x}) for "
+            f"{share_h:.1%} of {n} (lock, frame) pairs over {frames} 2 MiB frames")
+    span = int(frame.max() - frame.min()) + 1 if frame.size else 0
+    if span <= size:
+        text += f"; frames span only {span}, so larger hash sizes fit too"
+    return Layout(f"hash:{size}", text)
+
+
+def _from_spacing(locks: np.ndarray, *, with_pages: bool) -> Layout:
+    why = ("pages span one 2 MiB frame or fit no stock layout" if with_pages
+           else "no pages recorded")
+    if locks.size < 2:
+        return Layout("unknown", f"{why}; only one pv lock address seen")
+    gaps = np.diff(locks.astype(np.uint64))
+    near = gaps[gaps < np.uint64(1 << 20)]       # drop far outliers (the dummy lock)
+    if near.size == 0:
+        return Layout("unknown", f"{why}; pv lock addresses too far apart to compare")
+    odd32 = np.mean(near % np.uint64(SUPERPAGE_STRIDE) == HASH_STRIDE)
+    span = int(locks.max() - locks.min())
+    if np.all(near % np.uint64(HASH_STRIDE) == 0) and odd32 > 0:
+        size = next((s for s in (256, 1024, *HASH_SIZES) if span < s * HASH_STRIDE),
+                    HASH_SIZES[-1])
+        return Layout(f"hash:{size}", f"{why}; {locks.size} pv locks 32 bytes apart spanning "
+                                      f"{span} bytes (fits {size} locks; assumed)")
+    if np.all(near % np.uint64(SUPERPAGE_STRIDE) == 0):
+        if locks.size > 1024 or span >= 1024 * HASH_STRIDE:
+            return Layout("superpage", f"{why}; {locks.size} pv locks at multiples of 64 bytes "
+                                       f"spanning {span} bytes: more than a hash table holds")
+        return Layout("unknown", f"{why}; {locks.size} pv locks at multiples of 64 bytes: "
+                                 "superpage or a sparse hash, cannot tell")
+    return Layout("unknown", f"{why}; pv lock addresses are not 32-byte spaced")

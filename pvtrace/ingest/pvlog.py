@@ -1,0 +1,434 @@
+"""Parse a pvtrace event log, version 1 (SPEC section 1), into the ``events`` table.
+
+An event log is what ``pvtrace.d`` prints: one record of 10 blank-separated fields per line,
+``# ...`` metadata lines, and, when stderr was captured too, ``dtrace: ...`` diagnostics. Logs
+hold millions of lines, so nothing here loops over lines in Python:
+
+- Fast path: polars' native CSV reader splits the lines on single spaces and types the
+  fields on the way in (an 11th column catches lines with too many fields; whatever it cannot
+  type becomes null). Checks are polars expressions; a line passing them all is a record.
+- The reader also reads each line as ONE string column (the separator is the unit separator
+  byte ``\\x1f``, which never occurs in a log; quoting off; invalid UTF-8 replaced; the reader
+  strips the ``\\r`` of CRLF line ends). Blank lines come back as null rows in both reads, so
+  row index + 1 is the line number and the two line up.
+- Slow path, for the few lines the fast path refused: ``#`` metadata, ``dtrace:`` diagnostics,
+  lines with tabs or runs of blanks (normalized by a regex, then split with
+  ``str.splitn``), and malformed lines, whose reason text (a ``pl.when`` chain naming the
+  first failed check) is built only for them.
+- Files larger than :data:`ONE_BATCH_BYTES` are streamed (polars' streaming engine, batches
+  of :data:`BATCH_ROWS` lines), so their text is never all in memory at once; only the typed
+  columns accumulate. The slow path reads back only the lines the fast path refused.
+
+The last line of an input that ends without a newline and does not parse is a cut-off record
+(the capture was interrupted): it is reported as ``CUT_OFF`` and skipped, not counted as
+malformed. Records are NOT sorted by time here (they stay in line order);
+:func:`pvtrace.ingest.run_ingest` sorts across inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+
+LOG_MAJOR = 1                        # the event-log major version this module reads
+ONE_BATCH_BYTES = 512 * 1024 * 1024  # larger files are streamed in batches ...
+BATCH_ROWS = 1_000_000               # ... of this many lines: text is never all in memory
+MAX_PROBLEMS = 1000                  # Problem objects kept per kind; totals go to meta
+
+EVENTS = ("A", "R", "B", "S", "P", "E", "X")
+LOCK_EVENTS = ("A", "R", "B", "S")
+_SEP = "\x1f"
+
+_HEADER_RE = r"^#\s*pvtrace-log\s+v(\d+)(?:\.\d+)?\s*$"
+_KV_RE = r"^#\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*=(.*)$"
+
+# dtrace(1) diagnostics: (kind, pattern, group of the count, group of the cpu)
+_DTRACE_KINDS: list[tuple[str, str, int | None, int | None]] = [
+    ("aggregation_drops", r"^dtrace: (\d+) aggregation drops? on CPU (\d+)", 1, 2),
+    ("dynvar_drops", r"^dtrace: (\d+) dynamic variable drops?", 1, None),
+    ("drops", r"^dtrace: (\d+) drops? on CPU (\d+)", 1, 2),
+    ("error", r"^dtrace: (?:\d+ )?errors? on enabled probe ID", None, None),
+    ("matched", r"^dtrace: (?:script|description) '.*' matched (\d+) probes?", 1, None),
+]
+
+
+def parse(path: Path, src: int, name: str) -> Parsed:
+    """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``)."""
+    n_lines = _count_lines(path, name)
+    fast: list[pl.DataFrame] = []
+    refused: list[pl.Series] = []
+    seen = 0
+    for typed in _field_batches(path):
+        events, refused_rows = _fast(typed)
+        fast.append(events)
+        refused.append(refused_rows)
+        seen += typed.height
+    rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
+    if seen != n_lines or rows.len() > BATCH_ROWS:
+        # The two readers disagree on the lines, or most lines need the slow path (a log
+        # with tabs, say): stream every line through the slow path instead.
+        parts = [_slow(_numbered(lines, first)) for first, lines in _line_batches(path, name)]
+    else:
+        events = pl.concat(fast) if fast else _empty_events()
+        slow = _slow(_refused_lines(path, name, rows))
+        if slow.events.height:  # keep line order: the ingest's stable sort by ts relies on it
+            events = pl.concat([events, slow.events]).sort("line")
+        parts = [_Batch(events, slow.bad, slow.meta, slow.diag)]
+    return _assemble(parts, src, name, n_lines, _ends_with_newline(path))
+
+
+# --------------------------------------------------------------------------- reading
+
+# The fast reader: fields split on single spaces by the CSV reader itself, typed on the way
+# in; an 11th column catches lines with too many fields. Anything it cannot type becomes null,
+# which sends that line to the slow path.
+_FIELD_SCHEMA = {
+    "ts": pl.UInt64, "cpu": pl.Int32, "tid": pl.Int64, "ev": pl.Categorical,
+    "cls": pl.Categorical, "lock": pl.String, "mode": pl.Categorical, "ns": pl.Int64,
+    "pa": pl.String, "op": pl.Categorical, "extra": pl.String,
+}
+_FIELD_READER: dict[str, Any] = dict(
+    has_header=False, separator=" ", quote_char=None, schema=_FIELD_SCHEMA, ignore_errors=True,
+    truncate_ragged_lines=True, missing_columns="insert", encoding="utf8-lossy",
+    raise_if_empty=False)
+_LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char=None,
+                                    schema={"l": pl.String}, encoding="utf8-lossy",
+                                    raise_if_empty=False)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
+
+
+def _read_error(exc: Exception, name: str) -> PvtraceError:
+    if "more fields" in str(exc):
+        return PvtraceError("contains the control byte 0x1f: binary data, not an event log",
+                            path=name)
+    return PvtraceError(f"cannot read: {exc}", path=name)
+
+
+def _field_batches(path: Path):
+    """Fast-read lines, typed and checked in one polars query, with an ``ok`` column: one
+    batch for files up to ONE_BATCH_BYTES, else streamed in batches of about BATCH_ROWS."""
+    hex_cols = pl.col("lock", "pa")
+    query = (pl.scan_csv(path, **_FIELD_READER)
+             .with_row_index("line")
+             .with_columns(
+                 hex_cols.str.strip_prefix("0x").str.to_integer(
+                     base=16, dtype=pl.UInt64, strict=False).name.suffix("_int"),
+                 pl.all_horizontal(hex_cols.str.starts_with("0x") | (hex_cols == "0"))
+                 .alias("hex_ok"),
+                 (pl.col("line").cast(pl.UInt64) + 1).alias("line"))
+             .drop("lock", "pa")
+             .rename({"lock_int": "lock", "pa_int": "pa"})
+             .with_columns((_valid() & pl.col("extra").is_null() & pl.col("hex_ok"))
+                           .alias("ok")))
+    try:
+        if os.path.getsize(path) <= ONE_BATCH_BYTES:
+            yield query.collect()   # one batch: about a tenth faster than streaming
+        else:
+            yield from query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
+    except pl.exceptions.PolarsError:
+        return  # the line count will not match: everything takes the slow path
+
+
+def _line_batches(path: Path, name: str):
+    """(first line number, one-string-per-line frame) batches of the whole file."""
+    first = 1
+    try:
+        for lines in (pl.scan_csv(path, **_LINE_READER)
+                      .collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)):
+            yield first, lines
+            first += lines.height
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(exc, name) from None
+
+
+def _refused_lines(path: Path, name: str, rows: pl.Series) -> pl.DataFrame:
+    """The text of the lines at 0-based ``rows`` (few), reading only up to the last of them."""
+    if rows.len() == 0:
+        return _NO_LINES
+    try:
+        return (pl.scan_csv(path, **_LINE_READER)
+                .head(int(rows.max()) + 1)
+                .with_row_index("i")
+                .filter(pl.col("i").cast(pl.UInt64).is_in(rows.implode()))
+                .select((pl.col("i").cast(pl.UInt64) + 1).alias("line"), pl.col("l"))
+                .collect())
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(exc, name) from None
+
+
+def _count_lines(path: Path, name: str) -> int:
+    try:
+        return pl.scan_csv(path, **_LINE_READER).select(pl.len()).collect().item()
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(exc, name) from None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class _Batch:
+    __slots__ = ("events", "bad", "meta", "diag")
+
+    def __init__(self, events: pl.DataFrame, bad: pl.DataFrame, meta: pl.DataFrame,
+                 diag: pl.DataFrame):
+        self.events, self.bad, self.meta, self.diag = events, bad, meta, diag
+
+
+def _hex(field: pl.Expr) -> pl.Expr:
+    """``0x``-prefixed hex (or a bare ``0``) as UInt64; null when it is neither."""
+    value = field.str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    return pl.when(field.str.starts_with("0x") | (field == "0")).then(value)
+
+
+def _valid() -> pl.Expr:
+    """True for a record whose typed fields pass every check of SPEC section 1."""
+    c = pl.col
+    is_lock = c("ev").is_in(LOCK_EVENTS)
+    is_p = c("ev") == "P"
+    return (c("ts").is_not_null()
+            & (c("cpu") >= 0) & (c("tid") >= 0)
+            & c("ev").is_in(EVENTS)
+            & (is_lock == (c("cls") != "-"))          # a class for lock events, - otherwise
+            & (is_lock == (c("lock") != 0))           # an address for lock events, 0 otherwise
+            & pl.when(is_lock).then(c("mode").is_in(("w", "r")))
+                .when(is_p).then(c("mode").is_in(("4k", "2m")))
+                .otherwise(c("mode") == "-")
+            & (c("ns") >= 0)
+            & c("pa").is_not_null()).fill_null(False)
+
+
+_EVENT_COLUMNS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op", "line")
+
+
+def _fast(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """Records among a batch from :func:`_field_batches`, and the 0-based rows it refused."""
+    ok = pl.col("ok")
+    tokens = pl.concat([typed["cls"].unique(), typed["op"].unique()]).cast(pl.String)
+    if tokens.str.contains(_CONTROL.pattern).any():
+        # A tab or other control byte inside a free-text token (cls, op): slow path.
+        ok = ok & ~pl.concat_str("cls", "op").str.contains(_CONTROL.pattern)
+        typed = typed.with_columns(ok.alias("ok"))
+    refused = typed.filter(~pl.col("ok")).get_column("line") - 1
+    return typed.filter(pl.col("ok")).select(_EVENT_COLUMNS), refused
+
+
+def _numbered(raw: pl.DataFrame, first_line: int) -> pl.DataFrame:
+    return raw.select((pl.int_range(pl.len(), dtype=pl.UInt64) + first_line).alias("line"),
+                      pl.col("l"))
+
+
+def _slow(df: pl.DataFrame) -> _Batch:
+    """Lines the fast path refused: blank, metadata, diagnostics, odd blanks, malformed."""
+    l = pl.col("l")
+    df = df.filter(l.is_not_null())  # blank lines; blank-only lines are dropped below
+    is_meta = l.str.starts_with("#")
+    is_diag = l.str.starts_with("dtrace: ")
+    meta = df.filter(is_meta)
+    diag = df.filter(is_diag)
+    rec = df.filter(~(is_meta | is_diag))
+
+    # Normalize blank runs and tabs, only on the lines that have them.
+    needs = (l.str.contains("  ", literal=True) | l.str.contains("\t", literal=True)
+             | l.str.starts_with(" ") | l.str.ends_with(" ") | l.str.contains("\r", literal=True))
+    mask = rec.select(needs).to_series()
+    if mask.any():
+        idx = mask.arg_true()
+        lines = rec.get_column("l")
+        fixed = (lines.gather(idx).str.replace_all(r"[ \t\r]+", " ")
+                 .str.strip_chars(" "))
+        rec = rec.with_columns(lines.scatter(idx, fixed)).filter(l != "")
+
+    f = [pl.col("f").struct.field(f"field_{i}") for i in range(11)]
+    typed = (rec.lazy()
+             .select(pl.col("line"), l, l.str.splitn(" ", 11).alias("f"))
+             .select(pl.col("line"), l,
+                     (f[9].is_not_null() & f[10].is_null()).alias("ok_n"),
+                     f[0].cast(pl.UInt64, strict=False).alias("ts"),
+                     f[1].cast(pl.Int32, strict=False).alias("cpu"),
+                     f[2].cast(pl.Int64, strict=False).alias("tid"),
+                     f[3].alias("ev"), f[4].alias("cls"), _hex(f[5]).alias("lock"),
+                     f[6].alias("mode"), f[7].cast(pl.Int64, strict=False).alias("ns"),
+                     _hex(f[8]).alias("pa"), f[9].alias("op"))
+             .with_columns((pl.col("ok_n") & _valid()).alias("ok"))
+             .collect())
+    events = typed.filter(pl.col("ok")).select(
+        pl.col(n).cast(pl.Categorical) if n in ("ev", "cls", "mode", "op") else pl.col(n)
+        for n in _EVENT_COLUMNS)
+    return _Batch(events, _reasons(typed.filter(~pl.col("ok"))), meta, diag)
+
+
+def _reasons(bad: pl.DataFrame) -> pl.DataFrame:
+    """Why each malformed line failed: the first check it fails, in field order."""
+    if bad.height == 0:  # also the empty result for a batch without malformed lines
+        return pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String})
+    c = pl.col
+    fields = pl.col("l").str.split(" ")
+    tok = [fields.list.get(i, null_on_oob=True) for i in range(10)]
+    is_lock = c("ev").is_in(LOCK_EVENTS)
+    is_p = c("ev") == "P"
+    q = lambda i: pl.concat_str(pl.lit("'"), tok[i], pl.lit("'"))  # noqa: E731
+    reason = (
+        pl.when(~c("ok_n")).then(pl.format("expected 10 fields, got {}", fields.list.len()))
+        .when(c("ts").is_null()).then(pl.format("bad ts {} (unsigned decimal ns)", q(0)))
+        .when(c("cpu").is_null() | (c("cpu") < 0)).then(pl.format("bad cpu {}", q(1)))
+        .when(c("tid").is_null() | (c("tid") < 0)).then(pl.format("bad tid {}", q(2)))
+        .when(~c("ev").is_in(EVENTS)).then(pl.format("unknown event letter {}", c("ev")))
+        .when(is_lock & (c("cls") == "-"))
+        .then(pl.format("lock class must not be - for {}", c("ev")))
+        .when(~is_lock & (c("cls") != "-"))
+        .then(pl.format("lock class must be - for {}, got {}", c("ev"), q(4)))
+        .when(c("lock").is_null()).then(pl.format("bad lock {} (hex with 0x)", q(5)))
+        .when(is_lock & (c("lock") == 0)).then(pl.format("lock address 0 for {}", c("ev")))
+        .when(~is_lock & (c("lock") != 0))
+        .then(pl.format("lock must be 0 for {}, got {}", c("ev"), q(5)))
+        .when(is_lock & ~c("mode").is_in(("w", "r")))
+        .then(pl.format("mode must be w or r for {}, got {}", c("ev"), q(6)))
+        .when(is_p & ~c("mode").is_in(("4k", "2m")))
+        .then(pl.format("mode must be 4k or 2m for P, got {}", q(6)))
+        .when(~is_lock & ~is_p & (c("mode") != "-"))
+        .then(pl.format("mode must be - for {}, got {}", c("ev"), q(6)))
+        .when(c("ns").is_null() | (c("ns") < 0))
+        .then(pl.format("bad ns {} (non-negative integer)", q(7)))
+        .when(c("pa").is_null()).then(pl.format("bad pa {} (hex with 0x)", q(8)))
+        .otherwise(pl.lit("unparsable record"))
+    )
+    return bad.select(c("line"), reason.alias("reason"))
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _assemble(parts: list[_Batch], src: int, name: str, total_lines: int,
+              ends_with_newline: bool) -> Parsed:
+    events = pl.concat([p.events for p in parts]) if parts else _empty_events()
+    bad = (pl.concat([p.bad for p in parts]) if parts
+           else pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String}))
+    meta_lines = pl.concat([p.meta for p in parts]) if parts else pl.DataFrame()
+    diag_lines = pl.concat([p.diag for p in parts]) if parts else pl.DataFrame()
+
+    problems: list[Problem] = []
+    totals: dict[str, int] = {}
+    cut_off = 0
+    if bad.height and not ends_with_newline and bad["line"][-1] == total_lines:
+        cut_off = 1
+        problems.append(Problem(src, name, total_lines, ProblemKind.CUT_OFF,
+                                "last line has no newline and does not parse (capture "
+                                f"interrupted?): {bad['reason'][-1]}; skipped"))
+        bad = bad.head(bad.height - 1)
+    if cut_off:
+        totals[ProblemKind.CUT_OFF.value] = cut_off
+    if bad.height:
+        totals[ProblemKind.MALFORMED.value] = bad.height
+        for line, reason in bad.head(MAX_PROBLEMS).iter_rows():
+            problems.append(Problem(src, name, line, ProblemKind.MALFORMED, reason))
+
+    meta, header_problems = _metadata(meta_lines, src, name)
+    problems.extend(header_problems)
+    if header_problems:
+        totals[ProblemKind.WARNING.value] = len(header_problems)
+    problems.sort(key=lambda p: (p.line or 0))
+    meta["problem_totals"] = totals
+
+    events = events.with_columns(pl.lit(src, dtype=pl.UInt16).alias("src"))
+    diagnostics = _diagnostics(diag_lines, src)
+    meta["diagnostic_lines"] = diagnostics.height
+    return Parsed(format=Format.PVLOG,
+                  tables={"events": events, "diagnostics": diagnostics},
+                  problems=problems, meta=meta, records=events.height, lines=total_lines)
+
+
+def _empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema={
+        "ts": pl.UInt64, "cpu": pl.Int32, "tid": pl.Int64, "ev": pl.Categorical,
+        "cls": pl.Categorical, "lock": pl.UInt64, "mode": pl.Categorical, "ns": pl.Int64,
+        "pa": pl.UInt64, "op": pl.Categorical, "line": pl.UInt64})
+
+
+def _metadata(lines: pl.DataFrame, src: int, name: str) -> tuple[dict[str, Any], list[Problem]]:
+    """``# pvtrace-log vN`` headers and ``# key=value`` facts (a handful of lines)."""
+    meta: dict[str, Any] = {"log_version": None, "capture": {}}
+    problems: list[Problem] = []
+    if lines.height == 0:
+        return meta, problems
+    parsed = lines.select(
+        pl.col("line"),
+        pl.col("l").str.extract(_HEADER_RE, 1).cast(pl.Int64).alias("major"),
+        pl.col("l").str.extract(_KV_RE, 1).alias("key"),
+        pl.col("l").str.extract(_KV_RE, 2).str.strip_chars().alias("value"),
+        pl.col("l"))
+    captures: list[dict[str, str]] = []
+    comments: list[str] = []
+    headers = 0
+    for line, major, key, value, text in parsed.iter_rows():
+        if major is not None:
+            if major > LOG_MAJOR:
+                raise PvtraceError(
+                    f"event log version v{major} is newer than this pvtrace reads "
+                    f"(v{LOG_MAJOR}); upgrade pvtrace", path=name, line=line)
+            if meta["log_version"] is None:
+                meta["log_version"] = f"v{major}"
+            if headers:
+                problems.append(Problem(
+                    src, name, line, ProblemKind.WARNING,
+                    "another '# pvtrace-log' header: captures concatenated in one file; "
+                    "read as one"))
+            if headers or not captures:   # the first header adopts facts printed before it
+                captures.append({})
+            headers += 1
+        elif key is not None:
+            if not captures:
+                captures.append({})
+            captures[-1].setdefault(key, value)
+        elif len(comments) < 20:
+            comments.append(text)
+    merged: dict[str, str] = {}
+    for facts in captures:
+        for k, v in facts.items():
+            merged.setdefault(k, v)
+    meta["capture"] = merged
+    if len(captures) > 1:
+        meta["captures"] = captures
+    if comments:
+        meta["comments"] = comments
+    return meta, problems
+
+
+def _diagnostics(lines: pl.DataFrame, src: int) -> pl.DataFrame:
+    schema = {"src": pl.UInt16, "line": pl.UInt64, "kind": pl.String, "cpu": pl.Int32,
+              "count": pl.Int64, "text": pl.String}
+    if lines.height == 0:
+        return pl.DataFrame(schema=schema)
+    text = pl.col("l").str.strip_chars_end(" \t\r")
+    kind: Any = pl.lit("other")
+    count: Any = pl.lit(None, dtype=pl.Int64)
+    cpu: Any = pl.lit(None, dtype=pl.Int32)
+    for name, pattern, count_group, cpu_group in reversed(_DTRACE_KINDS):
+        hit = text.str.contains(pattern)
+        kind = pl.when(hit).then(pl.lit(name)).otherwise(kind)
+        if count_group is not None:
+            count = pl.when(hit).then(
+                text.str.extract(pattern, count_group).cast(pl.Int64, strict=False)
+            ).otherwise(count)
+        if cpu_group is not None:
+            cpu = pl.when(hit).then(
+                text.str.extract(pattern, cpu_group).cast(pl.Int32, strict=False)
+            ).otherwise(cpu)
+    return lines.select(pl.lit(src, dtype=pl.UInt16).alias("src"), pl.col("line"),
+                        kind.alias("kind"), cpu.alias("cpu"), count.alias("count"),
+                        text.alias("text"))

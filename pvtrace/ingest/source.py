@@ -1,0 +1,182 @@
+"""Open one ingest input as a plain-text file on disk, whatever the user gave.
+
+Parsers read a *path* (polars' native CSV reader is the fast way through millions of lines), so
+this module turns every input into one:
+
+- a plain file is used in place;
+- a gzip (magic ``1f 8b``) or zstd (magic ``28 b5 2f fd``) file, recognised by its first bytes
+  and never by its name, is stream-decompressed into a temporary file, chunk by chunk;
+- ``-`` (standard input), compressed or not, is copied into a temporary file the same way.
+
+Problems the user must fix (missing file, a directory, no permission, empty input, binary data,
+a corrupt compressed stream) raise :class:`~pvtrace.errors.PvtraceError` with the input's name.
+
+A compressed stream that simply stops early (the capture or the copy was interrupted) is not an
+error: everything decoded up to that point is kept, and :attr:`Source.truncated` says so; the
+ingest reports it as a ``cut_off`` problem, and the event-log parser treats the half line at
+the end as a cut-off record, like an uncompressed log whose writer was killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest.detect import SNIFF_BYTES
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 1 << 20
+STDIN = "-"
+_NON_TEXT = re.compile("[\ufffd\x01-\x08\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str                 # as the user gave it ("-" is shown as "<stdin>")
+    path: Path                # a plain-text file to parse
+    compression: str | None   # "gzip", "zstd" or None
+    truncated: bool           # the compressed stream ended early; what was decoded is kept
+    size: int                 # bytes of plain text
+
+    def head(self) -> str:
+        """The first 64 KiB, decoded (invalid UTF-8 replaced), for format detection."""
+        with open(self.path, "rb") as f:
+            return f.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+
+
+@contextmanager
+def open_source(arg: str, tmpdir: Path) -> Iterator[Source]:
+    """Yield ``arg`` (a path or ``-``) as a :class:`Source`; temporary files live in ``tmpdir``."""
+    name = "<stdin>" if arg == STDIN else arg
+    if arg == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise PvtraceError("standard input is a terminal; pipe a capture into it "
+                               "(e.g. zcat x.log.gz | pvtrace ingest - -o DIR)", path=name)
+        stream: BinaryIO = sys.stdin.buffer
+        yield _decompress_to(stream, name, tmpdir, copy_plain=True)
+        return
+    path = Path(arg)
+    if not path.exists():
+        raise PvtraceError("no such file", path=name)
+    if path.is_dir():
+        raise PvtraceError("is a directory, not a capture file", path=name)
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise PvtraceError(f"cannot open: {exc.strerror or exc}", path=name) from None
+    with f:
+        yield _decompress_to(f, name, tmpdir, copy_plain=False, path=path)
+
+
+def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: bool,
+                   path: Path | None = None) -> Source:
+    try:
+        magic = _peek(stream, 4)
+    except OSError as exc:
+        raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
+    compression = ("gzip" if magic.startswith(GZIP_MAGIC)
+                   else "zstd" if magic.startswith(ZSTD_MAGIC) else None)
+    if compression is None and not copy_plain:
+        assert path is not None
+        source = Source(name, path, None, False, path.stat().st_size)
+    else:
+        out = Path(tmpdir) / f"input-{len(os.listdir(tmpdir))}.txt"
+        with open(out, "wb") as sink:
+            try:
+                if compression is None:
+                    sink.write(magic)
+                    shutil.copyfileobj(stream, sink, CHUNK)
+                    truncated = False
+                elif compression == "gzip":
+                    truncated = _gunzip(stream, sink, magic, name)
+                else:
+                    truncated = _unzstd(stream, sink, magic, name)
+            except OSError as exc:
+                raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
+        source = Source(name, out, compression, truncated, out.stat().st_size)
+    _check_text(source)
+    return source
+
+
+def _peek(stream: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _gunzip(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
+    """Decompress (possibly multi-member) gzip; return True when the stream ends early."""
+    dec = zlib.decompressobj(wbits=31)
+    pending = first
+    started = False
+    try:
+        while True:
+            data = pending or stream.read(CHUNK)
+            pending = b""
+            if not data:
+                return started and not dec.eof
+            while data:
+                started = True
+                sink.write(dec.decompress(data))
+                if not dec.eof:
+                    break
+                data = dec.unused_data.lstrip(b"\x00")  # padding after the last member
+                dec = zlib.decompressobj(wbits=31)
+                started = False
+    except zlib.error as exc:
+        raise PvtraceError(f"corrupt gzip data: {exc}", path=name) from None
+
+
+def _unzstd(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
+    """Decompress (possibly multi-frame) zstd; return True when the stream ends early."""
+    dctx = zstandard.ZstdDecompressor()
+    dec = dctx.decompressobj()
+    pending = first
+    started = False
+    try:
+        while True:
+            data = pending or stream.read(CHUNK)
+            pending = b""
+            if not data:
+                return started and not dec.eof
+            while data:
+                started = True
+                sink.write(dec.decompress(data))
+                if not dec.eof:
+                    break
+                data = dec.unused_data
+                dec = dctx.decompressobj()
+                started = False
+    except zstandard.ZstdError as exc:
+        raise PvtraceError(f"corrupt zstd data: {exc}", path=name) from None
+
+
+def _check_text(source: Source) -> None:
+    """Refuse empty inputs and binary data before any parser sees them."""
+    what = f"{source.compression}-compressed input" if source.compression else "input"
+    if source.size == 0:
+        raise PvtraceError(f"empty {what}: nothing to ingest", path=source.name)
+    head = source.head()
+    if "\x00" in head:
+        raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
+                           "transparently; other formats are not)", path=source.name)
+    odd = len(_NON_TEXT.findall(head))
+    if odd > len(head) // 10:
+        raise PvtraceError("binary data, not a text capture (mostly non-text bytes)",
+                           path=source.name)

@@ -1,0 +1,148 @@
+"""``pvtrace ingest`` as users run it: the real command in a subprocess, on real files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from pvtrace.cli import app
+
+SPEC_LOG = """\
+# pvtrace-log v1
+# ncpu=4
+# ndomains=1
+1000 0 101 E - 0 - 0 0x200000 pmap_enter
+1000 0 101 A pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+11000 0 101 R pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+11000 1 102 B pv 0xfffff80001000040 w 9000 0x201000 pmap_enter
+11000 1 102 A pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+16000 1 102 R pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+"""
+
+
+def pvtrace(*args: str, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pvtrace", *args], input=input,
+                          capture_output=True, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("pvtrace: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_summary(tmp_path):
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"))
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "records: 6   threads: 2   CPUs: 2" in out
+    assert "time span: 1000 .. 16000 ns (15.000 µs)" in out
+    assert "events: A 2, R 2, B 1, E 1" in out
+    assert "lock classes: pv 5, - 1" in out
+    assert "ops: pmap_enter 6" in out
+    assert "layout: unknown (detected:" in out
+    assert "malformed" not in out and "drops" not in out
+    assert pl.read_parquet(tmp_path / "b" / "events.parquet").height == 6
+
+
+def test_drops_and_problems_in_summary(tmp_path):
+    log = tmp_path / "d.log"
+    log.write_text(SPEC_LOG.replace("# ndomains=1\n", "# ndomains=1\nnot a record\n")
+                   + "dtrace: 138 drops on CPU 3\n17000 1 102 R pv 0x")
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"))
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "138 records dropped on CPU 3: waits near that time may be understated" in out
+    assert "skipped: 1 malformed, 1 cut-off" in out
+    assert f"{log}:4: malformed: expected 10 fields, got 3" in out
+    assert f"{log}:12: cut_off: last line has no newline" in out
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_stdin(tmp_path, compress):
+    data = SPEC_LOG.encode()
+    proc = pvtrace("ingest", "-", "-o", str(tmp_path / "b"),
+                   input=gzip.compress(data) if compress else data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "<stdin>: pvlog" in proc.stdout.decode()
+    events = pl.read_parquet(tmp_path / "b" / "events.parquet")
+    assert events["ts"].to_list() == [1000, 1000, 11000, 11000, 11000, 16000]
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["inputs"][0]["path"] == "<stdin>"
+    assert meta["inputs"][0]["compression"] == ("gzip" if compress else None)
+
+
+def test_too_many_malformed_lines(tmp_path):
+    log = tmp_path / "bad.log"
+    log.write_text(SPEC_LOG + "".join(f"{i} 0 1 Q - 0 - 0 0 op\n" for i in range(3)))
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"), "--max-bad", "2")
+    assert_one_line_error(proc, "3 malformed lines, more than --max-bad 2",
+                          f"{log}:10: unknown event letter Q", "raise --max-bad")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "binary", "empty", "empty-gzip"])
+def test_input_errors(tmp_path, kind):
+    path = tmp_path / "input"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 64)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "empty-gzip":
+        path.write_bytes(gzip.compress(b""))
+    proc = pvtrace("ingest", str(path), "-o", str(tmp_path / "b"))
+    expected = {"missing": "no such file", "directory": "is a directory",
+                "binary": "binary data", "empty": "empty input",
+                "empty-gzip": "empty gzip-compressed input"}[kind]
+    assert_one_line_error(proc, f"pvtrace: {path}: {expected}")
+
+
+def test_existing_bundle_needs_force(tmp_path):
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    assert pvtrace("ingest", str(log), "-o", str(tmp_path / "b"), "--quiet").returncode == 0
+    assert_one_line_error(pvtrace("ingest", str(log), "-o", str(tmp_path / "b")),
+                          "bundle exists; pass --force")
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"), "--force", "--quiet")
+    assert proc.returncode == 0 and proc.stdout == b""
+
+
+def test_bad_layout_option(tmp_path):
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    assert_one_line_error(pvtrace("ingest", str(log), "-o", str(tmp_path / "b"),
+                                  "--layout", "hash:100"), "bad --layout 'hash:100'")
+
+
+def test_usage_errors_and_help(tmp_path):
+    proc = pvtrace()
+    assert proc.returncode == 2 and b"Usage:" in proc.stdout + proc.stderr
+    assert b"ingest" in proc.stdout + proc.stderr
+    proc = pvtrace("ingest", "--no-such-option")
+    assert proc.returncode == 2 and b"No such option" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+    proc = pvtrace("ingest", "x.log")
+    assert proc.returncode == 2 and b"Missing option" in proc.stderr
+    assert pvtrace("ingest", "--help").returncode == 0
+
+
+def test_layout_override_in_summary(tmp_path):
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    result = CliRunner().invoke(app, ["ingest", str(log), "-o", str(tmp_path / "b"),
+                                      "--layout", "hash:256"])
+    assert result.exit_code == 0, result.output
+    assert "layout: hash:256 (set by --layout; detected unknown:" in result.output

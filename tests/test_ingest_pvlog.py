@@ -1,0 +1,372 @@
+"""Event-log ingest: tiny logs written here, exact expected tables."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest import pvlog, run_ingest
+from pvtrace.ingest.common import ProblemKind
+
+SPEC_LOG = """\
+# pvtrace-log v1
+# ncpu=4
+# ndomains=1
+1000 0 101 E - 0 - 0 0x200000 pmap_enter
+1000 0 101 A pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+11000 0 101 R pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+11000 1 102 B pv 0xfffff80001000040 w 9000 0x201000 pmap_enter
+11000 1 102 A pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+16000 1 102 R pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+"""
+LOCK = 0xFFFFF80001000040
+# (ts, cpu, tid, ev, cls, lock, mode, ns, pa, op, src, line)
+SPEC_ROWS = [
+    (1000, 0, 101, "E", "-", 0, "-", 0, 0x200000, "pmap_enter", 0, 4),
+    (1000, 0, 101, "A", "pv", LOCK, "w", 0, 0x200000, "pmap_enter", 0, 5),
+    (11000, 0, 101, "R", "pv", LOCK, "w", 0, 0x200000, "pmap_enter", 0, 6),
+    (11000, 1, 102, "B", "pv", LOCK, "w", 9000, 0x201000, "pmap_enter", 0, 7),
+    (11000, 1, 102, "A", "pv", LOCK, "w", 0, 0x201000, "pmap_enter", 0, 8),
+    (16000, 1, 102, "R", "pv", LOCK, "w", 0, 0x201000, "pmap_enter", 0, 9),
+]
+COLUMNS = ["ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op", "src", "line"]
+
+
+def rows(df: pl.DataFrame) -> list[tuple]:
+    return df.select(pl.col(c).cast(pl.String) if df.schema[c] == pl.Categorical
+                     else pl.col(c) for c in COLUMNS).rows()
+
+
+def bundle_events(out: Path) -> list[tuple]:
+    return rows(pl.read_parquet(out / "events.parquet"))
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def ingest(tmp_path: Path, *texts: str | bytes, **kw):
+    paths = [str(write(tmp_path, f"in{i}.log", t)) for i, t in enumerate(texts)]
+    out = tmp_path / "bundle"
+    result = run_ingest(paths, str(out), **kw)
+    return result, out, json.loads((out / "metadata.json").read_text())
+
+
+def test_spec_example(tmp_path):
+    result, out, meta = ingest(tmp_path, SPEC_LOG)
+    assert bundle_events(out) == SPEC_ROWS
+    assert (result.records, result.threads, result.cpus) == (6, 2, [0, 1])
+    assert (result.first_ts, result.last_ts, result.duration_ns) == (1000, 16000, 15000)
+    assert meta["capture"] == {"ncpu": "4", "ndomains": "1"}
+    assert meta["inputs"][0] | {"path": None} == {
+        "path": None, "format": "pvlog", "compression": None, "lines": 9, "records": 6,
+        "malformed": 0, "cut_off": 0, "capture": {"ncpu": "4", "ndomains": "1"},
+        "log_version": "v1"}
+    assert meta["counts"] == {"ev": {"A": 2, "R": 2, "B": 1, "E": 1},
+                              "cls": {"pv": 5, "-": 1}, "op": {"pmap_enter": 6}}
+    assert meta["time"] == {"first_ts": 1000, "last_ts": 16000, "duration_ns": 15000}
+    assert meta["threads"] == 2 and meta["cpus"] == {"count": 2, "ids": [0, 1]}
+    assert meta["drops"] == {"per_cpu": {}, "total": 0}
+    assert meta["problems"] == {"totals": {}, "first": []}
+    assert meta["layout"]["effective"] == meta["layout"]["detected"] == "unknown"
+    assert meta["pvtrace_version"] and meta["ingested_at"]
+    assert pl.read_parquet(out / "diagnostics.parquet").height == 0
+
+
+def test_per_cpu_order_is_sorted_by_ts_ties_by_line(tmp_path):
+    log = ("# pvtrace-log v1\n"
+           "5000 1 201 A pv 0x1040 w 0 0 pmap_enter\n"       # line 2
+           "9000 1 201 R pv 0x1040 w 0 0 pmap_enter\n"       # line 3
+           "1000 0 101 A pv 0x1000 r 0 0 pmap_is_modified\n"  # line 4
+           "7000 0 101 R pv 0x1000 r 0 0 pmap_is_modified\n"  # line 5
+           "5000 0 101 P - 0 4k 0 0x1000 pmap_is_modified\n")  # line 6
+    _, out, _ = ingest(tmp_path, log)
+    assert [(r[0], r[-1]) for r in bundle_events(out)] == [
+        (1000, 4), (5000, 2), (5000, 6), (7000, 5), (9000, 3)]
+
+
+def test_several_inputs_sorted_across_inputs(tmp_path):
+    a = "# pvtrace-log v1\n# timestamp0=5\n3000 0 1 E - 0 - 0 0 pmap_enter\n"
+    b = "# pvtrace-log v1\n# timestamp0=5\n1000 1 2 E - 0 - 0 0 pmap_enter\n" \
+        "3000 1 2 X - 0 - 0 0 pmap_enter\n"
+    result, out, meta = ingest(tmp_path, a, b)
+    assert [(r[0], r[10], r[11]) for r in bundle_events(out)] == [
+        (1000, 1, 3), (3000, 0, 3), (3000, 1, 4)]
+    assert [i["records"] for i in meta["inputs"]] == [1, 2]
+    assert result.warnings == []
+
+
+def test_different_captures_sharing_tids_warn(tmp_path):
+    a = "# pvtrace-log v1\n# timestamp0=5\n3000 0 7 E - 0 - 0 0 pmap_enter\n"
+    b = "# pvtrace-log v1\n# timestamp0=9\n1000 1 7 E - 0 - 0 0 pmap_enter\n"
+    result, _, meta = ingest(tmp_path, a, b)
+    assert len(result.warnings) == 1 and "1 thread ids" in result.warnings[0]
+    assert meta["warnings"] == result.warnings
+
+
+def test_dtrace_diagnostics(tmp_path):
+    log = ("dtrace: script 'pvtrace.d' matched 57 probes\n"
+           "# pvtrace-log v1\n"
+           "1000 0 101 E - 0 - 0 0 pmap_enter\n"
+           "dtrace: 138 drops on CPU 3\n"
+           "dtrace: 2 drops on CPU 1\n"
+           "dtrace: 12 drops on CPU 3\n"
+           "dtrace: 5 dynamic variable drops with non-empty dirty list\n"
+           "dtrace: 4 aggregation drops on CPU 0\n"
+           "dtrace: error on enabled probe ID 7 (ID 71: fbt:kernel:pmap_enter:entry): "
+           "invalid address (0x0) in action #3\n"
+           "dtrace: something new\n")
+    result, out, meta = ingest(tmp_path, log)
+    diag = pl.read_parquet(out / "diagnostics.parquet")
+    assert diag.select("src", "line", pl.col("kind").cast(pl.String), "cpu", "count").rows() == [
+        (0, 1, "matched", None, 57), (0, 4, "drops", 3, 138), (0, 5, "drops", 1, 2),
+        (0, 6, "drops", 3, 12), (0, 7, "dynvar_drops", None, 5),
+        (0, 8, "aggregation_drops", 0, 4), (0, 9, "error", None, None),
+        (0, 10, "other", None, None)]
+    assert diag["text"][1] == "dtrace: 138 drops on CPU 3"
+    assert result.drops_per_cpu == {1: 2, 3: 150}
+    assert meta["drops"] == {"per_cpu": {"1": 2, "3": 150}, "total": 152, "dynvar_drops": 5,
+                             "aggregation_drops": 4}
+    assert result.records == 1 and meta["problems"]["totals"] == {}
+
+
+def test_crlf(tmp_path):
+    _, out, meta = ingest(tmp_path, SPEC_LOG.replace("\n", "\r\n"))
+    assert bundle_events(out) == SPEC_ROWS
+    assert meta["capture"] == {"ncpu": "4", "ndomains": "1"}
+
+
+@pytest.mark.parametrize("compress,name", [
+    (gzip.compress, "gzip"),
+    (lambda b: zstandard.ZstdCompressor().compress(b), "zstd"),
+])
+def test_compressed(tmp_path, compress, name):
+    _, out, meta = ingest(tmp_path, compress(SPEC_LOG.encode()))
+    assert bundle_events(out) == SPEC_ROWS
+    assert meta["inputs"][0]["compression"] == name
+
+
+def test_multi_member_gzip(tmp_path):
+    half = SPEC_LOG.index("11000 1 102 B")
+    data = gzip.compress(SPEC_LOG[:half].encode()) + gzip.compress(SPEC_LOG[half:].encode())
+    _, out, _ = ingest(tmp_path, data)
+    assert bundle_events(out) == SPEC_ROWS
+
+
+@pytest.mark.parametrize("compress", [
+    gzip.compress, lambda b: zstandard.ZstdCompressor().compress(b)])
+def test_truncated_compressed_stream_keeps_decoded_part(tmp_path, compress):
+    big = SPEC_LOG + "".join(f"{20000 + i} 2 103 E - 0 - 0 0 pmap_remove\n"
+                             for i in range(20000))
+    data = compress(big.encode())
+    result, out, meta = ingest(tmp_path, data[: len(data) // 2])
+    assert 6 < result.records < 20006
+    assert bundle_events(out)[:6] == SPEC_ROWS
+    kinds = [p.kind for p in result.problems]
+    assert ProblemKind.CUT_OFF in kinds and ProblemKind.MALFORMED not in kinds
+    assert meta["inputs"][0]["cut_off"] >= 1
+
+
+def test_corrupt_gzip_is_an_error(tmp_path):
+    data = bytearray(gzip.compress(SPEC_LOG.encode() * 50))
+    data[30:60] = b"\xff" * 30
+    with pytest.raises(PvtraceError, match="corrupt gzip"):
+        ingest(tmp_path, bytes(data))
+
+
+def test_cut_off_last_line(tmp_path):
+    result, out, meta = ingest(tmp_path, SPEC_LOG + "17000 1 102 E - 0")
+    assert bundle_events(out) == SPEC_ROWS
+    assert [(p.line, p.kind) for p in result.problems] == [(10, ProblemKind.CUT_OFF)]
+    assert meta["inputs"][0]["cut_off"] == 1 and meta["inputs"][0]["malformed"] == 0
+    assert meta["problems"]["totals"] == {"cut_off": 1}
+
+
+def test_complete_last_line_without_newline_is_a_record(tmp_path):
+    result, out, _ = ingest(tmp_path, SPEC_LOG + "17000 1 102 X - 0 - 0 0 pmap_enter")
+    assert result.records == 7 and result.problems == []
+
+
+def test_malformed_middle_line(tmp_path):
+    lines = SPEC_LOG.splitlines(keepends=True)
+    lines.insert(5, "1000 0 101 A pv 0xfffff80001000040 w 0\n")
+    result, out, meta = ingest(tmp_path, "".join(lines))
+    assert [r[:10] for r in bundle_events(out)] == [r[:10] for r in SPEC_ROWS]
+    assert [(p.path.endswith("in0.log"), p.line, p.kind, p.reason) for p in result.problems] == [
+        (True, 6, ProblemKind.MALFORMED, "expected 10 fields, got 8")]
+    assert meta["problems"]["first"][0]["line"] == 6
+    assert meta["inputs"][0]["malformed"] == 1
+
+
+@pytest.mark.parametrize("line,reason", [
+    ("x 0 1 E - 0 - 0 0 op", "bad ts 'x' (unsigned decimal ns)"),
+    ("-5 0 1 E - 0 - 0 0 op", "bad ts '-5' (unsigned decimal ns)"),
+    ("5 c 1 E - 0 - 0 0 op", "bad cpu 'c'"),
+    ("5 0 -1 E - 0 - 0 0 op", "bad tid '-1'"),
+    ("5 0 1 Q - 0 - 0 0 op", "unknown event letter Q"),
+    ("5 0 1 A - 0x10 w 0 0 op", "lock class must not be - for A"),
+    ("5 0 1 E pv 0 - 0 0 op", "lock class must be - for E, got 'pv'"),
+    ("5 0 1 A pv 10 w 0 0 op", "bad lock '10' (hex with 0x)"),
+    ("5 0 1 A pv 0 w 0 0 op", "lock address 0 for A"),
+    ("5 0 1 P - 0x10 4k 0 0 op", "lock must be 0 for P, got '0x10'"),
+    ("5 0 1 A pv 0x10 x 0 0 op", "mode must be w or r for A, got 'x'"),
+    ("5 0 1 P - 0 w 0 0 op", "mode must be 4k or 2m for P, got 'w'"),
+    ("5 0 1 X - 0 w 0 0 op", "mode must be - for X, got 'w'"),
+    ("5 0 1 B pv 0x10 w -3 0 op", "bad ns '-3' (non-negative integer)"),
+    ("5 0 1 E - 0 - 0 0xZZ op", "bad pa '0xZZ' (hex with 0x)"),
+    ("5 0 1 E - 0 - 0 0 op extra", "expected 10 fields, got 11"),
+])
+def test_malformed_reasons(tmp_path, line, reason):
+    path = write(tmp_path, "x.log", f"# pvtrace-log v1\n{line}\n")
+    parsed = pvlog.parse(path, 0, "x.log")
+    assert [(p.line, p.kind, p.reason) for p in parsed.problems] == [
+        (2, ProblemKind.MALFORMED, reason)]
+    assert parsed.records == 0
+
+
+def test_blanks_and_tabs_between_fields(tmp_path):
+    text = SPEC_LOG.replace(" 0 101 A", "\t0  101\t \tA")
+    text = text.replace("11000 1 102 B", "  11000 1 102 B")
+    text = text.replace("9000 0x201000 pmap_enter", "9000  0x201000 pmap_enter \t")
+    _, out, meta = ingest(tmp_path, text)
+    assert bundle_events(out) == SPEC_ROWS
+    assert meta["problems"]["totals"] == {}
+
+
+def test_blank_lines_keep_line_numbers(tmp_path):
+    text = SPEC_LOG.replace("# ndomains=1\n", "# ndomains=1\n\n   \n")
+    _, out, _ = ingest(tmp_path, text)
+    assert [r[-1] for r in bundle_events(out)] == [6, 7, 8, 9, 10, 11]
+
+
+def test_max_bad(tmp_path):
+    bad = "".join(f"{i} 0 1 Q - 0 - 0 0 op\n" for i in range(12))
+    with pytest.raises(PvtraceError) as exc:
+        ingest(tmp_path, SPEC_LOG + bad)
+    msg = exc.value.one_line()
+    assert msg.startswith("12 malformed lines, more than --max-bad 10: ")
+    assert "in0.log:10: unknown event letter Q" in msg and "raise --max-bad" in msg
+    assert not (tmp_path / "bundle").exists()
+    result, _, _ = ingest(tmp_path, SPEC_LOG + bad, max_bad=12)
+    assert result.problem_totals == {"malformed": 12}
+
+
+def test_newer_log_version_refused(tmp_path):
+    with pytest.raises(PvtraceError, match=r"in0.log:1: event log version v2 is newer"):
+        ingest(tmp_path, SPEC_LOG.replace("v1", "v2"))
+
+
+def test_concatenated_captures(tmp_path):
+    second = SPEC_LOG.replace("# ncpu=4", "# ncpu=8").replace("101", "301").replace("102", "302")
+    result, _, meta = ingest(tmp_path, SPEC_LOG + second)
+    assert result.records == 12
+    assert [(p.line, p.kind) for p in result.problems] == [(10, ProblemKind.WARNING)]
+    assert meta["inputs"][0]["captures"] == [{"ncpu": "4", "ndomains": "1"},
+                                             {"ncpu": "8", "ndomains": "1"}]
+    assert meta["capture"] == {"ncpu": "4", "ndomains": "1"}
+
+
+def test_unknown_capture_keys_kept(tmp_path):
+    text = SPEC_LOG.replace("# ndomains=1", "# ndomains=1\n# kernel=FreeBSD 14.1 #0\n# x.y=z")
+    _, _, meta = ingest(tmp_path, text)
+    assert meta["capture"] == {"ncpu": "4", "ndomains": "1", "kernel": "FreeBSD 14.1 #0",
+                               "x.y": "z"}
+
+
+def test_batches_give_the_same_result(tmp_path, monkeypatch):
+    text = SPEC_LOG + "".join(f"{20000 + i} {i % 3} 103 E - 0 - 0 0 pmap_remove\n"
+                              for i in range(300)) + "junk line\n\n17000 1 102 X - 0 - 0 0 op\n"
+    path = write(tmp_path, "x.log", text)
+    whole = pvlog.parse(path, 0, "x")
+    monkeypatch.setattr(pvlog, "BATCH_ROWS", 50)
+    monkeypatch.setattr(pvlog, "ONE_BATCH_BYTES", 0)  # stream in batches of 50 lines
+    batched = pvlog.parse(path, 0, "x")
+    assert rows(batched.tables["events"].sort("line")) == rows(whole.tables["events"].sort("line"))
+    assert batched.problems == whole.problems and batched.lines == whole.lines == 312
+    assert [p.line for p in whole.problems] == [310]
+
+
+# A record as values, and the text a capture could print for it with arbitrary blank runs.
+records = st.tuples(
+    st.integers(0, 2**64 - 1), st.integers(0, 1023), st.integers(0, 2**40),
+    st.sampled_from("ARBSPEX"), st.sampled_from(["pv", "pvc", "pmap", "vm_page"]),
+    st.integers(1, 2**64 - 1), st.sampled_from(["w", "r"]), st.sampled_from(["4k", "2m"]),
+    st.integers(0, 2**63 - 1), st.integers(0, 2**52),
+    st.sampled_from(["pmap_enter", "pmap_remove_all", "-", "pmap_promote_pde"]))
+
+
+def _values(r):
+    ts, cpu, tid, ev, cls, lock, lmode, pmode, ns, pa, op = r
+    if ev in "ARBS":
+        return (ts, cpu, tid, ev, cls, lock, lmode, ns, pa, op)
+    return (ts, cpu, tid, ev, "-", 0, pmode if ev == "P" else "-", ns, pa, op)
+
+
+def _text(v, blanks) -> str:
+    fields = [str(v[0]), str(v[1]), str(v[2]), v[3], v[4], hex(v[5]) if v[5] else "0", v[6],
+              str(v[7]), hex(v[8]) if v[8] else "0", v[9]]
+    out = blanks[0][:-1] if blanks[0].strip(" ") == "" else ""   # optional leading spaces
+    for i, f in enumerate(fields):
+        out += f + (blanks[i + 1] if i < 9 else "")
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(records, st.lists(st.text(" \t", min_size=1, max_size=3),
+                                            min_size=10, max_size=10)),
+                min_size=1, max_size=20))
+def test_property_records_round_trip(recs):
+    values = [_values(r) for r, _ in recs]
+    text = "# pvtrace-log v1\n" + "".join(_text(v, b) + "\n" for v, (_, b) in zip(values, recs))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "p.log")
+        path.write_text(text)
+        parsed = pvlog.parse(path, 0, "p.log")
+    assert parsed.problems == []
+    got = rows(parsed.tables["events"].with_columns(pl.lit(0).alias("x")).sort("line"))
+    assert [g[:10] for g in got] == values
+    assert [g[11] for g in got] == list(range(2, len(values) + 2))
+
+
+def test_slow_path_for_everything_gives_the_same_result(tmp_path, monkeypatch):
+    text = SPEC_LOG.replace(" 0 101 A", "\t0  101 A") + "dtrace: 3 drops on CPU 0\nbad\n"
+    path = write(tmp_path, "x.log", text)
+    fast = pvlog.parse(path, 0, "x")
+    monkeypatch.setattr(pvlog, "BATCH_ROWS", 4)
+    monkeypatch.setattr(pvlog, "_field_batches", lambda path: iter(()))  # readers disagree
+    slow = pvlog.parse(path, 0, "x")
+    assert rows(slow.tables["events"]) == rows(fast.tables["events"])
+    assert [r[:10] for r in rows(fast.tables["events"])] == [r[:10] for r in SPEC_ROWS]
+    assert slow.problems == fast.problems and slow.lines == fast.lines == 11
+    assert slow.tables["diagnostics"].equals(fast.tables["diagnostics"])
+    assert slow.meta == fast.meta
+
+
+def test_tab_separated_log_streams_through_the_slow_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(pvlog, "BATCH_ROWS", 3)
+    path = write(tmp_path, "t.log", SPEC_LOG.replace(" ", "\t").replace("#\t", "# "))
+    parsed = pvlog.parse(path, 0, "t")
+    assert [r[:10] for r in rows(parsed.tables["events"])] == [r[:10] for r in SPEC_ROWS]
+    assert parsed.meta["capture"] == {"ncpu": "4", "ndomains": "1"}
+    assert parsed.problems == []
+
+
+def test_tab_inside_last_field_is_a_separator(tmp_path):
+    text = SPEC_LOG.replace("9000 0x201000 pmap_enter", "9000 0x201000 pmap_enter\t")
+    text = text.replace("16000 1 102 R pv 0xfffff80001000040 w 0 0x201000 pmap_enter",
+                        "16000 1 102 R pv 0xfffff80001000040 w 0 0x201000 pmap_enter\tjunk")
+    path = write(tmp_path, "x.log", text)
+    parsed = pvlog.parse(path, 0, "x")
+    assert [r[:10] for r in rows(parsed.tables["events"])] == [r[:10] for r in SPEC_ROWS[:5]]
+    assert [(p.line, p.reason) for p in parsed.problems] == [(9, "expected 10 fields, got 11")]

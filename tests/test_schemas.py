@@ -1,0 +1,93 @@
+"""Every table ingest writes reads back with exactly its schemas/ schema and version."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pvtrace import schemas
+from pvtrace.bundle import open_bundle
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest import run_ingest
+
+LOG = """\
+# pvtrace-log v1
+# ncpu=2
+dtrace: script 'pvtrace.d' matched 12 probes
+1000 0 101 E - 0 - 0 0x200000 pmap_enter
+1000 0 101 A pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+1500 0 101 P - 0 4k 0 0x201000 pmap_enter
+11000 0 101 R pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+dtrace: 3 drops on CPU 1
+"""
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text(LOG)
+    out = tmp_path / "b"
+    run_ingest([str(log)], str(out))
+    return out
+
+
+def test_schema_files_load():
+    assert {"events", "diagnostics"} <= set(schemas.names())
+    for name in schemas.names():
+        s = schemas.load(name)
+        assert s.arrow.metadata == {b"pvtrace.table": name.encode(),
+                                    b"pvtrace.schema_version": s.version.encode()}
+
+
+def test_written_tables_match_their_schemas(bundle_dir):
+    written = sorted(p.stem for p in bundle_dir.glob("*.parquet"))
+    assert written == ["diagnostics", "events"]
+    meta = json.loads((bundle_dir / "metadata.json").read_text())
+    for name in written:
+        table = pq.read_table(bundle_dir / f"{name}.parquet")
+        expected = schemas.load(name)
+        assert table.schema.equals(expected.arrow, check_metadata=True), name
+        assert meta["tables"][name]["schema_version"] == expected.version
+    assert meta["tables"]["events"]["rows"] == 4
+    assert meta["tables"]["diagnostics"]["rows"] == 2
+
+
+def test_bundle_reads_back(bundle_dir):
+    b = open_bundle(bundle_dir)
+    assert b.table("events")["ts"].to_list() == [1000, 1000, 1500, 11000]
+    assert b.table("diagnostics")["count"].to_list() == [12, 3]
+
+
+def _rewrite_version(path, version: str) -> None:
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    meta[b"pvtrace.schema_version"] = version.encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def test_newer_major_table_version_refused(bundle_dir):
+    _rewrite_version(bundle_dir / "events.parquet", "2.0")
+    with pytest.raises(PvtraceError, match=r"schema version 2\.0, newer than this pvtrace"):
+        open_bundle(bundle_dir).table("events")
+
+
+def test_newer_minor_table_version_accepted(bundle_dir):
+    _rewrite_version(bundle_dir / "events.parquet", "1.7")
+    assert open_bundle(bundle_dir).table("events").height == 4
+
+
+def test_newer_bundle_format_refused(bundle_dir):
+    meta_file = bundle_dir / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["format"] = "pvtrace-bundle/2"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(PvtraceError, match="newer than this pvtrace"):
+        open_bundle(bundle_dir)
+
+
+def test_conform_rejects_unknown_columns():
+    with pytest.raises(ValueError, match="not in schemas/events.json"):
+        schemas.conform(pa.table({"bogus": [1]}), "events")
