@@ -1,0 +1,580 @@
+"""A slow, obviously-correct reference of the replay (docs/REPLAY.md), on SimPy.
+
+The fast engine in ``pvtrace/replay/`` is checked against this file on many small random
+traces, so this file trades speed for readability: plain Python objects, one SimPy process per
+thread, and an explicit dispatcher for REPLAY.md section 4's global order.
+
+The pipeline, following REPLAY.md section by section:
+
+1. ``_split_threads``: per-thread records, ``B``/``S`` attached to their ``A`` (the wait and the
+   captured request time), ``A``/``R`` paired with a stack per (thread, lock), unmatched records
+   noted (held at start / held at end).
+2. ``_walk``: one design applied to one thread, producing its list of ``Step`` objects: which
+   keys it acquires and releases, where its current page changes, in which order, with which
+   captured start and end time (section 2 rules 1-5).
+3. ``_Engine``: runs every thread's steps on SimPy (section 3 time rules and section 4 grants,
+   spin/block, wakeup, turnstiles, true/false blocks, forced grants) and gathers the numbers
+   of section 5.
+
+Readings of REPLAY.md that the text leaves open are marked ``READING:`` in the comments.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import polars as pl
+import simpy
+
+from pvtrace.models.layout import PAGES_PER_FRAME, Layout, frame_of, page_of
+
+MODELS = ("stock", "obm-pvc", "obm", "obm-rw", "ideal")
+_OBM = ("obm-pvc", "obm", "obm-rw")
+_WAIT_EVENTS = ("B", "S")
+
+
+# ---------------------------------------------------------------- section 1: records per thread
+
+@dataclass
+class Rec:
+    """One captured record, plus what section 1 learns about it."""
+
+    idx: int                 # position in the thread's own stream
+    ts: int
+    ev: str
+    cls: str
+    lock: int
+    mode: str
+    ns: int
+    pa: int
+    wait: int = 0            # A: sum of the ns of its B/S records
+    first_wait_idx: int | None = None   # A: index of its first B/S record
+    attached: bool = False   # B/S: belongs to an A
+    pair: int | None = None  # A: index of its R; R: index of its A (None: unmatched)
+
+    @property
+    def request(self) -> int:
+        return self.ts - self.wait
+
+
+def _split_threads(events: pl.DataFrame) -> dict[int, list[Rec]]:
+    threads: dict[int, list[Rec]] = defaultdict(list)
+    for row in events.iter_rows(named=True):
+        recs = threads[int(row["tid"])]
+        recs.append(Rec(len(recs), int(row["ts"]), row["ev"], row["cls"], int(row["lock"]),
+                        row["mode"], int(row["ns"]), int(row["pa"])))
+    for recs in threads.values():
+        _attach_waits(recs)
+        _pair_holds(recs)
+    return dict(threads)
+
+
+def _attach_waits(recs: list[Rec]) -> None:
+    """A B/S attaches to the next A of the same lock if only B/S of that lock stand between."""
+    for i, rec in enumerate(recs):
+        if rec.ev not in _WAIT_EVENTS:
+            continue
+        j = i + 1
+        while j < len(recs) and recs[j].ev in _WAIT_EVENTS and recs[j].lock == rec.lock:
+            j += 1
+        if j < len(recs) and recs[j].ev == "A" and recs[j].lock == rec.lock:
+            rec.attached = True
+            a = recs[j]
+            a.wait += rec.ns
+            if a.first_wait_idx is None:
+                a.first_wait_idx = i
+
+
+def _pair_holds(recs: list[Rec]) -> None:
+    stacks: dict[int, list[Rec]] = defaultdict(list)
+    for rec in recs:
+        if rec.ev == "A":
+            stacks[rec.lock].append(rec)
+        elif rec.ev == "R" and stacks[rec.lock]:
+            a = stacks[rec.lock].pop()
+            a.pair, rec.pair = rec.idx, a.idx
+
+
+def _thread_start(recs: list[Rec]) -> int:
+    """First record; when that record is an acquisition (or its B/S), its request time."""
+    first = recs[0]
+    if first.ev == "A":
+        return first.request
+    if first.ev in _WAIT_EVENTS and first.attached:
+        j = first.idx
+        while recs[j].ev != "A":
+            j += 1
+        return recs[j].request
+    return first.ts
+
+
+# ---------------------------------------------------------------- section 2: designs and keys
+
+@dataclass(frozen=True)
+class PageSet:
+    """A thread's current page: one 4 KiB page, one 2 MiB frame, or unknown."""
+
+    size: str      # "4k", "2m" or "unknown"
+    number: int    # page number for 4k, frame number for 2m
+
+    @staticmethod
+    def of(pa: int, size: str) -> PageSet:
+        if pa == 0:
+            return PageSet("unknown", 0)
+        return PageSet("2m", frame_of(pa)) if size == "2m" else PageSet("4k", page_of(pa))
+
+    def intersects(self, other: PageSet) -> bool:
+        if self.size == "unknown" or other.size == "unknown":
+            return True
+        if self.size == other.size:
+            return self.number == other.number
+        small, big = (self, other) if self.size == "4k" else (other, self)
+        return small.number // PAGES_PER_FRAME == big.number
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What a hold holds under a design: a single key, or a 2m run of page keys.
+
+    ``keys`` are the keys actually executed (REPLAY.md 2.5), ``count`` the acquisitions the
+    design performs for it (512 for an OBM 2m run).
+    """
+
+    keys: tuple
+    count: int
+
+
+@dataclass
+class Design:
+    model: str
+    captured: Layout
+    layout: Layout
+    touched_pages: frozenset     # every 4 KiB page number some record of the trace names
+
+    def pv_key(self, pa: int, size: str, lock: int) -> KeySpec | None:
+        """keyD of a pv request; None when the design removes the pv lock."""
+        if self.model == "ideal":
+            # READING: "keyed by its lock address under every design" vs. the table's "removed"
+            # for ideal; SPEC 3 says a design without a lock performs none on it: removed.
+            return None
+        if pa == 0:
+            return KeySpec((("lock", lock),), 1)
+        if self.model == "stock":
+            return KeySpec((("pv", self.layout.slot(pa)),), 1)
+        if size == "2m":
+            frame = frame_of(pa)
+            first = frame * PAGES_PER_FRAME
+            pages = sorted({first} | {p for p in self.touched_pages
+                                      if p // PAGES_PER_FRAME == frame})
+            return KeySpec(tuple(("pg", p) for p in pages), PAGES_PER_FRAME)
+        return KeySpec((("pg", page_of(pa)),), 1)
+
+    def pv_mode(self, mode: str) -> str:
+        return mode if self.model in ("stock", "obm-rw") else "w"
+
+    def other_key(self, cls: str, lock: int) -> KeySpec | None:
+        if cls == "pvc" and self.model in ("obm", "obm-rw", "ideal"):
+            return None
+        return KeySpec((("lock", lock),), 1)
+
+    def key_c(self, pa: int, lock: int):
+        """keyC: the captured kernel's pv lock for a page (the lock address when unknown)."""
+        # READING: keyC of an unknown page (pa 0) is the hold's lock address, never a slot.
+        return ("lock", lock) if pa == 0 else ("slot", self.captured.slot(pa))
+
+    def turnstile(self, key) -> tuple:
+        if key[0] == "pg":
+            return ("ts", self.layout.slot(key[1] << 12))
+        return key
+
+
+# ---------------------------------------------------------------- steps of one thread
+
+@dataclass
+class Step:
+    """One thing a thread does at one instant (REPLAY.md 3 and 4).
+
+    ``cap_start``/``cap_end``: captured start and end (an acquisition starts at its captured
+    request time and ends at its captured ``A`` time). Acquisitions have priority 1, everything
+    else 0.
+    """
+
+    kind: str                      # "acquire", "release", "move", "cut", "end"
+    cap_start: int
+    cap_end: int
+    key: tuple | None = None       # acquire: the one key requested
+    mode: str = "w"
+    cls: str = ""
+    page: PageSet | None = None    # new current page (set before anything else of the step)
+    releases: tuple = ()           # keys released by this step, in this order
+
+    @property
+    def priority(self) -> int:
+        return 1 if self.kind == "acquire" else 0
+
+
+@dataclass
+class Hold:
+    """A captured hold (A..R) and what the design holds for it right now."""
+
+    cls: str
+    lock: int
+    mode: str                      # mode under the design
+    spec: KeySpec | None           # None: the design removes this lock
+
+
+@dataclass
+class ThreadPlan:
+    tid: int
+    start: int
+    steps: list[Step]
+    acquisitions: dict[str, int]   # per class, what the design performs
+
+
+def _acquire_steps(spec: KeySpec, mode: str, cls: str, start: int, end: int,
+                   page: PageSet | None) -> list[Step]:
+    """A 2m run is acquired one page at a time, each page its own step (REPLAY.md 2.5)."""
+    steps = []
+    for n, key in enumerate(spec.keys):
+        first = n == 0
+        steps.append(Step("acquire", start if first else end, end, key=key, mode=mode, cls=cls,
+                          page=page if first else None))
+    return steps
+
+
+def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> ThreadPlan:
+    tid_start = _thread_start(recs)
+    steps: list[Step] = []
+    acq: dict[str, int] = defaultdict(int)
+    holds: dict[int, Hold] = {}            # open holds by the index of their A (or R)
+    open_order: list[int] = []             # open holds, oldest first
+    carried: KeySpec | None = None         # pv key kept across a switch pair (rule 2)
+    cur_pa = 0                             # current page (REPLAY.md 2.3: "previous page")
+
+    def design_hold(cls: str, lock: int, mode: str, pa: int) -> Hold:
+        if cls == "pv":
+            return Hold(cls, lock, design.pv_mode(mode), design.pv_key(pa, "4k", lock))
+        return Hold(cls, lock, mode, design.other_key(cls, lock))
+
+    def acquire(hold: Hold, start: int, end: int, page: PageSet | None) -> None:
+        if hold.spec is None:
+            # A removed lock keeps the work and loses the wait: the timeline is cut at the
+            # captured request time and resumes from the captured A time.
+            steps.append(Step("cut", start, end))
+            return
+        acq[hold.cls] += hold.spec.count
+        steps.extend(_acquire_steps(hold.spec, hold.mode, hold.cls, start, end, page))
+
+    def open_pv() -> Hold | None:
+        for k in reversed(open_order):
+            if holds[k].cls == "pv":
+                return holds[k]
+        return None
+
+    # Held at start: synthesized acquisitions without wait at the thread's start.
+    # READING: in reverse order of their R records (the last released was taken first).
+    unmatched_r = [r for r in recs if r.ev == "R" and r.pair is None]
+    for r in reversed(unmatched_r):
+        hold = design_hold(r.cls, r.lock, r.mode, r.pa)
+        holds[r.idx] = hold
+        open_order.append(r.idx)
+        page = PageSet.of(r.pa, "4k") if r.cls == "pv" else None
+        if r.cls == "pv":
+            cur_pa = r.pa
+        acquire(hold, tid_start, tid_start, page)
+
+    def prev_record(a: Rec) -> Rec | None:
+        i = (a.first_wait_idx if a.first_wait_idx is not None else a.idx) - 1
+        return recs[i] if i >= 0 else None
+
+    def next_record(r: Rec) -> Rec | None:
+        for j in range(r.idx + 1, len(recs)):
+            if recs[j].ev not in _WAIT_EVENTS:
+                return recs[j]
+        return None
+
+    for rec in recs:
+        if rec.ev == "A":
+            hold = design_hold(rec.cls, rec.lock, rec.mode, rec.pa)
+            holds[rec.idx] = hold
+            open_order.append(rec.idx)
+            if rec.cls != "pv":
+                acquire(hold, rec.request, rec.ts, None)
+                continue
+            cur_pa = rec.pa
+            page = PageSet.of(rec.pa, "4k")
+            prev = prev_record(rec)
+            switch_pair = prev is not None and prev.ev == "R" and prev.cls == "pv"
+            if hold.spec is None:
+                steps.append(Step("cut", rec.request, rec.ts))
+            elif switch_pair and carried is not None and hold.spec == carried:
+                # Rule 1: no switch under this design; the captured wait disappears.
+                steps.append(Step("move", rec.request, rec.ts, page=page))
+            else:
+                acquire(hold, rec.request, rec.ts, page)
+            carried = None
+        elif rec.ev == "R":
+            key_idx = rec.pair if rec.pair is not None else rec.idx
+            hold = holds.pop(key_idx)
+            open_order.remove(key_idx)
+            if hold.spec is None:
+                continue
+            if rec.cls == "pv":
+                nxt = next_record(rec)
+                if (nxt is not None and nxt.ev == "A" and nxt.cls == "pv"
+                        and design.pv_key(nxt.pa, "4k", nxt.lock) == hold.spec):
+                    carried = hold.spec      # rule 2: nothing happens
+                    continue
+            steps.append(Step("release", rec.ts, rec.ts, releases=hold.spec.keys))
+        elif rec.ev == "P":
+            hold = open_pv()
+            if hold is None:
+                continue
+            size = "2m" if rec.mode == "2m" else "4k"
+            page = PageSet.of(rec.pa, size)
+            new = design.pv_key(rec.pa, size, hold.lock)
+            if (new != hold.spec
+                    and design.key_c(rec.pa, hold.lock) == design.key_c(cur_pa, hold.lock)):
+                # Rule 3: the captured kernel kept its lock, this design switches.
+                steps.append(Step("move", rec.ts, rec.ts, page=page, releases=hold.spec.keys))
+                hold.spec = new
+                acq["pv"] += new.count
+                steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None))
+            else:
+                steps.append(Step("move", rec.ts, rec.ts, page=page))
+            cur_pa = rec.pa
+
+    # Held at end: released at the capture's last timestamp, innermost first.
+    for k in reversed(open_order):
+        hold = holds[k]
+        if hold.spec is not None:
+            steps.append(Step("release", capture_end, capture_end, releases=hold.spec.keys))
+    last = recs[-1].ts
+    steps.append(Step("end", last, last))
+    return ThreadPlan(tid, tid_start, steps, dict(acq))
+
+
+# ---------------------------------------------------------------- sections 3 and 4: the engine
+
+@dataclass
+class Waiter:
+    tid: int
+    key: tuple
+    mode: str
+    cls: str
+    request: int
+    granted: simpy.Event
+    true_block: bool = False
+
+
+@dataclass
+class KeyState:
+    holders: list = field(default_factory=list)     # [(tid, mode)], one entry per hold
+    queue: deque = field(default_factory=deque)     # of Waiter
+
+    def free(self) -> bool:
+        return not self.holders
+
+    def read_held(self) -> bool:
+        return bool(self.holders) and all(m == "r" for _, m in self.holders)
+
+
+class _Engine:
+    def __init__(self, plans: list[ThreadPlan], design: Design, spin_limit_ns: int,
+                 wakeup_ns: int):
+        self.env = simpy.Environment()
+        self.design = design
+        self.L = spin_limit_ns
+        self.wakeup = wakeup_ns
+        self.plans = {p.tid: p for p in plans}
+        self.keys: dict[tuple, KeyState] = defaultdict(KeyState)
+        self.page: dict[int, PageSet] = {}        # current page per thread
+        self.agenda: list[tuple[int, int, Step, simpy.Event]] = []   # (priority, tid, ...)
+        self.waiting: dict[int, Waiter] = {}
+        self.ended: dict[int, int] = {}
+        # results
+        self.waits: list[int] = []
+        self.class_waits: dict[str, list[int]] = defaultdict(list)
+        self.spin = self.block = 0
+        self.true_count = self.true_ns = self.false_count = self.false_ns = 0
+        self.sibling = 0
+        self.forced = 0
+
+    # -- SimPy processes
+
+    def thread(self, plan: ThreadPlan):
+        env = self.env
+        yield env.timeout(plan.start - env.now)
+        prev_cap_end = plan.start
+        for step in plan.steps:
+            yield env.timeout(max(0, step.cap_start - prev_cap_end))
+            done = env.event()
+            self.agenda.append((step.priority, plan.tid, step, done))
+            wait = yield done
+            if step.kind == "acquire" and wait > self.L:
+                yield env.timeout(self.wakeup)
+            prev_cap_end = step.cap_end
+        self.ended[plan.tid] = env.now
+
+    def dispatcher(self):
+        """Executes pending steps in (time, priority, tid) order, one at a time.
+
+        SimPy orders same-time events by scheduling order, so before each choice the dispatcher
+        lets every other event of the current instant run (threads whose gap ends now register
+        their step in the agenda); only then it executes the smallest (priority, tid).
+        """
+        env = self.env
+        while True:
+            while env.peek() == env.now:
+                yield env.timeout(0)
+            if self.agenda:
+                entry = min(self.agenda, key=lambda e: (e[0], e[1]))
+                self.agenda.remove(entry)
+                _, tid, step, done = entry
+                self.execute(tid, step, done)
+                continue
+            if env.peek() == float("inf"):
+                if not self.waiting:
+                    return
+                self.force_grant()
+                continue
+            yield env.timeout(env.peek() - env.now)
+
+    # -- steps
+
+    def execute(self, tid: int, step: Step, done: simpy.Event) -> None:
+        if step.page is not None:
+            self.page[tid] = step.page
+        for key in step.releases:
+            self.release(tid, key)
+        if step.kind == "acquire":
+            self.request(tid, step, done)
+        else:
+            done.succeed(0)
+
+    def request(self, tid: int, step: Step, done: simpy.Event) -> None:
+        state = self.keys[step.key]
+        w = Waiter(tid, step.key, step.mode, step.cls, self.env.now, done)
+        if not state.queue and (state.free() or (state.read_held() and step.mode == "r")):
+            state.holders.append((tid, step.mode))
+            self.record(w, 0)
+            done.succeed(0)
+            return
+        if step.cls == "pv":
+            mine = self.page.get(tid, PageSet("unknown", 0))
+            blockers = [t for t, _ in state.holders] + [q.tid for q in state.queue]
+            w.true_block = any(self.page.get(b, PageSet("unknown", 0)).intersects(mine)
+                               for b in blockers)
+        state.queue.append(w)
+        self.waiting[tid] = w
+
+    def release(self, tid: int, key: tuple) -> None:
+        state = self.keys[key]
+        for i, (holder, _) in enumerate(state.holders):
+            if holder == tid:
+                del state.holders[i]
+                break
+        else:
+            raise AssertionError(f"thread {tid} releases {key} it does not hold")
+        while state.queue:
+            head = state.queue[0]
+            if head.mode == "w" and state.free():
+                self.grant(state.queue.popleft())
+                break
+            if head.mode == "r" and not any(m == "w" for _, m in state.holders):
+                self.grant(state.queue.popleft())
+                continue
+            break
+        self.sibling_wakeups(key)
+
+    def sibling_wakeups(self, key: tuple) -> None:
+        turnstile = self.design.turnstile(key)
+        for w in self.waiting.values():
+            if (w.key != key and self.design.turnstile(w.key) == turnstile
+                    and self.env.now - w.request > self.L):
+                self.sibling += 1
+
+    def grant(self, w: Waiter) -> None:
+        self.keys[w.key].holders.append((w.tid, w.mode))
+        del self.waiting[w.tid]
+        wait = self.env.now - w.request
+        self.record(w, wait)
+        w.granted.succeed(wait)
+
+    def force_grant(self) -> None:
+        w = min(self.waiting.values(), key=lambda q: (q.request, q.tid))
+        self.keys[w.key].queue.remove(w)
+        self.forced += 1
+        self.grant(w)
+
+    def record(self, w: Waiter, wait: int) -> None:
+        self.waits.append(wait)
+        self.class_waits[w.cls].append(wait)
+        spin = min(wait, self.L)
+        self.spin += spin
+        self.block += wait - spin
+        if wait > 0 and w.cls == "pv":
+            if w.true_block:
+                self.true_count += 1
+                self.true_ns += wait
+            else:
+                self.false_count += 1
+                self.false_ns += wait
+
+    def run(self) -> None:
+        for plan in self.plans.values():
+            self.env.process(self.thread(plan))
+        self.env.process(self.dispatcher())
+        self.env.run()
+        missing = set(self.plans) - set(self.ended)
+        assert not missing, f"threads never ended: {missing}"
+
+
+# ---------------------------------------------------------------- entry point
+
+def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
+                     layout: str | None = None, spin_limit_ns: int = 0,
+                     wakeup_ns: int = 0) -> dict:
+    """Replay ``events`` (a bundle's events table, sorted by ts) under one design."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}")
+    captured = Layout.parse(captured_layout)
+    # READING: the pages "some record touches" are those of pv lock records and P records
+    # (the only records whose page can become a key); E/X and other classes' pages are not.
+    touching = events.filter(((pl.col("cls") == "pv") | (pl.col("ev") == "P"))
+                             & (pl.col("pa") != 0))
+    design = Design(model, captured, Layout.parse(layout) if layout else captured,
+                    frozenset(page_of(int(pa)) for pa in touching["pa"].to_list()))
+    threads = _split_threads(events)
+    capture_end = int(events["ts"].max()) if events.height else 0
+    plans = [_walk(tid, recs, design, capture_end) for tid, recs in sorted(threads.items())]
+    engine = _Engine(plans, design, spin_limit_ns, wakeup_ns)
+    engine.run()
+
+    acquisitions: dict[str, int] = defaultdict(int)
+    for plan in plans:
+        for cls, n in plan.acquisitions.items():
+            acquisitions[cls] += n
+    by_class = {}
+    for cls, n in sorted(acquisitions.items()):
+        if n == 0:
+            continue
+        waits = engine.class_waits.get(cls, [])
+        by_class[cls] = {"acquisitions": n, "contended": sum(1 for w in waits if w > 0),
+                         "wait_ns": sum(waits)}
+    starts = [p.start for p in plans]
+    return {
+        "acquisitions": sum(acquisitions.values()),
+        "contended": sum(1 for w in engine.waits if w > 0),
+        "wait_ns": sum(engine.waits),
+        "spin_ns": engine.spin,
+        "block_ns": engine.block,
+        "false_block": {"count": engine.false_count, "wait_ns": engine.false_ns},
+        "true_block": {"count": engine.true_count, "wait_ns": engine.true_ns},
+        "sibling_wakeups": engine.sibling,
+        "makespan_ns": (max(engine.ended.values()) - min(starts)) if plans else 0,
+        "by_class": by_class,
+        "waits": sorted(engine.waits),
+        "forced_grants": engine.forced,
+    }

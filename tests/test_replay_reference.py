@@ -1,0 +1,586 @@
+"""The replay rules (docs/REPLAY.md) on tiny traces, and the fast engine against the reference.
+
+Part (a): one hand-written trace per SPEC 3 definition, with the exact numbers reasoned from
+REPLAY.md in the comments, checked against the slow SimPy reference (tests/reference_replay.py).
+Part (b): hypothesis draws small valid captures; the fast engine
+(``pvtrace.replay.run.replay_events``) must agree with the reference exactly on every model.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pvtrace.models.layout import Layout
+from reference_replay import MODELS, reference_replay
+
+PV_SP = 0xFFFFF80001000000      # superpage layout: pv lock of frame f at PV_SP + 64 f
+PV_HASH = 0xFFFFFFFF81000000    # hash layouts: pv lock of slot s at PV_HASH + 32 s
+PVC = 0xFFFFFFFF82000000        # the one pv chunk list mutex
+PMAP = (0xFFFFF80002000000, 0xFFFFF80002000100)
+
+F1 = 0x200000                   # frame 1
+F257 = 257 << 21                # frame 257: aliases frame 1 under hash:256
+
+
+def trace(text: str) -> pl.DataFrame:
+    """A pvtrace-log v1 body (no metadata lines) as a bundle's events table, sorted by ts."""
+    rows = [line.split() for line in text.strip().splitlines()]
+    df = pl.DataFrame(
+        {
+            "ts": [int(r[0]) for r in rows],
+            "cpu": [int(r[1]) for r in rows],
+            "tid": [int(r[2]) for r in rows],
+            "ev": [r[3] for r in rows],
+            "cls": [r[4] for r in rows],
+            "lock": [int(r[5], 16) for r in rows],
+            "mode": [r[6] for r in rows],
+            "ns": [int(r[7]) for r in rows],
+            "pa": [int(r[8], 16) for r in rows],
+            "op": [r[9] for r in rows],
+        },
+        schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64},
+    )
+    return df.sort("ts", maintain_order=True)
+
+
+def as_log(events: pl.DataFrame) -> str:
+    """The events table back as log lines (for failure messages)."""
+    return "\n".join(f"{r['ts']} {r['cpu']} {r['tid']} {r['ev']} {r['cls']} {hex(r['lock'])} "
+                     f"{r['mode']} {r['ns']} {hex(r['pa'])} {r['op']}"
+                     for r in events.iter_rows(named=True))
+
+
+def replay(text: str, model: str, captured: str = "superpage", **kw) -> dict:
+    return reference_replay(trace(text), captured_layout=captured, model=model, **kw)
+
+
+def h(x: int) -> str:
+    return hex(x)
+
+
+# --------------------------------------------------------------------- (a) hand-written traces
+
+SPEC_EXAMPLE = f"""
+1000 0 101 E - 0 - 0 0x200000 pmap_enter
+1000 0 101 A pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+11000 0 101 R pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+11000 1 102 B pv {h(PV_SP + 64)} w 9000 0x201000 pmap_enter
+11000 1 102 A pv {h(PV_SP + 64)} w 0 0x201000 pmap_enter
+16000 1 102 R pv {h(PV_SP + 64)} w 0 0x201000 pmap_enter
+"""
+
+
+def test_spec_example():
+    # Observed: 9000 ns. Stock reproduces it: 102 requests at 11000 - 9000 = 2000, granted at
+    # 11000, releases at 16000; two different pages of frame 1, so a false block.
+    stock = replay(SPEC_EXAMPLE, "stock")
+    assert stock["acquisitions"] == 2 and stock["contended"] == 1
+    assert stock["wait_ns"] == 9000 and stock["block_ns"] == 9000 and stock["spin_ns"] == 0
+    assert stock["false_block"] == {"count": 1, "wait_ns": 9000}
+    assert stock["true_block"] == {"count": 0, "wait_ns": 0}
+    assert stock["makespan_ns"] == 15000
+    assert stock["waits"] == [0, 9000]
+    # OBM: per-page locks, no wait; 102 runs 2000..7000, 101 1000..11000 (SPEC 3's JSON).
+    obm = replay(SPEC_EXAMPLE, "obm")
+    assert obm["acquisitions"] == 2 and obm["contended"] == 0 and obm["wait_ns"] == 0
+    assert obm["makespan_ns"] == 10000
+    assert obm["by_class"] == {"pv": {"acquisitions": 2, "contended": 0, "wait_ns": 0}}
+    ideal = replay(SPEC_EXAMPLE, "ideal")
+    assert ideal["acquisitions"] == 0 and ideal["waits"] == [] and ideal["makespan_ns"] == 10000
+
+
+def two_pages(page2: int) -> str:
+    # 101 holds frame 1's lock 1000..5000 on page 0x200000; 102 waits 2000..5000 for the same
+    # captured lock on page2 and holds it 5000..6000.
+    lk = h(PV_SP + 64)
+    return f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_enter
+5000 0 101 R pv {lk} w 0 0x200000 pmap_enter
+5000 1 102 B pv {lk} w 3000 {h(page2)} pmap_enter
+5000 1 102 A pv {lk} w 0 {h(page2)} pmap_enter
+6000 1 102 R pv {lk} w 0 {h(page2)} pmap_enter
+"""
+
+
+def test_aliasing_false_block():
+    stock = replay(two_pages(0x201000), "stock")
+    assert stock["false_block"] == {"count": 1, "wait_ns": 3000}
+    assert stock["true_block"] == {"count": 0, "wait_ns": 0}
+    assert stock["waits"] == [0, 3000] and stock["makespan_ns"] == 5000
+    for model in ("obm-pvc", "obm", "obm-rw"):
+        obm = replay(two_pages(0x201000), model)
+        assert obm["wait_ns"] == 0 and obm["false_block"] == {"count": 0, "wait_ns": 0}
+        assert obm["makespan_ns"] == 4000     # 101: 1000..5000, 102: 2000..3000
+
+
+def test_same_page_true_block():
+    for model in ("stock", "obm-pvc", "obm", "obm-rw"):
+        r = replay(two_pages(0x200000), model)
+        assert r["true_block"] == {"count": 1, "wait_ns": 3000}, model
+        assert r["false_block"] == {"count": 0, "wait_ns": 0}, model
+        assert r["makespan_ns"] == 5000, model
+    assert replay(two_pages(0x200000), "ideal")["wait_ns"] == 0
+
+
+def test_hash_aliasing():
+    # Captured on a hash:256 kernel: frames 1 and 257 share slot 1's lock.
+    lk = h(PV_HASH + 32)
+    text = f"""
+1000 0 101 A pv {lk} w 0 {h(F1)} pmap_enter
+5000 0 101 R pv {lk} w 0 {h(F1)} pmap_enter
+5000 1 102 B pv {lk} w 3000 {h(F257)} pmap_enter
+5000 1 102 A pv {lk} w 0 {h(F257)} pmap_enter
+6000 1 102 R pv {lk} w 0 {h(F257)} pmap_enter
+"""
+    hashed = replay(text, "stock", captured="hash:256")
+    assert hashed["false_block"] == {"count": 1, "wait_ns": 3000}
+    assert hashed["waits"] == [0, 3000]
+    sp = replay(text, "stock", captured="hash:256", layout="superpage")
+    assert sp["wait_ns"] == 0 and sp["contended"] == 0 and sp["makespan_ns"] == 4000
+
+
+def test_chunk_lock_removal():
+    # 101 holds the pv chunk list 1000..3000; 102 waited 1000 ns for it (request 2000).
+    text = f"""
+1000 0 101 A pvc {h(PVC)} w 0 0x200000 pmap_enter
+3000 0 101 R pvc {h(PVC)} w 0 0x200000 pmap_enter
+3000 1 102 B pvc {h(PVC)} w 1000 0x400000 pmap_enter
+3000 1 102 A pvc {h(PVC)} w 0 0x400000 pmap_enter
+4000 1 102 R pvc {h(PVC)} w 0 0x400000 pmap_enter
+"""
+    for model in ("stock", "obm-pvc"):
+        r = replay(text, model)
+        assert r["acquisitions"] == 2 and r["wait_ns"] == 1000 and r["waits"] == [0, 1000]
+        assert r["by_class"] == {"pvc": {"acquisitions": 2, "contended": 1, "wait_ns": 1000}}
+        # chunk-list waits are neither true nor false blocks
+        assert r["false_block"]["count"] == r["true_block"]["count"] == 0
+        assert r["makespan_ns"] == 3000
+    for model in ("obm", "obm-rw", "ideal"):
+        r = replay(text, model)
+        assert r["acquisitions"] == 0 and r["waits"] == [] and r["by_class"] == {}
+        # the removed lock loses its wait: 102 runs 2000..3000, 101 1000..3000
+        assert r["makespan_ns"] == 2000
+
+
+def test_readers_under_exclusive_design():
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} r 0 0x200000 pmap_is_modified
+3000 0 101 R pv {lk} r 0 0x200000 pmap_is_modified
+2000 1 102 A pv {lk} r 0 0x200000 pmap_is_referenced
+2500 1 102 R pv {lk} r 0 0x200000 pmap_is_referenced
+"""
+    for model in ("stock", "obm-rw"):
+        r = replay(text, model)
+        assert r["wait_ns"] == 0 and r["acquisitions"] == 2 and r["makespan_ns"] == 2000
+    for model in ("obm", "obm-pvc"):
+        # exclusive page lock: 102 waits 2000..3000 on the same page, then holds 500 ns
+        r = replay(text, model)
+        assert r["waits"] == [0, 1000]
+        assert r["true_block"] == {"count": 1, "wait_ns": 1000}
+        assert r["makespan_ns"] == 2500
+
+
+def test_reader_never_overtakes_queued_writer():
+    # 101 reads 1000..3000; 102 wants to write from 1500; 103 wants to read from 2000 and must
+    # queue behind 102 although the lock is read-held when it asks.
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} r 0 0x200000 pmap_is_modified
+3000 0 101 R pv {lk} r 0 0x200000 pmap_is_modified
+3000 1 102 B pv {lk} w 1500 0x200000 pmap_remove_all
+3000 1 102 A pv {lk} w 0 0x200000 pmap_remove_all
+3500 1 102 R pv {lk} w 0 0x200000 pmap_remove_all
+3500 2 103 B pv {lk} r 1500 0x200000 pmap_is_referenced
+3500 2 103 A pv {lk} r 0 0x200000 pmap_is_referenced
+3600 2 103 R pv {lk} r 0 0x200000 pmap_is_referenced
+"""
+    for model in ("stock", "obm-rw", "obm"):
+        r = replay(text, model)
+        assert r["waits"] == [0, 1500, 1500], model
+        assert r["true_block"] == {"count": 2, "wait_ns": 3000}, model
+        assert r["makespan_ns"] == 2600, model
+
+
+def test_unknown_page_keyed_by_lock_address():
+    # pa 0: keyed by the lock address under every design that has the lock; an unknown page
+    # intersects every page, so the wait is a true block even under OBM.
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
+3000 0 101 R pv {lk} w 0 0 pmap_remove_pages
+3000 1 102 B pv {lk} w 1000 0 pmap_remove_pages
+3000 1 102 A pv {lk} w 0 0 pmap_remove_pages
+3500 1 102 R pv {lk} w 0 0 pmap_remove_pages
+"""
+    for model in ("stock", "obm-pvc", "obm", "obm-rw"):
+        r = replay(text, model)
+        assert r["waits"] == [0, 1000] and r["true_block"] == {"count": 1, "wait_ns": 1000}
+    assert replay(text, "ideal")["acquisitions"] == 0
+
+
+def test_lock_moves_between_pages():
+    # 101 takes frame 1's lock for page 0x200000, moves to page 0x201000 at 2000 (same captured
+    # lock, so no R/A in the capture) and releases at 5000. 102 wants page 0x200000 from 1500.
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_remove
+2000 0 101 P - 0 4k 0 0x201000 pmap_remove
+5000 0 101 R pv {lk} w 0 0x201000 pmap_remove
+5000 1 102 B pv {lk} w 3500 0x200000 pmap_enter
+5000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+6000 1 102 R pv {lk} w 0 0x200000 pmap_enter
+"""
+    stock = replay(text, "stock")
+    # at 1500 the holder still works on 0x200000: a true block of 3500 ns
+    assert stock["waits"] == [0, 3500] and stock["true_block"] == {"count": 1, "wait_ns": 3500}
+    assert stock["acquisitions"] == 2 and stock["makespan_ns"] == 5000
+    obm = replay(text, "obm")
+    # the P releases page 0x200000 at 2000 and takes 0x201000: 102 waits 1500..2000 only
+    assert obm["acquisitions"] == 3
+    assert obm["waits"] == [0, 0, 500] and obm["true_block"] == {"count": 1, "wait_ns": 500}
+    assert obm["makespan_ns"] == 4000     # 101 ends at 5000, 102 at 3000
+
+
+def test_superpage_run():
+    # 102 holds page 0x203000 of frame 1 500..1500. 101 takes frame 1 (waiting 500 ns in the
+    # capture), then promotes: P 2m at 1600, release at 2500.
+    lk = h(PV_SP + 64)
+    text = f"""
+500 1 102 A pv {lk} w 0 0x203000 pmap_enter
+1500 1 102 R pv {lk} w 0 0x203000 pmap_enter
+1500 0 101 B pv {lk} w 500 0x200000 pmap_promote_pde
+1500 0 101 A pv {lk} w 0 0x200000 pmap_promote_pde
+1600 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
+2500 0 101 R pv {lk} w 0 0x200000 pmap_promote_pde
+"""
+    stock = replay(text, "stock")
+    # stock: one lock per frame; pages 0x200000 and 0x203000 differ: a false block
+    assert stock["acquisitions"] == 2 and stock["waits"] == [0, 500]
+    assert stock["false_block"] == {"count": 1, "wait_ns": 500}
+    assert stock["makespan_ns"] == 2000
+    obm = replay(text, "obm")
+    # obm: 101 gets page 0x200000 at 1000 at once; the P at 1100 releases it and runs the
+    # frame's pages that the trace touches: 0x200 (free), 0x203 (held by 102 until 1500)
+    assert obm["acquisitions"] == 1 + 512 + 1
+    assert obm["waits"] == [0, 0, 0, 400]
+    assert obm["true_block"] == {"count": 1, "wait_ns": 400}
+    assert obm["makespan_ns"] == 1900     # 101 releases at 1500 + 900 = 2400
+
+
+def test_superpage_run_of_first_page_only():
+    # Only the frame's first page is ever touched: the run executes one page lock but is still
+    # a different key from the 4k lock of that page (rule 3 switches), and counts 512.
+    lk = h(PV_SP + 64)
+    text = f"""
+0 0 102 A pv {lk} w 0 0x200000 pmap_promote_pde
+1 0 102 P - 0 2m 0 0x200000 pmap_promote_pde
+2 0 102 R pv {lk} w 0 0x200000 pmap_promote_pde
+"""
+    obm = replay(text, "obm")
+    assert obm["acquisitions"] == 1 + 512 and obm["waits"] == [0, 0]
+    stock = replay(text, "stock")
+    assert stock["acquisitions"] == 1 and stock["waits"] == [0]
+
+
+def test_captured_switch_is_not_doubled():
+    # The P moves to frame 2, whose captured lock differs: the P only moves the page and the
+    # capture's own R/A pair does the switch (rule 3, then rules 1 and 2).
+    l1, l2 = h(PV_SP + 64), h(PV_SP + 128)
+    text = f"""
+0 0 101 A pv {l1} w 0 0x200000 pmap_remove
+10 0 101 P - 0 4k 0 0x400000 pmap_remove
+20 0 101 R pv {l1} w 0 0x200000 pmap_remove
+20 0 101 A pv {l2} w 0 0x400000 pmap_remove
+30 0 101 R pv {l2} w 0 0x400000 pmap_remove
+"""
+    for model in ("stock", "obm", "obm-rw"):
+        r = replay(text, model)
+        assert r["acquisitions"] == 2 and r["waits"] == [0, 0] and r["makespan_ns"] == 30
+
+
+def siblings_text() -> str:
+    # 101 holds page 0x200000 1000..5000, 102 page 0x201000 1000..3000 (frame 1);
+    # 103 wants 0x200000 and 104 wants 0x201000 from 2000, each for 100 ns.
+    lk = h(PV_SP + 64)
+    return f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_remove_all
+1000 1 102 A pv {lk} w 0 0x201000 pmap_remove_all
+2000 2 103 A pv {lk} w 0 0x200000 pmap_enter
+2000 3 104 A pv {lk} w 0 0x201000 pmap_enter
+2100 2 103 R pv {lk} w 0 0x200000 pmap_enter
+2100 3 104 R pv {lk} w 0 0x201000 pmap_enter
+3000 1 102 R pv {lk} w 0 0x201000 pmap_remove_all
+5000 0 101 R pv {lk} w 0 0x200000 pmap_remove_all
+"""
+
+
+def test_sibling_wakeups():
+    # obm, spin limit 0: 102's release of 0x201 at 3000 wakes 103 (asleep since 2000, waiting
+    # for 0x200) for nothing; 104, granted then, releases 0x201 at 3100: again. 101's release
+    # at 5000 grants 103, nobody else waits.
+    r = replay(siblings_text(), "obm")
+    assert r["sibling_wakeups"] == 2
+    assert r["waits"] == [0, 0, 1000, 3000]
+    assert r["true_block"] == {"count": 2, "wait_ns": 4000}
+    assert r["makespan_ns"] == 4100
+    # stock: one lock, one turnstile per lock: no sibling wakeups
+    assert replay(siblings_text(), "stock")["sibling_wakeups"] == 0
+    # wakeup latency: 104 runs at 3100 and releases at 3200 (still a sibling wakeup for 103);
+    # 103 runs at 5100 and releases at 5200
+    w = replay(siblings_text(), "obm", wakeup_ns=100)
+    assert w["sibling_wakeups"] == 2 and w["waits"] == [0, 0, 1000, 3000]
+    assert w["makespan_ns"] == 4200
+
+
+def test_spin_limit_split():
+    # spin limit 1500: 104 waits 1000 (all spun), 103 waits 3000 (1500 spun, 1500 blocked).
+    # 103 only falls asleep after 3500, when no sibling release happens any more.
+    r = replay(siblings_text(), "obm", spin_limit_ns=1500)
+    assert r["wait_ns"] == 4000 and r["spin_ns"] == 2500 and r["block_ns"] == 1500
+    assert r["spin_ns"] + r["block_ns"] == r["wait_ns"]
+    assert r["sibling_wakeups"] == 0
+    blocked = replay(siblings_text(), "obm", spin_limit_ns=0)
+    assert blocked["spin_ns"] == 0 and blocked["block_ns"] == 4000
+
+
+def test_switch_pair_vanishes_when_keys_coincide():
+    # Captured per superpage: 101 switches from frame 1's lock to frame 257's (R then A, with a
+    # 500 ns wait behind 102). Under hash:256 both frames are slot 1: no switch, the captured
+    # wait disappears (rules 1 and 2).
+    l1, l257 = h(PV_SP + 64), h(PV_SP + 64 * 257)
+    text = f"""
+1000 0 101 A pv {l1} w 0 {h(F1)} pmap_remove
+1500 1 102 A pv {l257} w 0 {h(F257)} pmap_enter
+2000 0 101 R pv {l1} w 0 {h(F1)} pmap_remove
+2500 0 101 B pv {l257} w 500 {h(F257)} pmap_remove
+2500 0 101 A pv {l257} w 0 {h(F257)} pmap_remove
+2500 1 102 R pv {l257} w 0 {h(F257)} pmap_enter
+3000 0 101 R pv {l257} w 0 {h(F257)} pmap_remove
+"""
+    sp = replay(text, "stock")
+    assert sp["acquisitions"] == 3 and sp["waits"] == [0, 0, 500]
+    assert sp["true_block"] == {"count": 1, "wait_ns": 500} and sp["makespan_ns"] == 2000
+    hashed = replay(text, "stock", layout="hash:256")
+    # 101 keeps slot 1 from 1000 and releases at 2500 (its 500 ns wait is gone); 102 asks at
+    # 1500 while 101 works on frame 1: a false block of 1000 ns, 102 releases at 3500.
+    assert hashed["acquisitions"] == 2 and hashed["waits"] == [0, 1000]
+    assert hashed["false_block"] == {"count": 1, "wait_ns": 1000}
+    assert hashed["makespan_ns"] == 2500
+
+
+def test_held_at_start_and_end():
+    # 101's R has no A (held at start: acquired at its first record, 1000); 102's A has no R
+    # (held at end: released at the capture's last timestamp, 4000).
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 E - 0 - 0 0x200000 pmap_enter
+3000 0 101 R pv {lk} w 0 0x200000 pmap_enter
+2000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+4000 0 101 X - 0 - 0 0 pmap_enter
+"""
+    r = replay(text, "stock")
+    # 102 waits 2000..3000, then holds to 4000 + 1000 = 5000
+    assert r["acquisitions"] == 2 and r["waits"] == [0, 1000] and r["makespan_ns"] == 4000
+
+
+def test_deadlock_forced_grant():
+    # Inconsistent lock order (possible only after reinterleaving): 101 holds pmap 0 and wants
+    # pmap 1, 102 the reverse. The oldest waiter (101, since 1500) is granted by force at 1600.
+    a, b = h(PMAP[0]), h(PMAP[1])
+    text = f"""
+1000 0 101 A pmap {a} w 0 0 pmap_enter
+1100 1 102 A pmap {b} w 0 0 pmap_enter
+1500 0 101 A pmap {b} w 0 0 pmap_enter
+1600 1 102 A pmap {a} w 0 0 pmap_enter
+1700 0 101 R pmap {b} w 0 0 pmap_enter
+1700 0 101 R pmap {a} w 0 0 pmap_enter
+1800 1 102 R pmap {a} w 0 0 pmap_enter
+1800 1 102 R pmap {b} w 0 0 pmap_enter
+"""
+    r = replay(text, "stock")
+    # 101: forced at 1600 (wait 100), releases both at 1800 -> 102 granted at 1800 (wait 200),
+    # releases at 2000
+    assert r["forced_grants"] == 1
+    assert r["waits"] == [0, 0, 100, 200] and r["makespan_ns"] == 1000
+
+
+# --------------------------------------------------------------------- (b) differential test
+
+CAPTURED = ("superpage", "hash:4")
+FRAMES = (1, 2, 5)              # 1 and 5 share a slot under hash:4
+PAGES_IN_FRAME = 3
+
+
+def pv_lock(layout: Layout, pa: int) -> int:
+    if layout.kind == "superpage":
+        return PV_SP + 64 * layout.slot(pa)
+    return PV_HASH + 32 * layout.slot(pa)
+
+
+@st.composite
+def pages(draw):
+    frame = draw(st.sampled_from(FRAMES))
+    return (frame << 21) | (draw(st.integers(0, PAGES_IN_FRAME - 1)) << 12)
+
+
+class _Thread:
+    """Emits one thread's records with a running clock."""
+
+    def __init__(self, tid: int, t0: int, layout: Layout, draw):
+        self.tid, self.t, self.layout, self.draw = tid, t0, layout, draw
+        self.rows: list[tuple] = []
+
+    def gap(self, lo: int = 0) -> None:
+        self.t += self.draw(st.sampled_from((lo, lo, 1, 5, 10, 40, 100)))
+
+    def emit(self, ev, cls="-", lock=0, mode="-", ns=0, pa=0, op="pmap_enter"):
+        self.rows.append((self.t, self.tid % 4, self.tid, ev, cls, lock, mode, ns, pa, op))
+
+    def acquire(self, cls, lock, mode, pa):
+        # a wait never longer than the time since the thread's previous record (no clamping)
+        before = self.t
+        self.gap()
+        wait = self.draw(st.integers(0, self.t - before)) if self.rows else 0
+        if wait and self.draw(st.booleans()):
+            spun = self.draw(st.integers(0, wait))
+            if spun:
+                self.emit("S", cls, lock, mode, spun, pa)
+            if wait - spun:
+                self.emit("B", cls, lock, mode, wait - spun, pa)
+        elif wait:
+            self.emit("B", cls, lock, mode, wait, pa)
+        self.emit("A", cls, lock, mode, 0, pa)
+
+    def pv_hold(self):
+        mode = self.draw(st.sampled_from("wwr"))
+        page = self.draw(pages())
+        lock = pv_lock(self.layout, page)
+        self.acquire("pv", lock, mode, page)
+        for _ in range(self.draw(st.integers(0, 3))):
+            what = self.draw(st.sampled_from(("move", "move", "move2m", "switch", "pvc")))
+            self.gap()
+            if what == "pvc":
+                self.acquire("pvc", PVC, "w", page)
+                self.gap()
+                self.emit("R", "pvc", PVC, "w", 0, page)
+                continue
+            target = self.draw(pages())
+            size = "4k"
+            if what == "move2m":
+                target, size = target & ~((1 << 21) - 1), "2m"
+            new_lock = pv_lock(self.layout, target)
+            p_first = self.draw(st.booleans())
+            if what != "switch" and p_first:
+                self.emit("P", mode=size, pa=target)
+            if what == "switch" or new_lock != lock:
+                # the captured kernel switches locks: R then A (rules 1 and 2)
+                self.emit("R", "pv", lock, mode, 0, page)
+                self.acquire("pv", new_lock, mode, target)
+                lock = new_lock
+            if what != "switch" and not p_first:
+                self.gap()
+                self.emit("P", mode=size, pa=target)
+            page = target
+        self.gap()
+        self.emit("R", "pv", lock, mode, 0, page)
+
+    def run(self):
+        self.emit("E", pa=0)
+        for _ in range(self.draw(st.integers(1, 3))):
+            self.gap()
+            kind = self.draw(st.sampled_from(("pmap", "pv", "pv")))
+            if kind == "pmap":
+                pmap = self.draw(st.sampled_from(PMAP))
+                self.acquire("pmap", pmap, "w", 0)
+                for _ in range(self.draw(st.integers(0, 2))):
+                    self.gap()
+                    self.pv_hold()
+                self.gap()
+                self.emit("R", "pmap", pmap, "w", 0, 0)
+            else:
+                self.pv_hold()
+        self.gap()
+        self.emit("X")
+
+
+@st.composite
+def captures(draw):
+    captured = draw(st.sampled_from(CAPTURED))
+    layout = Layout.parse(captured)
+    rows = []
+    for tid in range(100, 100 + draw(st.integers(2, 5))):
+        th = _Thread(tid, draw(st.sampled_from((0, 0, 3, 50))), layout, draw)
+        th.run()
+        rows.extend(th.rows)
+    cols = list(zip(*rows))
+    df = pl.DataFrame(
+        {name: list(col) for name, col in zip(
+            ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op"), cols)},
+        schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64},
+    ).sort("ts", maintain_order=True)
+    params = {
+        "captured_layout": captured,
+        "layout": draw(st.sampled_from((None, "superpage", "hash:4", "hash:2"))),
+        "spin_limit_ns": draw(st.sampled_from((0, 0, 7, 60))),
+        "wakeup_ns": draw(st.sampled_from((0, 0, 3))),
+    }
+    return df, params
+
+
+COMPARED = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "false_block",
+            "true_block", "sibling_wakeups", "makespan_ns", "waits")
+
+
+def _comparable(result: dict) -> dict:
+    """The compared numbers; block objects cut to count and wait_ns (the engine adds fields)."""
+    missing = [k for k in COMPARED if k not in result]
+    assert not missing, f"the engine's result lacks {missing}"
+    out = {k: result[k] for k in COMPARED}
+    for k in ("false_block", "true_block"):
+        out[k] = {"count": result[k]["count"], "wait_ns": result[k]["wait_ns"]}
+    out["waits"] = sorted(int(w) for w in result["waits"])
+    return out
+
+
+def _engine():
+    try:
+        from pvtrace.replay.run import replay_events
+    except ImportError as exc:       # the fast engine has not landed yet
+        pytest.skip(f"fast engine not available: {exc}")
+    return replay_events
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(captures())
+def test_engine_matches_reference(capture):
+    replay_events = _engine()
+    events, params = capture
+    for model in MODELS:
+        want = reference_replay(events, model=model, **params)
+        got, want = _comparable(replay_events(events, model=model, **params)), _comparable(want)
+        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
+        assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(captures())
+def test_reference_invariants(capture):
+    """Sanity of the reference itself on the random captures."""
+    events, params = capture
+    for model in MODELS:
+        r = reference_replay(events, model=model, **params)
+        assert r["spin_ns"] + r["block_ns"] == r["wait_ns"]
+        assert r["contended"] == sum(1 for w in r["waits"] if w > 0)
+        pv = r["by_class"].get("pv", {"contended": 0, "wait_ns": 0})
+        # every contended pv acquisition is exactly one of true and false
+        assert r["true_block"]["count"] + r["false_block"]["count"] == pv["contended"]
+        assert r["true_block"]["wait_ns"] + r["false_block"]["wait_ns"] == pv["wait_ns"]
+        assert r["forced_grants"] == 0          # generated lock orders are consistent
+        if model == "ideal":
+            assert r["by_class"].keys() <= {"pmap"}
