@@ -323,7 +323,8 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
             if rec.cls == "pv":
                 nxt = next_record(rec)
                 if (nxt is not None and nxt.ev == "A" and nxt.cls == "pv"
-                        and design.pv_key(nxt.pa, "4k", nxt.lock) == hold.spec):
+                        and design.pv_key(nxt.pa, "4k", nxt.lock) == hold.spec
+                        and design.pv_mode(nxt.mode) == hold.mode):
                     carried = hold.spec      # rule 2: nothing happens
                     continue
             steps.append(Step("release", rec.ts, rec.ts, releases=hold.spec.keys))
@@ -477,6 +478,8 @@ class _Engine:
                 break
         else:
             raise AssertionError(f"thread {tid} releases {key} it does not hold")
+        # A reader leaving other readers behind wakes nobody (REPLAY.md 4, turnstiles).
+        became_free = state.free()
         while state.queue:
             head = state.queue[0]
             if head.mode == "w" and state.free():
@@ -486,7 +489,8 @@ class _Engine:
                 self.grant(state.queue.popleft())
                 continue
             break
-        self.sibling_wakeups(key)
+        if became_free:
+            self.sibling_wakeups(key)
 
     def sibling_wakeups(self, key: tuple) -> None:
         turnstile = self.design.turnstile(key)

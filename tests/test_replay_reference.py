@@ -532,7 +532,7 @@ def captures(draw):
 
 
 COMPARED = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "false_block",
-            "true_block", "sibling_wakeups", "makespan_ns", "waits")
+            "true_block", "sibling_wakeups", "makespan_ns", "waits", "by_class")
 
 
 def _comparable(result: dict) -> dict:
@@ -543,6 +543,8 @@ def _comparable(result: dict) -> dict:
     for k in ("false_block", "true_block"):
         out[k] = {"count": result[k]["count"], "wait_ns": result[k]["wait_ns"]}
     out["waits"] = sorted(int(w) for w in result["waits"])
+    out["by_class"] = {c: {k: d[k] for k in ("acquisitions", "contended", "wait_ns")}
+                       for c, d in result["by_class"].items() if d["acquisitions"] > 0}
     return out
 
 
@@ -562,7 +564,8 @@ def test_engine_matches_reference(capture):
     events, params = capture
     for model in MODELS:
         want = reference_replay(events, model=model, **params)
-        got, want = _comparable(replay_events(events, model=model, **params)), _comparable(want)
+        got = _comparable(replay_events(events, model=model, include_waits=True, **params))
+        want = _comparable(want)
         diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
         assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
 

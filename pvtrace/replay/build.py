@@ -50,16 +50,16 @@ class Steps:
     nested_pv: int
 
 
-def build_steps(tl, is_pv, removed, klo, khi, kmode, keyc, pv_code: int) -> Steps:
+def build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, pv_code: int) -> Steps:
     """Build the steps of every thread. Per-record inputs: ``is_pv`` (pv-list lock record or
     page move), ``removed`` (the design has no such lock), ``klo``/``khi`` (dense key run the
-    record requests under the design), ``kmode`` (0 write, 1 read), ``keyc`` (the page's
-    captured-layout key, -1 unknown)."""
+    record requests under the design), ``krange`` (the run is a superpage's page locks),
+    ``kmode`` (0 write, 1 read), ``keyc`` (the page's captured-layout key, -1 unknown)."""
     span = np.maximum(khi - klo, 0)
     cap = int(3 * len(tl.ev) + 2 * span.sum() + 2 * tl.nthreads + 16)
     out = _build(tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner,
                  tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
-                 is_pv, removed, klo, khi, kmode, keyc, cap)
+                 is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap)
     (kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, tfirst, tend, tstart,
      acls, aop, aev, aextra, nsteps, nacq, clamped, nested) = out
     return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
@@ -70,7 +70,7 @@ def build_steps(tl, is_pv, removed, klo, khi, kmode, keyc, pv_code: int) -> Step
 
 @nb.njit(cache=True)
 def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last,
-           is_pv, removed, klo, khi, kmode, keyc, cap):
+           is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap):
     kind = np.zeros(cap, np.int8)
     key = np.zeros(cap, np.int64)
     key_hi = np.zeros(cap, np.int64)
@@ -112,6 +112,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         h_acq = -1
         h_n = 0
         h_mode = 0
+        h_range = False
         pv_open = False
         prev_keyc = -1
         skip_a = -1
@@ -130,6 +131,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                 h_acq = na
                 h_n = h_hi - h_lo + 1
                 h_mode = kmode[i]
+                h_range = krange[i]
                 prev_keyc = keyc[i]
             for k in range(klo[i], khi[i] + 1):
                 kind[n] = 0
@@ -141,8 +143,8 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                 acls[na] = cls[i]
                 aop[na] = op[i]
                 aev[na] = i
-                if k == klo[i] and is_pv[i]:
-                    aextra[na] = (512 - (khi[i] - klo[i] + 1)) if rmode[i] == 3 else 0
+                if k == klo[i] and krange[i]:
+                    aextra[na] = 512 - (khi[i] - klo[i] + 1)
                 n += 1
                 na += 1
             ev_acq[i] = acq[n - 1] - (khi[i] - klo[i])
@@ -165,6 +167,12 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                 if is_pv[i]:
                     if i == skip_a:                          # switch pair kept the same key
                         prev_keyc = keyc[i]
+                        kind[n] = 2                          # ... but moved to A's page
+                        flags[n] = 1
+                        page[n] = pa[i]
+                        gap[n] = pending
+                        pending = 0
+                        n += 1
                         continue
                     if pv_open:
                         nested += 1
@@ -184,6 +192,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     h_acq = na
                     h_n = h_hi - h_lo + 1
                     h_mode = kmode[i]
+                    h_range = krange[i]
                     prev_keyc = keyc[i]
                 ev_acq[i] = na
                 for k in range(klo[i], khi[i] + 1):
@@ -217,7 +226,8 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                         continue
                     j = next_rec[i]
                     if (j >= 0 and ev[j] == 0 and is_pv[j] and not removed[j]
-                            and klo[j] == h_lo and khi[j] == h_hi):
+                            and klo[j] == h_lo and khi[j] == h_hi and krange[j] == h_range
+                            and kmode[j] == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
                     kind[n] = 1
@@ -247,7 +257,8 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
             elif k_ev == 4:                                 # page move
                 if not pv_open or removed[i] or not is_pv[i] or h_lo < 0:
                     continue
-                if (klo[i] != h_lo or khi[i] != h_hi) and keyc[i] == prev_keyc and keyc[i] >= 0:
+                if ((klo[i] != h_lo or khi[i] != h_hi or krange[i] != h_range)
+                        and keyc[i] == prev_keyc and keyc[i] >= 0):
                     # The captured kernel kept its lock here; this design must switch.
                     kind[n] = 1
                     key[n] = h_lo
@@ -262,6 +273,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     h_hi = khi[i]
                     h_acq = na
                     h_n = h_hi - h_lo + 1
+                    h_range = krange[i]
                     for k in range(klo[i], khi[i] + 1):
                         kind[n] = 0
                         key[n] = k
@@ -270,11 +282,11 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                         page[n] = pa[i]
                         is2m[n] = rmode[i] == 3
                         acq[n] = na
-                        acls[na] = cls[i]
+                        acls[na] = pv_code
                         aop[na] = op[i]
                         aev[na] = i
-                        if k == klo[i]:
-                            aextra[na] = (512 - (khi[i] - klo[i] + 1)) if rmode[i] == 3 else 0
+                        if k == klo[i] and krange[i]:
+                            aextra[na] = 512 - (khi[i] - klo[i] + 1)
                         n += 1
                         na += 1
                 else:

@@ -295,8 +295,9 @@ def _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq, thread_end, sp
     s = t_step[w]
     a = acq[s]
     waited = t - t_req[w]
+    # The lock is the waiter's from the release; a blocked waiter runs wakeup_ns later.
     run_at = t + (wakeup_ns if waited > spin_limit else 0)
-    a_grant[a] = run_at
+    a_grant[a] = t
     t_wkey[w] = -1
     tsid = turnstile[k]
     if t_tsp[w] >= 0:

@@ -94,6 +94,8 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         hi[r] = base + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
     klo[idx] = lo
     khi[idx] = hi
+    krange = np.zeros(n, bool)
+    krange[idx] = pk.is_range
     nkeys = nlock + len(vals)
 
     if design.shared_turnstiles:
@@ -110,14 +112,14 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
     keyc = np.full(n, -1, np.int64)
     keyc[pv_known] = params.captured_layout.slot(tl.pa[pv_known]).astype(np.int64)
     unknown_page = int((pv_rec & (tl.pa == 0) & (tl.ev == EV_A) & ~removed).sum())
-    return is_pv, removed, klo, khi, kmode, keyc, nkeys, turnstile, unknown_page
+    return is_pv, removed, klo, khi, krange, kmode, keyc, nkeys, turnstile, unknown_page
 
 
 def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
     """Replay ``tl`` under ``design``: the raw per-acquisition arrays."""
-    is_pv, removed, klo, khi, kmode, keyc, nkeys, turnstile, unknown = _design_keys(
+    is_pv, removed, klo, khi, krange, kmode, keyc, nkeys, turnstile, unknown = _design_keys(
         tl, design, params)
-    steps = build_steps(tl, is_pv, removed, klo, khi, kmode, keyc, tl.class_code("pv"))
+    steps = build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, tl.class_code("pv"))
     nacq = len(steps.acq_cls)
     req, grant, wait, rel, klass, sib, t_end, forced, _ = run_kernel(
         steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags, steps.page,
@@ -254,11 +256,19 @@ def make_params(captured_layout: str, layout: str | None, spin_limit_ns: int,
 
 def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
                   layout: str | None = None, spin_limit_ns: int = 0,
-                  wakeup_ns: int = 0) -> dict:
-    """Replay an ``events`` table under one design; returns the SPEC model object."""
+                  wakeup_ns: int = 0, include_waits: bool = False) -> dict:
+    """Replay an ``events`` table under one design; returns the SPEC model object.
+
+    ``include_waits`` adds ``waits``: every executed acquisition's wait, sorted (for tests and
+    small traces; a capture has millions).
+    """
     tl = Timeline.from_events(events)
     params = make_params(captured_layout, layout, spin_limit_ns, wakeup_ns)
-    return summarize(run_design(tl, get_design(model, params.layout), params), tl)
+    run = run_design(tl, get_design(model, params.layout), params)
+    out = summarize(run, tl)
+    if include_waits:
+        out["waits"] = sorted(int(w) for w in run.wait)
+    return out
 
 
 def observed_events(events: pl.DataFrame) -> dict:
