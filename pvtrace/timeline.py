@@ -113,7 +113,8 @@ def build_timeline(events: pl.DataFrame) -> Timeline:
     op, ops = _codes(events["op"], None, 0, np.int32)
     tid_all = events["tid"].to_numpy().astype(np.int64)
     # Stable grouping by thread keeps each thread's records in capture (ts) order.
-    order = np.argsort(tid_all, kind="stable")
+    order = (pl.DataFrame({"tid": tid_all}).with_row_index("i")
+             .sort("tid", maintain_order=True)["i"].to_numpy())
     ts_all = events["ts"].to_numpy().astype(np.int64)
     t0 = int(ts_all.min())
     tid = tid_all[order]

@@ -55,8 +55,12 @@ def build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, pv_code: int)
     page move), ``removed`` (the design has no such lock), ``klo``/``khi`` (dense key run the
     record requests under the design), ``krange`` (the run is a superpage's page locks),
     ``kmode`` (0 write, 1 read), ``keyc`` (the page's captured-layout key, -1 unknown)."""
-    span = np.maximum(khi - klo, 0)
-    cap = int(3 * len(tl.ev) + 2 * span.sum() + 2 * tl.nthreads + 16)
+    # A tight bound on the steps: an A or P yields its key run plus one release, an R at most
+    # one release plus a start-held run. Oversizing costs page faults, not just address space.
+    span = np.maximum(khi - klo, 0) + 1
+    ev = tl.ev
+    per = np.where((ev == 0) | (ev == 4), span + 1, np.where(ev == 1, span + 1, 0))
+    cap = int(per.sum() + 2 * tl.nthreads + 16)
     out = _build(tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner,
                  tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
                  is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap)

@@ -59,6 +59,19 @@ class DesignRun:
     unknown_page: int
 
 
+def _dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids of ``values`` in sorted order, and the sorted distinct values.
+
+    Polars' parallel dense rank; ``np.searchsorted`` of millions of unsorted queries into
+    millions of distinct values thrashes the cache and is ten times slower.
+    """
+    if len(values) == 0:
+        return np.zeros(0, np.int64), values
+    s = pl.Series(values)
+    ids = (s.rank("dense") - 1).cast(pl.Int64).to_numpy()
+    return ids, s.unique().sort().to_numpy()
+
+
 def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
     """Per-record key runs (dense ids), modes and captured keys for ``design``."""
     n = len(tl.ev)
@@ -76,18 +89,18 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
 
     # Lock-address keys: every lock record not keyed by page.
     by_lock = is_lock & ~pv_known
-    lock_vals = np.unique(tl.lock[by_lock])
+    lock_ids, lock_vals = _dense(tl.lock[by_lock])
     nlock = len(lock_vals)
     klo = np.full(n, -1, np.int64)
-    klo[by_lock] = np.searchsorted(lock_vals, tl.lock[by_lock])
+    klo[by_lock] = lock_ids
     khi = klo.copy()
 
     # Page keys of pv records, from the design.
     idx = np.flatnonzero(pv_known)
     pk = design.pv_keys(tl.pa[idx], is2m[idx])
-    vals = np.unique(pk.value)
+    val_ids, vals = _dense(pk.value)
     base = nlock
-    lo = base + np.searchsorted(vals, pk.value)
+    lo = base + val_ids
     hi = lo.copy()
     if pk.space == SPACE_PAGE and pk.is_range.any():
         r = pk.is_range
@@ -100,7 +113,7 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
 
     if design.shared_turnstiles:
         page_pa = vals << np.uint64(12) if pk.space == SPACE_PAGE else vals
-        ts_vals, ts_of_page = np.unique(params.layout.slot(page_pa), return_inverse=True)
+        ts_of_page, _ = _dense(params.layout.slot(page_pa))
         turnstile = np.concatenate([np.arange(nlock, dtype=np.int64),
                                     nlock + ts_of_page.astype(np.int64)])
     else:
