@@ -72,6 +72,43 @@ def build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, pv_code: int)
                  int(clamped), int(nested))
 
 
+@nb.njit(cache=True, inline="always")
+def _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, lo, hi, a0, count, pv, g):
+    """Append a release of keys lo..hi (acquisitions a0..a0+count-1); returns the new n."""
+    kind[n] = STEP_REL
+    key[n] = lo
+    key_hi[n] = hi
+    flags[n] = FLAG_PV if pv else 0
+    acq[n] = a0
+    acq_n[n] = count
+    gap[n] = g
+    return n + 1
+
+
+@nb.njit(cache=True, inline="always")
+def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aextra, n, na,
+              lo, hi, m, pv, pg, big, c, o, i, run, g):
+    """Append acquisitions of keys lo..hi, ascending (a superpage run when ``run``): the first
+    carries the gap, the others continue it. Returns the new (n, na)."""
+    for k in range(lo, hi + 1):
+        kind[n] = STEP_ACQ
+        key[n] = k
+        mode[n] = m
+        flags[n] = (FLAG_PV if pv else 0) | (FLAG_CONT if k > lo else 0)
+        page[n] = pg
+        is2m[n] = big
+        acq[n] = na
+        gap[n] = g if k == lo else 0
+        acls[na] = c
+        aop[na] = o
+        aev[na] = i
+        if k == lo and run:
+            aextra[na] = 512 - (hi - lo + 1)
+        n += 1
+        na += 1
+    return n, na
+
+
 @nb.njit(cache=True)
 def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last,
            is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap):
@@ -111,13 +148,14 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         tstart[t] = s0
         prev_e = s0
         pending = 0
+        # The pv hold under the design: key run, first acquisition, mode, superpage run.
         h_lo = -1
         h_hi = -1
         h_acq = -1
         h_n = 0
         h_mode = 0
         h_range = False
-        pv_open = False
+        pv_open = False          # a captured pv hold is open (even if the design removes it)
         prev_keyc = -1
         skip_a = -1
         nopen = 0
@@ -130,28 +168,13 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     nested += 1
                     continue
                 pv_open = True
-                h_lo = klo[i]
-                h_hi = khi[i]
-                h_acq = na
+                h_lo, h_hi, h_acq = klo[i], khi[i], na
                 h_n = h_hi - h_lo + 1
-                h_mode = kmode[i]
-                h_range = krange[i]
-                prev_keyc = keyc[i]
-            for k in range(klo[i], khi[i] + 1):
-                kind[n] = 0
-                key[n] = k
-                mode[n] = kmode[i]
-                flags[n] = (1 if is_pv[i] else 0) | (2 if k > klo[i] else 0)
-                page[n] = pa[i]
-                acq[n] = na
-                acls[na] = cls[i]
-                aop[na] = op[i]
-                aev[na] = i
-                if k == klo[i] and krange[i]:
-                    aextra[na] = 512 - (khi[i] - klo[i] + 1)
-                n += 1
-                na += 1
-            ev_acq[i] = acq[n - 1] - (khi[i] - klo[i])
+                h_mode, h_range, prev_keyc = kmode[i], krange[i], keyc[i]
+            ev_acq[i] = na
+            n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
+                              aextra, n, na, klo[i], khi[i], kmode[i], is_pv[i], pa[i], False,
+                              cls[i], op[i], i, krange[i], 0)
         for i in range(s, e):
             k_ev = ev[i]
             if k_ev == 2 or k_ev == 3:
@@ -169,10 +192,11 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                         pv_open = True
                     continue
                 if is_pv[i]:
-                    if i == skip_a:                          # switch pair kept the same key
+                    if i == skip_a:
+                        # The switch pair kept the same key: only the page changes.
                         prev_keyc = keyc[i]
-                        kind[n] = 2                          # ... but moved to A's page
-                        flags[n] = 1
+                        kind[n] = STEP_PAGE
+                        flags[n] = FLAG_PV
                         page[n] = pa[i]
                         gap[n] = pending
                         pending = 0
@@ -181,38 +205,18 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     if pv_open:
                         nested += 1
                         if h_lo >= 0:
-                            kind[n] = 1
-                            key[n] = h_lo
-                            key_hi[n] = h_hi
-                            flags[n] = 1
-                            acq[n] = h_acq
-                            acq_n[n] = h_n
-                            gap[n] = pending
+                            n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo,
+                                          h_hi, h_acq, h_n, True, pending)
                             pending = 0
-                            n += 1
                     pv_open = True
-                    h_lo = klo[i]
-                    h_hi = khi[i]
-                    h_acq = na
+                    h_lo, h_hi, h_acq = klo[i], khi[i], na
                     h_n = h_hi - h_lo + 1
-                    h_mode = kmode[i]
-                    h_range = krange[i]
-                    prev_keyc = keyc[i]
+                    h_mode, h_range, prev_keyc = kmode[i], krange[i], keyc[i]
                 ev_acq[i] = na
-                for k in range(klo[i], khi[i] + 1):
-                    kind[n] = 0
-                    key[n] = k
-                    mode[n] = kmode[i]
-                    flags[n] = (1 if is_pv[i] else 0) | (2 if k > klo[i] else 0)
-                    page[n] = pa[i]
-                    acq[n] = na
-                    acls[na] = cls[i]
-                    aop[na] = op[i]
-                    aev[na] = i
-                    gap[n] = pending
-                    pending = 0
-                    n += 1
-                    na += 1
+                n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
+                                  aextra, n, na, klo[i], khi[i], kmode[i], is_pv[i], pa[i],
+                                  False, cls[i], op[i], i, krange[i], pending)
+                pending = 0
                 if not is_pv[i] and partner[i] < 0:
                     if nopen == len(open_keys):
                         open_keys = np.concatenate((open_keys, np.zeros(nopen, np.int64)))
@@ -234,15 +238,9 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                             and kmode[j] == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
-                    kind[n] = 1
-                    key[n] = h_lo
-                    key_hi[n] = h_hi
-                    flags[n] = 1
-                    acq[n] = h_acq
-                    acq_n[n] = h_n
-                    gap[n] = pending
+                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
+                                  h_acq, h_n, True, pending)
                     pending = 0
-                    n += 1
                     pv_open = False
                     h_lo = -1
                     h_hi = -1
@@ -250,52 +248,27 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     a = partner[i] if partner[i] >= 0 else i
                     if ev_acq[a] < 0:
                         continue
-                    kind[n] = 1
-                    key[n] = klo[a]
-                    key_hi[n] = klo[a]
-                    acq[n] = ev_acq[a]
-                    acq_n[n] = 1
-                    gap[n] = pending
+                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, klo[a], klo[a],
+                                  ev_acq[a], 1, False, pending)
                     pending = 0
-                    n += 1
             elif k_ev == 4:                                 # page move
                 if not pv_open or removed[i] or not is_pv[i] or h_lo < 0:
                     continue
                 if ((klo[i] != h_lo or khi[i] != h_hi or krange[i] != h_range)
                         and keyc[i] == prev_keyc and keyc[i] >= 0):
                     # The captured kernel kept its lock here; this design must switch.
-                    kind[n] = 1
-                    key[n] = h_lo
-                    key_hi[n] = h_hi
-                    flags[n] = 1
-                    acq[n] = h_acq
-                    acq_n[n] = h_n
-                    gap[n] = pending
+                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
+                                  h_acq, h_n, True, pending)
                     pending = 0
-                    n += 1
-                    h_lo = klo[i]
-                    h_hi = khi[i]
-                    h_acq = na
+                    h_lo, h_hi, h_acq = klo[i], khi[i], na
                     h_n = h_hi - h_lo + 1
                     h_range = krange[i]
-                    for k in range(klo[i], khi[i] + 1):
-                        kind[n] = 0
-                        key[n] = k
-                        mode[n] = h_mode
-                        flags[n] = 1 | (2 if k > klo[i] else 0)
-                        page[n] = pa[i]
-                        is2m[n] = rmode[i] == 3
-                        acq[n] = na
-                        acls[na] = pv_code
-                        aop[na] = op[i]
-                        aev[na] = i
-                        if k == klo[i] and krange[i]:
-                            aextra[na] = 512 - (khi[i] - klo[i] + 1)
-                        n += 1
-                        na += 1
+                    n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
+                                      aev, aextra, n, na, klo[i], khi[i], h_mode, True, pa[i],
+                                      rmode[i] == 3, pv_code, op[i], i, krange[i], 0)
                 else:
-                    kind[n] = 2
-                    flags[n] = 1
+                    kind[n] = STEP_PAGE
+                    flags[n] = FLAG_PV
                     page[n] = pa[i]
                     is2m[n] = rmode[i] == 3
                     gap[n] = pending
@@ -307,25 +280,14 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
             seg = t_last - prev_e
             pending += seg if seg > 0 else 0
             if pv_open and h_lo >= 0:
-                kind[n] = 1
-                key[n] = h_lo
-                key_hi[n] = h_hi
-                flags[n] = 1
-                acq[n] = h_acq
-                acq_n[n] = h_n
-                gap[n] = pending
+                n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi, h_acq,
+                              h_n, True, pending)
                 pending = 0
-                n += 1
             for m in range(nopen - 1, -1, -1):
-                kind[n] = 1
-                key[n] = open_keys[m]
-                key_hi[n] = open_keys[m]
-                acq[n] = open_acq[m]
-                acq_n[n] = 1
-                gap[n] = pending
+                n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, open_keys[m],
+                              open_keys[m], open_acq[m], 1, False, pending)
                 pending = 0
-                n += 1
-        kind[n] = 3
+        kind[n] = STEP_END
         gap[n] = pending
         n += 1
         tend[t] = n
