@@ -96,6 +96,13 @@ def test_user_errors_are_one_line_exit_2(spec_log: Path, args: list[str], messag
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_lockstat_bundle_cannot_be_replayed(tmp_path: Path) -> None:
+    report = Path(__file__).parent / "data" / "lockstat" / "freebsd_manpage_sleep5.txt"
+    assert run_cli("ingest", str(report), "-o", str(tmp_path / "b")).returncode == 0
+    r = run_cli("replay", str(tmp_path / "b"))
+    assert r.returncode == 2 and "no pvtrace event records to replay" in r.stderr
+
+
 def test_models_lists_every_design() -> None:
     r = run_cli("models")
     assert r.returncode == 0

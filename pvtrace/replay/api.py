@@ -23,6 +23,8 @@ from pvtrace.timeline import Timeline
 REPORT_SCHEMA = "pvtrace-replay/1"
 # The replay needs these columns of the events table; cpu, src and line stay on disk.
 REPLAY_COLUMNS = ["ts", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op"]
+NO_EVENTS = ("no pvtrace event records to replay (lockstat and LOCK_PROFILING inputs "
+             "summarize, they cannot be replayed; capture with `pvtrace dscript`)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def load_trace(path: str) -> LoadedTrace:
     """Open a bundle, or ingest a raw capture (file or ``-``) into a temporary bundle."""
     if path != "-" and is_bundle(path):
         bundle: Bundle = open_bundle(path)
+        if not bundle.has("events"):
+            raise PvtraceError(NO_EVENTS, path=path)
         return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
     if path != "-" and not Path(path).exists():
         raise PvtraceError("no such file or directory", path=path)
@@ -61,9 +65,7 @@ def load_trace(path: str) -> LoadedTrace:
         run_ingest([path], str(out))
         bundle = open_bundle(out)
         if not bundle.has("events"):
-            raise PvtraceError("no pvtrace event records to replay (lockstat and "
-                               "LOCK_PROFILING inputs summarize, they cannot be replayed)",
-                               path=path)
+            raise PvtraceError(NO_EVENTS, path=path)
         return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
 
 
