@@ -122,31 +122,21 @@ def _peek(stream: BinaryIO, n: int) -> bytes:
 
 def _gunzip(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
     """Decompress (possibly multi-member) gzip; return True when the stream ends early."""
-    dec = zlib.decompressobj(wbits=31)
-    pending = first
-    started = False
-    try:
-        while True:
-            data = pending or stream.read(CHUNK)
-            pending = b""
-            if not data:
-                return started and not dec.eof
-            while data:
-                started = True
-                sink.write(dec.decompress(data))
-                if not dec.eof:
-                    break
-                data = dec.unused_data.lstrip(b"\x00")  # padding after the last member
-                dec = zlib.decompressobj(wbits=31)
-                started = False
-    except zlib.error as exc:
-        raise PvtraceError(f"corrupt gzip data: {exc}", path=name) from None
+    return _inflate(stream, sink, first, name, lambda: zlib.decompressobj(wbits=31),
+                    zlib.error, "gzip", padding=b"\x00")
 
 
 def _unzstd(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
     """Decompress (possibly multi-frame) zstd; return True when the stream ends early."""
     dctx = zstandard.ZstdDecompressor()
-    dec = dctx.decompressobj()
+    return _inflate(stream, sink, first, name, dctx.decompressobj, zstandard.ZstdError, "zstd")
+
+
+def _inflate(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str, new_decoder,
+             errors: type[Exception], label: str, padding: bytes = b"") -> bool:
+    """Stream ``stream`` through decoders from ``new_decoder`` into ``sink``, one decoder per
+    member/frame; return True when the input ends inside a member (a truncated file)."""
+    dec = new_decoder()
     pending = first
     started = False
     try:
@@ -160,11 +150,12 @@ def _unzstd(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
                 sink.write(dec.decompress(data))
                 if not dec.eof:
                     break
-                data = dec.unused_data
-                dec = dctx.decompressobj()
+                # What follows the member: the next member, or padding after the last one.
+                data = dec.unused_data.lstrip(padding) if padding else dec.unused_data
+                dec = new_decoder()
                 started = False
-    except zstandard.ZstdError as exc:
-        raise PvtraceError(f"corrupt zstd data: {exc}", path=name) from None
+    except errors as exc:
+        raise PvtraceError(f"corrupt {label} data: {exc}", path=name) from None
 
 
 def _check_text(source: Source) -> None:

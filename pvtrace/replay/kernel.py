@@ -84,6 +84,19 @@ def _overlap(p1, big1, p2, big2):
     return (p1 >> 12) == (p2 >> 12)
 
 
+@nb.njit(cache=True, inline="always")
+def _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big):
+    """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one."""
+    if flags[s] & 1:
+        if flags[s] & 2:
+            t_pvhi[th] = k
+        else:
+            t_pvlo[th] = k
+            t_pvhi[th] = k
+            t_page[th] = page[s]
+            t_big[th] = is2m[s]
+
+
 @nb.njit(cache=True)
 def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
                thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
@@ -172,14 +185,7 @@ def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
                 if q_head[k] < 0 and (st == 0 or (m == 1 and st > 0)):
                     k_state[k] = -1 if m == 0 else st + 1
                     a_grant[a] = t
-                    if flags[s] & 1:
-                        if flags[s] & 2:
-                            t_pvhi[th] = k
-                        else:
-                            t_pvlo[th] = k
-                            t_pvhi[th] = k
-                            t_page[th] = page[s]
-                            t_big[th] = is2m[s]
+                    _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
                 else:
                     # Join the FIFO queue; classify a pv wait by who stands in the way.
                     if q_tail[k] < 0:
@@ -308,14 +314,7 @@ def _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq, thread_end, sp
         t_tsp[t_tsn[w]] = t_tsp[w]
     t_tsn[w] = -1
     t_tsp[w] = -1
-    if flags[s] & 1:
-        if flags[s] & 2:
-            t_pvhi[w] = k
-        else:
-            t_pvlo[w] = k
-            t_pvhi[w] = k
-            t_page[w] = page[s]
-            t_big[w] = is2m[s]
+    _hold_pv(w, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
     s += 1
     t_step[w] = s
     if s < thread_end[w]:
