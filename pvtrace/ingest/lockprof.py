@@ -29,8 +29,9 @@ from typing import Any
 
 import polars as pl
 
-from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
-from pvtrace.ingest.lockstat_parse import Diagnostics, family_expr, fmt_ns, frame, read_lines
+from pvtrace.ingest.common import Format, Parsed, Problem
+from pvtrace.ingest.lockstat_parse import (Diagnostics, family_expr, fmt_ns, frame,
+                                           line_problem, read_lines)
 
 _PREFIX = re.compile(r"^debug\.lock\.prof\.stats:\s*$")
 _HEADER = re.compile(r"^(?:debug\.lock\.prof\.stats:)?\s*max\s+(?P<wm>wait_max\s+)?total\s+"
@@ -56,10 +57,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
             continue
         reason = _row(rows, src, no, max(dump, 1), wide, text)
         if reason is not None and not diags.take(no, text):
-            last = cut_off and no == len(lines)
-            problems.append(Problem(src, name, no,
-                                    ProblemKind.CUT_OFF if last else ProblemKind.MALFORMED,
-                                    ("last line cut off: " if last else "") + reason))
+            problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
     problems.sort(key=lambda p: p.line or 0)
     df = frame(rows, "lockprof")

@@ -42,10 +42,10 @@ from typing import Any
 import polars as pl
 
 from pvtrace import schemas
-from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.common import Format, Parsed, Problem
 from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, Diagnostics, PLine,
                                            family_expr, fmt_ns, frame, looks_parsable,
-                                           parse_p_line, read_lines)
+                                           line_problem, parse_p_line, read_lines)
 
 _TITLE = re.compile(r"^(?P<desc>\S.*?): (?P<n>\d+) events in (?P<sec>\d+(?:\.\d+)?) seconds "
                     r"\((?P<eps>\S+) events/sec\)\s*$")
@@ -109,10 +109,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     for no, text in enumerate(lines, start=1):
         reason = _line(st, no, text)
         if reason is not None and not diags.take(no, text):
-            last = cut_off and no == len(lines)
-            problems.append(Problem(src, name, no,
-                                    ProblemKind.CUT_OFF if last else ProblemKind.MALFORMED,
-                                    ("last line cut off: " if last else "") + reason))
+            problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
     problems.sort(key=lambda p: p.line or 0)
     rows = frame(st.rows, "lockstat")

@@ -141,6 +141,14 @@ def parse_p_line(line: str) -> PLine | str:
         buckets=tuple(nums[1:]), frames=frames)
 
 
+def line_problem(src: int, name: str, no: int, reason: str, cut_off: bool,
+                 nlines: int) -> Problem:
+    """A line that is no row: cut off when it is the unterminated last line, else malformed."""
+    last = cut_off and no == nlines
+    return Problem(src, name, no, ProblemKind.CUT_OFF if last else ProblemKind.MALFORMED,
+                   ("last line cut off: " if last else "") + reason)
+
+
 def read_lines(path: Path) -> tuple[list[str], bool]:
     """The input's lines without their ends, and True when the last one has no newline."""
     text = path.read_bytes().decode("utf-8", errors="replace")
