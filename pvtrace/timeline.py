@@ -13,13 +13,17 @@ small integers; the string dictionaries (lock classes, pmap operations) are kept
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pvtrace.errors import PvtraceError
+from pvtrace.replay.dense import dense_ids
 
 EV_CODES = {"A": 0, "R": 1, "B": 2, "S": 3, "P": 4, "E": 5, "X": 6}
 EV_A, EV_R, EV_B, EV_S, EV_P, EV_E, EV_X = range(7)
@@ -40,115 +44,261 @@ class LinkCounts:
 class Timeline:
     """Records regrouped by thread, coded, and linked. All arrays have one entry per record."""
 
-    tid: np.ndarray          # int64, grouped: records of one thread are contiguous
-    ts: np.ndarray           # int64, ns relative to t0
+    ts: np.ndarray           # int64, ns relative to t0; records of a thread are contiguous
     ev: np.ndarray           # uint8 EV_*
     cls: np.ndarray          # int16 index into classes; -1 for P/E/X
-    lock: np.ndarray         # uint64
+    lock: np.ndarray         # int32 dense id of the lock address (sorted order), see nlocks
     mode: np.ndarray         # uint8 MODE_*
     pa: np.ndarray           # uint64
-    op: np.ndarray           # int32 index into ops
+    op: np.ndarray           # int16 index into ops
     wait: np.ndarray         # int64: for A, the attached B/S ns (observed wait); else 0
-    spun: np.ndarray         # int64: for A, the attached S ns
-    partner: np.ndarray      # int64: A -> its R, R -> its A, else -1
-    next_rec: np.ndarray     # int64: next record of the thread that is not B/S, or -1
+    spun_idx: np.ndarray     # int32: the A records with attached S ns (spin) ...
+    spun_ns: np.ndarray      # int64: ... and that spin (sparse: most acquisitions never spin)
+    partner: np.ndarray      # int32: A -> its R, R -> its A, else -1
+    next_rec: np.ndarray     # int32: next record of the thread that is not B/S, or -1
     thread_first: np.ndarray  # int64 per thread: index of its first record
     thread_end: np.ndarray   # int64 per thread: one past its last record
     thread_ids: np.ndarray   # int64 per thread: the kernel tid
+    nlocks: int              # distinct lock addresses (ids 0..nlocks-1)
     classes: list[str]
     ops: list[str]
     t0: int                  # absolute ts of the earliest record (ns since boot)
     t_last: int              # relative ts of the last record
     counts: LinkCounts
+    # Design-independent derived arrays, computed on first use (see replay.run).
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def nthreads(self) -> int:
         return len(self.thread_ids)
+
+    def thread_of(self, records: np.ndarray) -> np.ndarray:
+        """Thread index (into ``thread_ids``) of each record index in ``records``."""
+        return np.searchsorted(self.thread_end, records, side="right")
 
     def class_code(self, name: str) -> int:
         return self.classes.index(name) if name in self.classes else -2
 
     @staticmethod
     def from_events(events: pl.DataFrame) -> Timeline:
-        return build_timeline(events)
+        """The timeline of an in-memory ``events`` table (sorted by ts)."""
+        return build_timeline(lambda name: events[name].to_arrow(), events.height)
+
+    @staticmethod
+    def from_columns(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int) -> Timeline:
+        """The timeline of an ``events`` table read one column at a time by ``read(name)``
+        (e.g. from Parquet), so the whole table is never in memory next to the timeline."""
+        return build_timeline(read, nrows)
 
 
-def _codes(col: pl.Series, mapping: dict[str, int] | None, default: int, dtype) -> tuple[
-        np.ndarray, list[str]]:
-    """Small-integer codes of a string or categorical column, without materializing strings.
+def _numeric(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            arr = arr.chunk(0)
+        else:
+            return np.concatenate([c.to_numpy() for c in arr.chunks])
+    return arr.to_numpy()
 
-    With ``mapping`` the codes are its values (unknown strings get ``default``); without, the
-    distinct values are sorted and numbered. Returns the codes and the sorted distinct values.
+
+def _codes(arr: pa.Array | pa.ChunkedArray, mapping: dict[str, int] | None,
+           default: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Small-integer codes of a string or dictionary column, without materializing strings.
+
+    Returns ``(indices, lut, values)``: the code of record ``i`` is ``lut[indices[i]]``, so the
+    mapping is applied in the compiled regrouping pass instead of in a separate array. With
+    ``mapping`` the codes are its values (unknown strings get ``default``); without, the
+    distinct values present are sorted and numbered. ``values``: the sorted distinct strings.
     """
-    if col.dtype in (pl.Categorical, pl.Enum):
-        distinct = pl.DataFrame({"v": col.unique()}).with_columns(
-            code=pl.col("v").to_physical().cast(pl.Int64), v=pl.col("v").cast(pl.String))
-        values = sorted(distinct["v"].to_list())
-        ours = mapping if mapping is not None else {v: i for i, v in enumerate(values)}
-        lut = np.full(int(distinct["code"].max()) + 1, default, dtype)
-        for v, c in distinct.iter_rows():
-            lut[c] = ours.get(v, default)
-        return lut[col.to_physical().to_numpy()], values
-    col = col.cast(pl.String)
-    values = sorted(col.unique().to_list())
+    if isinstance(arr, pa.Array):
+        arr = pa.chunked_array([arr])
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    arr = arr.unify_dictionaries()
+    chunks = arr.chunks
+    if not chunks:
+        return np.zeros(0, np.int32), np.array([default], np.int64), []
+    dictionary = chunks[0].dictionary.to_pylist()
+    indices = (chunks[0].indices.to_numpy() if len(chunks) == 1 else
+               np.concatenate([c.indices.to_numpy() for c in chunks]))
+    # A dictionary may hold values no record uses (a shared category list): keep those out.
+    present = np.bincount(indices, minlength=len(dictionary)) > 0
+    values = sorted({v for v, p in zip(dictionary, present) if p})
     ours = mapping if mapping is not None else {v: i for i, v in enumerate(values)}
-    return col.replace_strict(ours, default=default, return_dtype=pl.Int64).to_numpy().astype(
-        dtype), values
+    lut = np.array([ours.get(v, default) for v in dictionary] or [default], np.int64)
+    return indices, lut, values
 
 
-def build_timeline(events: pl.DataFrame) -> Timeline:
-    """Code, regroup by thread and link the records of an ``events`` table (sorted by ts)."""
-    if events.height == 0:
+def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int) -> Timeline:
+    """Code, regroup by thread and link the records of an ``events`` table (sorted by ts),
+    read column by column with ``read``."""
+    if nrows == 0:
         raise PvtraceError("the trace has no event records to replay")
-    ev, ev_values = _codes(events["ev"], EV_CODES, -1, np.int8)
-    if (ev < 0).any():
-        bad = sorted(set(ev_values) - set(EV_CODES))
+    if nrows >= 2**31 - 1:
+        raise PvtraceError(f"{nrows:,} records: the replay handles fewer than 2^31")
+    ev_idx, ev_lut, ev_values = _codes(read("ev"), EV_CODES, -1)
+    bad = sorted(set(ev_values) - set(EV_CODES))
+    if bad:
         raise PvtraceError(f"events table has unknown event letters {bad}")
-    cls_all, cls_values = _codes(events["cls"], None, -1, np.int16)
+    thread_ids, thr = _thread_index(_numeric(read("tid")).astype(np.int64, copy=False))
+    pos, starts, ends = _positions(thr, len(thread_ids))
+    del thr
+    ev = _scatter_lut(pos, ev_idx, ev_lut.astype(np.uint8))
+    del ev_idx
+    cls_idx, cls_lut, cls_values = _codes(read("cls"), None, -1)
     classes = [c for c in cls_values if c != "-"]
-    remap = np.array([classes.index(c) if c != "-" else -1 for c in cls_values] or [-1],
-                     np.int16)
-    cls = remap[cls_all]
-    mode, _ = _codes(events["mode"], MODE_CODES, MODE_NONE, np.uint8)
-    op, ops = _codes(events["op"], None, 0, np.int32)
-    tid_all = events["tid"].to_numpy().astype(np.int64)
-    # Stable grouping by thread keeps each thread's records in capture (ts) order.
-    order = (pl.DataFrame({"tid": tid_all}).with_row_index("i")
-             .sort("tid", maintain_order=True)["i"].to_numpy())
-    ts_all = events["ts"].to_numpy().astype(np.int64)
-    t0 = int(ts_all.min())
-    tid = tid_all[order]
-    ts = ts_all[order] - t0
-    ev = ev[order].astype(np.uint8)
-    lock = events["lock"].to_numpy().astype(np.uint64)[order]
-    ns = events["ns"].to_numpy().astype(np.int64)[order]
-    pa = events["pa"].to_numpy().astype(np.uint64)[order]
-    starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]).astype(np.int64)
-    ends = np.r_[starts[1:], len(tid)].astype(np.int64)
-    wait, spun, partner, next_rec, counts = _link(starts, ends, ev, lock, ns)
+    # cls_lut numbers every value including "-"; renumber without it, "-" -> -1.
+    renum = np.array([classes.index(c) if c != "-" else -1 for c in cls_values] or [-1])
+    cls = _scatter_lut(pos, cls_idx, renum[np.maximum(cls_lut, 0)].astype(np.int16))
+    del cls_idx
+    mode_idx, mode_lut, _ = _codes(read("mode"), MODE_CODES, MODE_NONE)
+    mode = _scatter_lut(pos, mode_idx, mode_lut.astype(np.uint8))
+    del mode_idx
+    op_idx, op_lut, ops = _codes(read("op"), None, 0)
+    op = _scatter_lut(pos, op_idx, op_lut.astype(np.int16))
+    del op_idx
+    col = _numeric(read("ts"))
+    t0 = int(col.min())
+    ts = _scatter_ts(pos, col, np.uint64(t0))
+    col = _numeric(read("lock"))
+    lock_ids, lock_vals = dense_ids(col)
+    del col
+    lock = _scatter(pos, lock_ids)
+    del lock_ids
+    pa_ = _scatter(pos, _numeric(read("pa")))
+    ns = _scatter(pos, _numeric(read("ns")))
+    del pos
+    _release_arrow_memory()
+    wait, spun_idx, spun_ns, partner, next_rec, counts = _link(starts, ends, ev, lock, ns)
+    del ns
     return Timeline(
-        tid=tid, ts=ts, ev=ev, cls=cls[order], lock=lock, mode=mode[order], pa=pa,
-        op=op[order], wait=wait, spun=spun, partner=partner, next_rec=next_rec, thread_first=starts, thread_end=ends, thread_ids=tid[starts],
+        ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=pa_, op=op, wait=wait,
+        spun_idx=spun_idx, spun_ns=spun_ns, partner=partner, next_rec=next_rec,
+        thread_first=starts, thread_end=ends, thread_ids=thread_ids, nlocks=len(lock_vals),
         classes=classes, ops=ops, t0=t0, t_last=int(ts.max()),
         counts=LinkCounts(*(int(c) for c in counts)))
+
+
+def _release_arrow_memory() -> None:
+    """Hand the columns Arrow read back to the system: its allocator keeps freed memory for
+    reuse, which would count against the replay's peak."""
+    pa.default_memory_pool().release_unused()
+
+
+@nb.njit(cache=True)
+def _thread_index(tid):
+    """Per-record thread index (threads numbered by ascending tid) and the sorted tids.
+
+    An open-addressing hash table: one pass, no sort of the records.
+    """
+    cap = 1024
+    slots = np.full(cap, -1, np.int64)       # index into distinct, or -1
+    distinct = np.zeros(cap, np.int64)
+    nd = 0
+    first = np.empty(len(tid), np.int32)
+    for i in range(len(tid)):
+        v = tid[i]
+        h = (v * np.int64(-7046029254386353131)) >> 20
+        j = h & (cap - 1)
+        while True:
+            d = slots[j]
+            if d < 0:
+                if 2 * (nd + 1) > cap:
+                    # Grow and rehash, then look again.
+                    cap *= 2
+                    slots = np.full(cap, -1, np.int64)
+                    distinct = np.concatenate((distinct, np.zeros(cap - len(distinct),
+                                                                  np.int64)))
+                    for q in range(nd):
+                        hq = (distinct[q] * np.int64(-7046029254386353131)) >> 20
+                        jq = hq & (cap - 1)
+                        while slots[jq] >= 0:
+                            jq = (jq + 1) & (cap - 1)
+                        slots[jq] = q
+                    j = h & (cap - 1)
+                    continue
+                slots[j] = nd
+                distinct[nd] = v
+                first[i] = nd
+                nd += 1
+                break
+            if distinct[d] == v:
+                first[i] = d
+                break
+            j = (j + 1) & (cap - 1)
+    order = np.argsort(distinct[:nd], kind="mergesort")
+    rank = np.empty(nd, np.int32)
+    for r in range(nd):
+        rank[order[r]] = r
+    for i in range(len(tid)):
+        first[i] = rank[first[i]]
+    return distinct[:nd][order], first
+
+
+@nb.njit(cache=True)
+def _positions(thr, nthr):
+    """Counting sort by thread (stable, so time order is kept inside a thread): the place of
+    every record, and each thread's first and one-past-last place."""
+    n = len(thr)
+    counts = np.zeros(nthr + 1, np.int64)
+    for i in range(n):
+        counts[thr[i] + 1] += 1
+    for t in range(nthr):
+        counts[t + 1] += counts[t]
+    starts = counts[:nthr].copy()
+    ends = counts[1:].copy()
+    nxt = counts[:nthr].copy()
+    pos = np.empty(n, np.int32)
+    for i in range(n):
+        t = thr[i]
+        pos[i] = nxt[t]
+        nxt[t] += 1
+    return pos, starts, ends
+
+
+# One column at a time: scattering all of them in one loop would write to (threads x columns)
+# places at once and thrash the cache.
+@nb.njit(cache=True)
+def _scatter(pos, src):
+    out = np.empty(len(pos), src.dtype)
+    for i in range(len(pos)):
+        out[pos[i]] = src[i]
+    return out
+
+
+@nb.njit(cache=True)
+def _scatter_lut(pos, idx, lut):
+    out = np.empty(len(pos), lut.dtype)
+    for i in range(len(pos)):
+        out[pos[i]] = lut[idx[i]]
+    return out
+
+
+@nb.njit(cache=True)
+def _scatter_ts(pos, ts, t0):
+    out = np.empty(len(pos), np.int64)
+    for i in range(len(pos)):
+        out[pos[i]] = np.int64(ts[i] - t0)
+    return out
 
 
 @nb.njit(cache=True)
 def _link(starts, ends, ev, lock, ns):
     n = len(ev)
     wait = np.zeros(n, np.int64)
-    spun = np.zeros(n, np.int64)
-    partner = np.full(n, -1, np.int64)
-    next_rec = np.full(n, -1, np.int64)
+    spun_idx = np.zeros(1024, np.int32)
+    spun_ns = np.zeros(1024, np.int64)
+    nspun = 0
+    partner = np.full(n, -1, np.int32)
+    next_rec = np.full(n, -1, np.int32)
     orphan = 0
     held_start = 0
     held_end = 0
-    stack_lock = np.zeros(64, np.uint64)
+    stack_lock = np.zeros(64, np.int64)
     stack_idx = np.zeros(64, np.int64)
     for t in range(len(starts)):
         s, e = starts[t], ends[t]
         # B/S attach to the next A of the same lock if only B/S of that lock stand between.
-        pend_lock = np.uint64(0)
+        pend_lock = -1
         pend_ns = 0
         pend_spin = 0
         pend_n = 0
@@ -171,7 +321,13 @@ def _link(starts, ends, ev, lock, ns):
             if pend_n > 0:
                 if k == 0 and lock[i] == pend_lock:
                     wait[i] = pend_ns
-                    spun[i] = pend_spin
+                    if pend_spin > 0:
+                        if nspun == len(spun_idx):
+                            spun_idx = np.concatenate((spun_idx, np.zeros(nspun, np.int32)))
+                            spun_ns = np.concatenate((spun_ns, np.zeros(nspun, np.int64)))
+                        spun_idx[nspun] = i
+                        spun_ns[nspun] = pend_spin
+                        nspun += 1
                 else:
                     orphan += pend_n
                 pend_ns = 0
@@ -182,7 +338,7 @@ def _link(starts, ends, ev, lock, ns):
             last = i
             if k == 0:
                 if depth == len(stack_lock):
-                    stack_lock = np.concatenate((stack_lock, np.zeros(depth, np.uint64)))
+                    stack_lock = np.concatenate((stack_lock, np.zeros(depth, np.int64)))
                     stack_idx = np.concatenate((stack_idx, np.zeros(depth, np.int64)))
                 stack_lock[depth] = lock[i]
                 stack_idx[depth] = i
@@ -202,4 +358,5 @@ def _link(starts, ends, ev, lock, ns):
                     depth -= 1
         orphan += pend_n
         held_end += depth
-    return wait, spun, partner, next_rec, (orphan, held_start, held_end)
+    return (wait, spun_idx[:nspun].copy(), spun_ns[:nspun].copy(), partner, next_rec,
+            (orphan, held_start, held_end))

@@ -172,10 +172,8 @@ def main() -> None:
         tl = Timeline.from_events(events)
         params = make_params("superpage", None, 0, 0)
         design = get_design("stock", params.layout)
-        keys = _design_keys(tl, design, params)
-        is_pv, removed, klo, khi, krange, kmode, keyc, nkeys, turnstile, _ = keys
-        steps = build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc,
-                            tl.class_code("pv"))
+        dk, nkeys, turnstile, _ = _design_keys(tl, design, params)
+        steps = build_steps(tl, dk)
         kargs = (steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags,
                  steps.page, steps.is2m, steps.acq, steps.acq_n, steps.thread_first,
                  steps.thread_end, steps.thread_start, nkeys, turnstile, False,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
+import pyarrow.parquet as pq
 
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
@@ -21,7 +21,7 @@ from pvtrace.replay.run import make_params, observed, run_design, summarize
 from pvtrace.timeline import Timeline
 
 REPORT_SCHEMA = "pvtrace-replay/1"
-# The replay needs these columns of the events table; cpu, src and line stay on disk.
+# The replay reads these columns of the events table; cpu, src and line stay on disk.
 REPLAY_COLUMNS = ["ts", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op"]
 NO_EVENTS = ("no pvtrace event records to replay (lockstat and LOCK_PROFILING inputs "
              "summarize, they cannot be replayed; capture with `pvtrace dscript`)")
@@ -30,7 +30,8 @@ NO_EVENTS = ("no pvtrace event records to replay (lockstat and LOCK_PROFILING in
 @dataclass(frozen=True)
 class LoadedTrace:
     path: str
-    events: pl.DataFrame
+    timeline: Timeline
+    nevents: int
     metadata: dict[str, Any]
 
     @property
@@ -50,12 +51,10 @@ class LoadedTrace:
 
 
 def load_trace(path: str) -> LoadedTrace:
-    """Open a bundle, or ingest a raw capture (file or ``-``) into a temporary bundle."""
+    """The timeline of a bundle, or of a raw capture (file or ``-``) ingested into a temporary
+    bundle. The events table is read one column at a time into the timeline, never whole."""
     if path != "-" and is_bundle(path):
-        bundle: Bundle = open_bundle(path)
-        if not bundle.has("events"):
-            raise PvtraceError(NO_EVENTS, path=path)
-        return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
+        return _from_bundle(path, open_bundle(path))
     if path != "-" and not Path(path).exists():
         raise PvtraceError("no such file or directory", path=path)
     from pvtrace.ingest import run_ingest
@@ -63,24 +62,30 @@ def load_trace(path: str) -> LoadedTrace:
     with tempfile.TemporaryDirectory(prefix="pvtrace-") as tmp:
         out = Path(tmp) / "bundle"
         run_ingest([path], str(out))
-        bundle = open_bundle(out)
-        if not bundle.has("events"):
-            raise PvtraceError(NO_EVENTS, path=path)
-        return LoadedTrace(path, bundle.table("events", REPLAY_COLUMNS), bundle.metadata)
+        return _from_bundle(path, open_bundle(out))
+
+
+def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
+    if not bundle.has("events"):
+        raise PvtraceError(NO_EVENTS, path=path)
+    nrows = bundle.arrow("events", []).num_rows
+    if nrows == 0:
+        raise PvtraceError("the trace has no event records to replay", path=path)
+    missing = set(REPLAY_COLUMNS) - set(pq.read_schema(bundle.path / "events.parquet").names)
+    if missing:
+        raise PvtraceError(f"events table lacks columns {sorted(missing)}", path=path)
+    tl = Timeline.from_columns(lambda name: bundle.arrow("events", [name]).column(0), nrows)
+    return LoadedTrace(path, tl, nrows, bundle.metadata)
 
 
 def replay_trace(path: str, models: list[str], *, layout: str | None = None,
                  spin_limit_ns: int = 0, wakeup_ns: int = 0) -> dict:
     """Replay the trace at ``path`` under each of ``models``; the SPEC report object."""
     trace = load_trace(path)
-    nevents = trace.events.height
-    if nevents == 0:
-        raise PvtraceError("the trace has no event records to replay", path=path)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
     designs = [get_design(m, params.layout) for m in models]  # validate names first
-    tl = Timeline.from_events(trace.events)
-    meta, layout_known = trace.metadata, trace.layout_known
-    del trace  # the timeline holds all the replay needs; free the table
+    tl, nevents, meta, layout_known = (trace.timeline, trace.nevents, trace.metadata,
+                                       trace.layout_known)
     report = {
         "schema": REPORT_SCHEMA,
         "trace": {

@@ -29,43 +29,66 @@ class Steps:
     """Per-step and per-acquisition arrays for one design."""
 
     kind: np.ndarray        # int8 STEP_*
-    key: np.ndarray         # int64: ACQ key, REL first key
-    key_hi: np.ndarray      # int64: REL last key
+    key: np.ndarray         # int32: ACQ key, REL first key
+    key_hi: np.ndarray      # int32: REL last key
     mode: np.ndarray        # int8: 0 write, 1 read
     gap: np.ndarray         # int64 ns of captured work before the step
     flags: np.ndarray       # int8 FLAG_*
     page: np.ndarray        # uint64 pa the thread works on (pv ACQ/PAGE)
     is2m: np.ndarray        # bool
-    acq: np.ndarray         # int64: ACQ its acquisition id; REL first acquisition released
-    acq_n: np.ndarray       # int64: REL number of acquisitions released
+    acq: np.ndarray         # int32: ACQ its acquisition id; REL first acquisition released
+    acq_n: np.ndarray       # int32: REL number of acquisitions released
     thread_first: np.ndarray  # int64 per thread
     thread_end: np.ndarray    # int64 per thread
     thread_start: np.ndarray  # int64 per thread: replay start time (captured)
     # per acquisition
     acq_cls: np.ndarray     # int16 class code
-    acq_op: np.ndarray      # int32 op code
-    acq_event: np.ndarray   # int64 timeline record index of the A (or of the R / P)
-    acq_extra: np.ndarray   # int64 acquisitions the design performs but need not execute
+    acq_op: np.ndarray      # int16 op code
+    acq_event: np.ndarray   # int32 timeline record index of the A (or of the R / P)
+    acq_extra: np.ndarray   # int16 acquisitions the design performs but need not execute
     clamped_gaps: int
     nested_pv: int
 
 
-def build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, pv_code: int) -> Steps:
-    """Build the steps of every thread. Per-record inputs: ``is_pv`` (pv-list lock record or
-    page move), ``removed`` (the design has no such lock), ``klo``/``khi`` (dense key run the
-    record requests under the design), ``krange`` (the run is a superpage's page locks),
-    ``kmode`` (0 write, 1 read), ``keyc`` (the page's captured-layout key, -1 unknown)."""
-    # A tight bound on the steps: an A or P yields its key run plus one release, an R at most
-    # one release plus a start-held run. Oversizing costs page faults, not just address space.
-    span = np.maximum(khi - klo, 0) + 1
+@dataclass(frozen=True)
+class DesignKeys:
+    """What the step builder needs to know of a design, in compact form.
+
+    Lock records keep their timeline lock id unless they are page-keyed (pv-list records with
+    a known page, and page moves): those point through ``pvpos`` into per-pv-record key runs.
+    Keys are dense ids: lock addresses first (``nlocks`` of them), then the design's pv keys.
+    """
+
+    pvpos: np.ndarray         # int32 per record: index into the pv arrays, -1 if not page-keyed
+    pv_lo: np.ndarray         # int32 per pv record: first key of its run
+    pv_hi: np.ndarray         # int32 per pv record: last key (> pv_lo for a superpage run)
+    pv_range: np.ndarray      # bool per pv record: the run is a superpage's page locks
+    removed_cls: np.ndarray   # bool per class code: the design has no such lock
+    pv_removed: bool          # the design has no pv-list lock (page moves do nothing)
+    pv_exclusive: bool        # pv-list read requests take the lock exclusively
+    captured_hash: int        # the captured layout: N for hash:N, 0 for superpage
+    pv_code: int              # class code of pv-list locks
+
+
+def build_steps(tl, dk: DesignKeys) -> Steps:
+    """Build the steps of every thread under the design described by ``dk``."""
+    # A tight bound on the steps: an A, R or P yields its key run plus one release.
+    # Oversizing costs page faults, not just address space.
     ev = tl.ev
-    per = np.where((ev == 0) | (ev == 4), span + 1, np.where(ev == 1, span + 1, 0))
-    cap = int(per.sum() + 2 * tl.nthreads + 16)
-    out = _build(tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner,
-                 tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
-                 is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap)
-    (kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, tfirst, tend, tstart,
-     acls, aop, aev, aextra, nsteps, nacq, clamped, nested) = out
+    n_arp = int(np.count_nonzero(ev <= 1)) + int(np.count_nonzero(ev == 4))
+    cap = 2 * n_arp + int((dk.pv_hi - dk.pv_lo).sum()) + 2 * tl.nthreads + 16
+    # numpy's zeros are calloc'ed: pages beyond the steps actually written never become
+    # resident, so the bound costs address space only.
+    kind, mode, flags = (np.zeros(cap, np.int8) for _ in range(3))
+    key, key_hi, acq, acq_n = (np.zeros(cap, np.int32) for _ in range(4))
+    gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
+    acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
+    aev = np.zeros(cap, np.int32)
+    tfirst, tend, tstart, nsteps, nacq, clamped, nested = _build(
+        tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner, tl.next_rec, tl.pa,
+        tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range,
+        dk.removed_cls, dk.pv_removed, dk.pv_exclusive, dk.captured_hash, dk.pv_code, kind, key,
+        key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev, aextra)
     return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
                  flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
                  tfirst, tend, tstart, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
@@ -110,27 +133,52 @@ def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aext
 
 
 @nb.njit(cache=True)
-def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last,
-           is_pv, removed, klo, khi, krange, kmode, keyc, pv_code, cap):
-    kind = np.zeros(cap, np.int8)
-    key = np.zeros(cap, np.int64)
-    key_hi = np.zeros(cap, np.int64)
-    mode = np.zeros(cap, np.int8)
-    gap = np.zeros(cap, np.int64)
-    flags = np.zeros(cap, np.int8)
-    page = np.zeros(cap, np.uint64)
-    is2m = np.zeros(cap, np.bool_)
-    acq = np.full(cap, -1, np.int64)
-    acq_n = np.zeros(cap, np.int64)
-    acls = np.zeros(cap, np.int16)
-    aop = np.zeros(cap, np.int32)
-    aev = np.zeros(cap, np.int64)
-    aextra = np.zeros(cap, np.int64)
+def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last, lock,
+           pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
+           pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev,
+           aextra):
+    # The design's view of record i (see DesignKeys), computed where needed rather than
+    # stored per record: at tens of millions of records, every per-record array counts.
+    def is_pv(i):
+        return (ev[i] <= 3 and cls[i] == pv_code) or (ev[i] == 4 and pa[i] != 0)
+
+    def removed(i):
+        if ev[i] <= 3:
+            return cls[i] >= 0 and removed_cls[cls[i]]
+        return pv_removed and ev[i] == 4 and pa[i] != 0
+
+    def klo(i):
+        j = pvpos[i]
+        if j >= 0:
+            return np.int64(pv_lo[j])
+        return np.int64(lock[i]) if ev[i] <= 3 else np.int64(-1)
+
+    def khi(i):
+        j = pvpos[i]
+        if j >= 0:
+            return np.int64(pv_hi[j])
+        return np.int64(lock[i]) if ev[i] <= 3 else np.int64(-1)
+
+    def krange(i):
+        j = pvpos[i]
+        return j >= 0 and pv_range[j]
+
+    def kmode(i):
+        if rmode[i] != 1:
+            return 0
+        return 0 if pv_exclusive and ev[i] <= 3 and cls[i] == pv_code else 1
+
+    def keyc(i):
+        if pvpos[i] < 0:
+            return np.int64(-1)
+        frame = np.int64(pa[i] >> np.uint64(21))
+        return frame % cap_hash if cap_hash > 0 else frame
+
     nthr = len(t_first)
     tfirst = np.zeros(nthr, np.int64)
     tend = np.zeros(nthr, np.int64)
     tstart = np.zeros(nthr, np.int64)
-    ev_acq = np.full(len(ev), -1, np.int64)      # acquisition id an A (or start-held R) got
+    ev_acq = np.full(len(ev), -1, np.int32)      # acquisition id an A (or start-held R) got
     n = 0
     na = 0
     clamped = 0
@@ -161,20 +209,20 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         nopen = 0
         # Locks held when the capture began: taken, without wait, at the thread's start.
         for i in range(s, e):
-            if ev[i] != 1 or partner[i] >= 0 or removed[i]:
+            if ev[i] != 1 or partner[i] >= 0 or removed(i):
                 continue
-            if is_pv[i]:
+            if is_pv(i):
                 if pv_open:
                     nested += 1
                     continue
                 pv_open = True
-                h_lo, h_hi, h_acq = klo[i], khi[i], na
+                h_lo, h_hi, h_acq = klo(i), khi(i), na
                 h_n = h_hi - h_lo + 1
-                h_mode, h_range, prev_keyc = kmode[i], krange[i], keyc[i]
+                h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
             ev_acq[i] = na
             n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
-                              aextra, n, na, klo[i], khi[i], kmode[i], is_pv[i], pa[i], False,
-                              cls[i], op[i], i, krange[i], 0)
+                              aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i], False,
+                              cls[i], op[i], i, krange(i), 0)
         for i in range(s, e):
             k_ev = ev[i]
             if k_ev == 2 or k_ev == 3:
@@ -187,15 +235,16 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
             pending += seg
             prev_e = ts[i]
             if k_ev == 0:                                   # acquire
-                if removed[i]:
-                    if is_pv[i]:
+                if removed(i):
+                    if is_pv(i):
                         pv_open = True
                     continue
-                if is_pv[i]:
+                if is_pv(i):
                     if i == skip_a:
                         # The switch pair kept the same key: only the page changes.
-                        prev_keyc = keyc[i]
+                        prev_keyc = keyc(i)
                         kind[n] = STEP_PAGE
+                        acq[n] = -1
                         flags[n] = FLAG_PV
                         page[n] = pa[i]
                         gap[n] = pending
@@ -209,33 +258,33 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                                           h_hi, h_acq, h_n, True, pending)
                             pending = 0
                     pv_open = True
-                    h_lo, h_hi, h_acq = klo[i], khi[i], na
+                    h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
-                    h_mode, h_range, prev_keyc = kmode[i], krange[i], keyc[i]
+                    h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                 ev_acq[i] = na
                 n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
-                                  aextra, n, na, klo[i], khi[i], kmode[i], is_pv[i], pa[i],
-                                  False, cls[i], op[i], i, krange[i], pending)
+                                  aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i],
+                                  False, cls[i], op[i], i, krange(i), pending)
                 pending = 0
-                if not is_pv[i] and partner[i] < 0:
+                if not is_pv(i) and partner[i] < 0:
                     if nopen == len(open_keys):
                         open_keys = np.concatenate((open_keys, np.zeros(nopen, np.int64)))
                         open_acq = np.concatenate((open_acq, np.zeros(nopen, np.int64)))
-                    open_keys[nopen] = klo[i]
+                    open_keys[nopen] = klo(i)
                     open_acq[nopen] = ev_acq[i]
                     nopen += 1
             elif k_ev == 1:                                 # release
-                if removed[i]:
-                    if is_pv[i]:
+                if removed(i):
+                    if is_pv(i):
                         pv_open = False
                     continue
-                if is_pv[i]:
+                if is_pv(i):
                     if not pv_open or h_lo < 0:
                         continue
                     j = next_rec[i]
-                    if (j >= 0 and ev[j] == 0 and is_pv[j] and not removed[j]
-                            and klo[j] == h_lo and khi[j] == h_hi and krange[j] == h_range
-                            and kmode[j] == h_mode):
+                    if (j >= 0 and ev[j] == 0 and is_pv(j) and not removed(j)
+                            and klo(j) == h_lo and khi(j) == h_hi and krange(j) == h_range
+                            and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
                     n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
@@ -248,33 +297,34 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                     a = partner[i] if partner[i] >= 0 else i
                     if ev_acq[a] < 0:
                         continue
-                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, klo[a], klo[a],
+                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, klo(a), klo(a),
                                   ev_acq[a], 1, False, pending)
                     pending = 0
             elif k_ev == 4:                                 # page move
-                if not pv_open or removed[i] or not is_pv[i] or h_lo < 0:
+                if not pv_open or removed(i) or not is_pv(i) or h_lo < 0:
                     continue
-                if ((klo[i] != h_lo or khi[i] != h_hi or krange[i] != h_range)
-                        and keyc[i] == prev_keyc and keyc[i] >= 0):
+                if ((klo(i) != h_lo or khi(i) != h_hi or krange(i) != h_range)
+                        and keyc(i) == prev_keyc and keyc(i) >= 0):
                     # The captured kernel kept its lock here; this design must switch.
                     n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
                                   h_acq, h_n, True, pending)
                     pending = 0
-                    h_lo, h_hi, h_acq = klo[i], khi[i], na
+                    h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
-                    h_range = krange[i]
+                    h_range = krange(i)
                     n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
-                                      aev, aextra, n, na, klo[i], khi[i], h_mode, True, pa[i],
-                                      rmode[i] == 3, pv_code, op[i], i, krange[i], 0)
+                                      aev, aextra, n, na, klo(i), khi(i), h_mode, True, pa[i],
+                                      rmode[i] == 3, pv_code, op[i], i, krange(i), 0)
                 else:
                     kind[n] = STEP_PAGE
+                    acq[n] = -1
                     flags[n] = FLAG_PV
                     page[n] = pa[i]
                     is2m[n] = rmode[i] == 3
                     gap[n] = pending
                     pending = 0
                     n += 1
-                prev_keyc = keyc[i]
+                prev_keyc = keyc(i)
         # Locks still held when the capture ended are released at its last timestamp.
         if (pv_open and h_lo >= 0) or nopen > 0:
             seg = t_last - prev_e
@@ -288,8 +338,8 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
                               open_keys[m], open_acq[m], 1, False, pending)
                 pending = 0
         kind[n] = STEP_END
+        acq[n] = -1
         gap[n] = pending
         n += 1
         tend[t] = n
-    return (kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, tfirst, tend, tstart,
-            acls, aop, aev, aextra, n, na, clamped, nested)
+    return tfirst, tend, tstart, n, na, clamped, nested

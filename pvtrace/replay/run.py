@@ -25,7 +25,8 @@ from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
 from pvtrace.models.base import SPACE_PAGE, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
-from pvtrace.replay.build import Steps, build_steps
+from pvtrace.replay.build import DesignKeys, Steps, build_steps
+from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
 from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, MODE_R, Timeline
 
@@ -59,80 +60,75 @@ class DesignRun:
     unknown_page: int
 
 
-def _dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ids of ``values`` in sorted order, and the sorted distinct values.
+def _pv_records(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
+    """The page-keyed records (pv-list lock records with a known page, and page moves) and,
+    per record, its index among them (-1 for the others). Design-independent: cached."""
+    if "pv_records" not in tl.cache:
+        is_lock = tl.ev <= EV_S
+        pv_known = (is_lock & (tl.cls == tl.class_code("pv")) & (tl.pa != 0)) | (
+            (tl.ev == EV_P) & (tl.pa != 0))
+        idx = np.flatnonzero(pv_known).astype(np.int32)
+        del pv_known, is_lock
+        pvpos = np.full(len(tl.ev), -1, np.int32)
+        pvpos[idx] = np.arange(len(idx), dtype=np.int32)
+        tl.cache["pv_records"] = (idx, pvpos)
+    return tl.cache["pv_records"]
 
-    Polars' parallel dense rank; ``np.searchsorted`` of millions of unsorted queries into
-    millions of distinct values thrashes the cache and is ten times slower.
-    """
-    if len(values) == 0:
-        return np.zeros(0, np.int64), values
-    s = pl.Series(values)
-    ids = (s.rank("dense") - 1).cast(pl.Int64).to_numpy()
-    return ids, s.unique().sort().to_numpy()
 
-
-def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
-    """Per-record key runs (dense ids), modes and captured keys for ``design``."""
-    n = len(tl.ev)
-    pv_code = tl.class_code("pv")
-    is_lock = tl.ev <= EV_S
-    is_page = (tl.ev == EV_P) & (tl.pa != 0)
-    pv_rec = is_lock & (tl.cls == pv_code)
-    pv_known = (pv_rec & (tl.pa != 0)) | is_page
-    is_pv = pv_rec | is_page
-    removed_codes = [tl.class_code(c) for c in design.removed_classes]
-    removed = np.isin(tl.cls, removed_codes) & is_lock
-    if "pv" in design.removed_classes:
-        removed |= is_page
-    is2m = is_page & (tl.mode == MODE_2M)
-
-    # Lock-address keys: every lock record not keyed by page.
-    by_lock = is_lock & ~pv_known
-    lock_ids, lock_vals = _dense(tl.lock[by_lock])
-    nlock = len(lock_vals)
-    klo = np.full(n, -1, np.int64)
-    klo[by_lock] = lock_ids
-    khi = klo.copy()
-
-    # Page keys of pv records, from the design.
-    idx = np.flatnonzero(pv_known)
-    pk = design.pv_keys(tl.pa[idx], is2m[idx])
-    val_ids, vals = _dense(pk.value)
-    base = nlock
-    lo = base + val_ids
+def _page_keys(tl: Timeline, design: Design, params: ReplayParams) -> dict:
+    """Dense key runs of the page-keyed records under ``design``, cached per key function and
+    layout (the three OBM designs share theirs)."""
+    key = ("pv", type(design).pv_keys, str(design.layout))
+    if key in tl.cache:
+        return tl.cache[key]
+    idx, _ = _pv_records(tl)
+    pk = design.pv_keys(tl.pa[idx], tl.mode[idx] == MODE_2M)
+    ids, vals = dense_ids(pk.value)
+    lo = ids + np.int32(tl.nlocks)
     hi = lo.copy()
     if pk.space == SPACE_PAGE and pk.is_range.any():
         r = pk.is_range
-        hi[r] = base + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
-    klo[idx] = lo
-    khi[idx] = hi
-    krange = np.zeros(n, bool)
-    krange[idx] = pk.is_range
-    nkeys = nlock + len(vals)
-
+        hi[r] = tl.nlocks + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
+    turnstile = None
     if design.shared_turnstiles:
         page_pa = vals << np.uint64(12) if pk.space == SPACE_PAGE else vals
-        ts_of_page, _ = _dense(params.layout.slot(page_pa))
+        turnstile, _ = dense_ids(params.layout.slot(page_pa))
+    out = {"lo": lo, "hi": hi, "nvals": len(vals), "is_range": pk.is_range,
+           "turnstile": turnstile}
+    tl.cache[key] = out
+    return out
+
+
+def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
+    """The design's keys for the step builder, the number of keys, each key's turnstile, and
+    the acquisitions whose page is unknown."""
+    _, pvpos = _pv_records(tl)
+    pk = _page_keys(tl, design, params)
+    removed_cls = np.array([c in design.removed_classes for c in tl.classes] or [False])
+    cap = params.captured_layout
+    dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], removed_cls,
+                    "pv" in design.removed_classes, not design.pv_shared_reads,
+                    cap.nlocks if cap.kind == "hash" else 0, tl.class_code("pv"))
+    nlock = tl.nlocks
+    nkeys = nlock + pk["nvals"]
+    if design.shared_turnstiles:
         turnstile = np.concatenate([np.arange(nlock, dtype=np.int64),
-                                    nlock + ts_of_page.astype(np.int64)])
+                                    nlock + pk["turnstile"].astype(np.int64)])
     else:
         turnstile = np.arange(nkeys, dtype=np.int64)
-
-    kmode = np.where(tl.mode == MODE_R, 1, 0).astype(np.int8)
-    if not design.pv_shared_reads:
-        kmode[pv_rec] = 0
-    keyc = np.full(n, -1, np.int64)
-    keyc[pv_known] = params.captured_layout.slot(tl.pa[pv_known]).astype(np.int64)
-    unknown_page = int((pv_rec & (tl.pa == 0) & (tl.ev == EV_A) & ~removed).sum())
-    return is_pv, removed, klo, khi, krange, kmode, keyc, nkeys, turnstile, unknown_page
+    pv_code = tl.class_code("pv")
+    unknown_page = 0
+    if "pv" not in design.removed_classes:
+        unknown_page = int(np.count_nonzero((tl.ev == EV_A) & (tl.cls == pv_code)
+                                            & (tl.pa == 0)))
+    return dk, nkeys, turnstile, unknown_page
 
 
 def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
     """Replay ``tl`` under ``design``: the raw per-acquisition arrays."""
-    is_pv, removed, klo, khi, krange, kmode, keyc, nkeys, turnstile, unknown = _design_keys(
-        tl, design, params)
-    steps = build_steps(tl, is_pv, removed, klo, khi, krange, kmode, keyc, tl.class_code("pv"))
+    dk, nkeys, turnstile, unknown = _design_keys(tl, design, params)
+    steps = build_steps(tl, dk)
+    del dk
     nacq = len(steps.acq_cls)
     req, grant, wait, rel, klass, sib, t_end, forced, _ = run_kernel(
         steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags, steps.page,
@@ -176,7 +172,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
     false_ = pv_cont & (run.klass == CLS_FALSE)
     true_ = pv_cont & ((run.klass == CLS_TRUE) | (run.klass == CLS_UNKNOWN))
     contended = w[w > 0]
-    thread_of_acq = tl.tid[st.acq_event]
+    thread_of_acq = tl.thread_ids[tl.thread_of(st.acq_event)]
     per_thread = (
         pl.DataFrame({"tid": thread_of_acq, "wait": w})
         .group_by("tid").agg(pl.col("wait").sum().alias("wait_ns"),
@@ -226,7 +222,9 @@ def observed(tl: Timeline) -> dict:
     """What the capture itself shows: its acquisitions and recorded B/S waits."""
     a = tl.ev == EV_A
     w = tl.wait[a]
-    spun = tl.spun[a]
+    spun = np.zeros(len(tl.ev), np.int64)
+    spun[tl.spun_idx] = tl.spun_ns
+    spun = spun[a]
     contended = w[w > 0]
     r_idx = tl.partner[a]
     paired = r_idx >= 0
