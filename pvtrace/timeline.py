@@ -91,41 +91,48 @@ class Timeline:
         return build_timeline(read, nrows)
 
 
+def _chunks(arr: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+
+
 def _numeric(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(arr, pa.ChunkedArray):
-        if arr.num_chunks == 1:
-            arr = arr.chunk(0)
-        else:
-            return np.concatenate([c.to_numpy() for c in arr.chunks])
-    return arr.to_numpy()
+    chunks = _chunks(arr)
+    if len(chunks) == 1:
+        return chunks[0].to_numpy()
+    return np.concatenate([c.to_numpy() for c in chunks])
+
+
+def _dictionary_chunks(arr: pa.Array | pa.ChunkedArray) -> list[pa.DictionaryArray]:
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    return _chunks(arr)
 
 
 def _codes(arr: pa.Array | pa.ChunkedArray, mapping: dict[str, int] | None,
-           default: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+           default: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """Small-integer codes of a string or dictionary column, without materializing strings.
 
-    Returns ``(indices, lut, values)``: the code of record ``i`` is ``lut[indices[i]]``, so the
-    mapping is applied in the compiled regrouping pass instead of in a separate array. With
-    ``mapping`` the codes are its values (unknown strings get ``default``); without, the
-    distinct values present are sorted and numbered. ``values``: the sorted distinct strings.
+    Returns ``(parts, values)``: per chunk of the column, its dictionary indices and a lookup
+    table (the code of a record is ``lut[index]``), so the mapping is applied in the compiled
+    scatter instead of in a separate array. With ``mapping`` the codes are its values (unknown
+    strings get ``default``); without, the distinct values present are sorted and numbered.
+    ``values``: the sorted distinct strings present.
     """
-    if isinstance(arr, pa.Array):
-        arr = pa.chunked_array([arr])
-    if not pa.types.is_dictionary(arr.type):
-        arr = pc.dictionary_encode(arr)
-    arr = arr.unify_dictionaries()
-    chunks = arr.chunks
-    if not chunks:
-        return np.zeros(0, np.int32), np.array([default], np.int64), []
-    dictionary = chunks[0].dictionary.to_pylist()
-    indices = (chunks[0].indices.to_numpy() if len(chunks) == 1 else
-               np.concatenate([c.indices.to_numpy() for c in chunks]))
-    # A dictionary may hold values no record uses (a shared category list): keep those out.
-    present = np.bincount(indices, minlength=len(dictionary)) > 0
-    values = sorted({v for v, p in zip(dictionary, present) if p})
+    chunks = _dictionary_chunks(arr)
+    seen: set[str] = set()
+    raw = []
+    for c in chunks:
+        dictionary = c.dictionary.to_pylist()
+        indices = c.indices.to_numpy()
+        # A dictionary may hold values no record uses (a shared category list): skip those.
+        present = np.bincount(indices, minlength=len(dictionary)) > 0
+        seen.update(v for v, p in zip(dictionary, present) if p)
+        raw.append((indices, dictionary))
+    values = sorted(seen)
     ours = mapping if mapping is not None else {v: i for i, v in enumerate(values)}
-    lut = np.array([ours.get(v, default) for v in dictionary] or [default], np.int64)
-    return indices, lut, values
+    parts = [(indices, np.array([ours.get(v, default) for v in d] or [default], np.int64))
+             for indices, d in raw]
+    return parts, values
 
 
 def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int) -> Timeline:
@@ -135,37 +142,38 @@ def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int
         raise PvtraceError("the trace has no event records to replay")
     if nrows >= 2**31 - 1:
         raise PvtraceError(f"{nrows:,} records: the replay handles fewer than 2^31")
-    ev_idx, ev_lut, ev_values = _codes(read("ev"), EV_CODES, -1)
+    ev_parts, ev_values = _codes(read("ev"), EV_CODES, -1)
     bad = sorted(set(ev_values) - set(EV_CODES))
     if bad:
         raise PvtraceError(f"events table has unknown event letters {bad}")
     thread_ids, thr = _thread_index(_numeric(read("tid")).astype(np.int64, copy=False))
     pos, starts, ends = _positions(thr, len(thread_ids))
     del thr
-    ev = _scatter_lut(pos, ev_idx, ev_lut.astype(np.uint8))
-    del ev_idx
-    cls_idx, cls_lut, cls_values = _codes(read("cls"), None, -1)
+    ev = _scatter_codes(pos, ev_parts, np.uint8)
+    del ev_parts
+    cls_parts, cls_values = _codes(read("cls"), None, -1)
     classes = [c for c in cls_values if c != "-"]
-    # cls_lut numbers every value including "-"; renumber without it, "-" -> -1.
+    # The luts number every value including "-"; renumber without it, "-" -> -1.
     renum = np.array([classes.index(c) if c != "-" else -1 for c in cls_values] or [-1])
-    cls = _scatter_lut(pos, cls_idx, renum[np.maximum(cls_lut, 0)].astype(np.int16))
-    del cls_idx
-    mode_idx, mode_lut, _ = _codes(read("mode"), MODE_CODES, MODE_NONE)
-    mode = _scatter_lut(pos, mode_idx, mode_lut.astype(np.uint8))
-    del mode_idx
-    op_idx, op_lut, ops = _codes(read("op"), None, 0)
-    op = _scatter_lut(pos, op_idx, op_lut.astype(np.int16))
-    del op_idx
-    col = _numeric(read("ts"))
-    t0 = int(col.min())
-    ts = _scatter_ts(pos, col, np.uint64(t0))
+    cls = _scatter_codes(pos, [(i, renum[np.maximum(lut, 0)]) for i, lut in cls_parts],
+                         np.int16)
+    del cls_parts
+    mode_parts, _ = _codes(read("mode"), MODE_CODES, MODE_NONE)
+    mode = _scatter_codes(pos, mode_parts, np.uint8)
+    del mode_parts
+    op_parts, ops = _codes(read("op"), None, 0)
+    op = _scatter_codes(pos, op_parts, np.int16)
+    del op_parts
+    col = read("ts")
+    t0 = int(pc.min(col).as_py())
+    ts = _scatter_numeric(pos, col, np.int64, t0)
     col = _numeric(read("lock"))
     lock_ids, lock_vals = dense_ids(col)
     del col
-    lock = _scatter(pos, lock_ids)
+    lock = _scatter(pos, 0, lock_ids, np.empty(nrows, np.int32))
     del lock_ids
-    pa_ = _scatter(pos, _numeric(read("pa")))
-    ns = _scatter(pos, _numeric(read("ns")))
+    pa_ = _scatter_numeric(pos, read("pa"), np.uint64)
+    ns = _scatter_numeric(pos, read("ns"), np.int64)
     del pos
     _release_arrow_memory()
     wait, spun_idx, spun_ns, partner, next_rec, counts = _link(starts, ends, ev, lock, ns)
@@ -176,6 +184,29 @@ def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int
         thread_first=starts, thread_end=ends, thread_ids=thread_ids, nlocks=len(lock_vals),
         classes=classes, ops=ops, t0=t0, t_last=int(ts.max()),
         counts=LinkCounts(*(int(c) for c in counts)))
+
+
+def _scatter_numeric(pos: np.ndarray, arr, dtype, t0: int = 0) -> np.ndarray:
+    """Scatter a numeric column chunk by chunk (no concatenated copy); ``t0`` is subtracted."""
+    out = np.empty(len(pos), dtype)
+    off = 0
+    for c in _chunks(arr):
+        src = c.to_numpy()
+        if t0:
+            _scatter_sub(pos, off, src, np.uint64(t0), out)
+        else:
+            _scatter(pos, off, src, out)
+        off += len(src)
+    return out
+
+
+def _scatter_codes(pos: np.ndarray, parts, dtype) -> np.ndarray:
+    out = np.empty(len(pos), dtype)
+    off = 0
+    for indices, lut in parts:
+        _scatter_lut(pos, off, indices, lut.astype(dtype), out)
+        off += len(indices)
+    return out
 
 
 def _release_arrow_memory() -> None:
@@ -258,27 +289,22 @@ def _positions(thr, nthr):
 # One column at a time: scattering all of them in one loop would write to (threads x columns)
 # places at once and thrash the cache.
 @nb.njit(cache=True)
-def _scatter(pos, src):
-    out = np.empty(len(pos), src.dtype)
-    for i in range(len(pos)):
-        out[pos[i]] = src[i]
+def _scatter(pos, off, src, out):
+    for i in range(len(src)):
+        out[pos[off + i]] = src[i]
     return out
 
 
 @nb.njit(cache=True)
-def _scatter_lut(pos, idx, lut):
-    out = np.empty(len(pos), lut.dtype)
-    for i in range(len(pos)):
-        out[pos[i]] = lut[idx[i]]
-    return out
+def _scatter_lut(pos, off, idx, lut, out):
+    for i in range(len(idx)):
+        out[pos[off + i]] = lut[idx[i]]
 
 
 @nb.njit(cache=True)
-def _scatter_ts(pos, ts, t0):
-    out = np.empty(len(pos), np.int64)
-    for i in range(len(pos)):
-        out[pos[i]] = np.int64(ts[i] - t0)
-    return out
+def _scatter_sub(pos, off, src, t0, out):
+    for i in range(len(src)):
+        out[pos[off + i]] = np.int64(src[i] - t0)
 
 
 @nb.njit(cache=True)

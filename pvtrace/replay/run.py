@@ -141,20 +141,33 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
 
 def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: np.ndarray,
                  holds: np.ndarray, spin_limit_ns: int) -> dict[str, dict]:
+    """Counters and percentiles per group (lock class or pmap operation). One stable sort by
+    code (a radix sort for small integers) puts each group's values in one slice."""
     out: dict[str, dict] = {}
-    for code in np.unique(codes):
-        sel = codes == code
-        w = waits[sel]
+    if len(codes) == 0:
+        return out
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    w_all = waits[order]
+    h_all = holds[order]
+    x_all = extra[order]
+    del order
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    starts = np.r_[0, bounds]
+    ends = np.r_[bounds, len(sorted_codes)]
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        w = w_all[lo:hi]
+        h = h_all[lo:hi]
         spin, block = metrics.split_spin(w, spin_limit_ns)
         contended = w[w > 0]
-        out[names[code]] = {
-            "acquisitions": int(sel.sum() + extra[sel].sum()),
+        out[names[sorted_codes[lo]]] = {
+            "acquisitions": int(hi - lo + x_all[lo:hi].sum()),
             "contended": int(len(contended)),
             "wait_ns": int(w.sum()),
             "spin_ns": spin,
             "block_ns": block,
             "contended_wait_percentiles_ns": metrics.percentiles(contended),
-            "hold_percentiles_ns": metrics.percentiles(holds[sel][holds[sel] >= 0]),
+            "hold_percentiles_ns": metrics.percentiles(h[h >= 0]),
         }
     return out
 
