@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 import pyarrow as pa
@@ -48,10 +48,23 @@ def check_target(out_dir: str | os.PathLike, *, force: bool = False) -> None:
             raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
 
 
+# Parquet writing (the events table is most of an ingest's write time). zstd at a fast
+# negative level; min/max statistics only where a reader would filter (the time column), as
+# computing them for every column costs more than the rest of the encoding; and delta
+# encoding for the time and line-number columns, which mostly grow by small steps.
+COMPRESSION = "zstd"
+COMPRESSION_LEVEL = -1
+STATISTICS_COLUMNS = ("ts",)
+DELTA_COLUMNS = ("ts", "line")
+
+
 def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa.Table],
-                 metadata: dict[str, Any], *, force: bool = False) -> Path:
+                 metadata: dict[str, Any] | Callable[[], dict[str, Any]], *,
+                 force: bool = False) -> Path:
     """Write ``tables`` (each conformed to its schema) and ``metadata`` to ``out_dir`` atomically.
 
+    ``metadata`` may be a callable, called once the tables are written (so a caller can
+    compute it in another thread meanwhile); when it raises, nothing is left behind.
     An existing bundle is replaced only with ``force``; an existing directory that is not a
     bundle is never touched.
     """
@@ -60,16 +73,14 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        meta = {"format": BUNDLE_FORMAT, **metadata, "tables": {}}
+        written: dict[str, Any] = {}
         for name, data in tables.items():
             table = schemas.conform(data, name)
-            # Dictionary pages only where the schema asks for them: trying them on the
-            # high-cardinality integer columns costs time and saves nothing.
-            dict_cols = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
-            pq.write_table(table, tmp / f"{name}.parquet", compression="zstd",
-                           use_dictionary=dict_cols or False)
-            meta["tables"][name] = {"rows": table.num_rows,
-                                    "schema_version": schemas.load(name).version}
+            _write_parquet(table, tmp / f"{name}.parquet")
+            written[name] = {"rows": table.num_rows,
+                             "schema_version": schemas.load(name).version}
+        facts = metadata() if callable(metadata) else metadata
+        meta = {"format": BUNDLE_FORMAT, **facts, "tables": written}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old.{os.getpid()}")
@@ -82,6 +93,18 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    names = set(table.column_names)
+    # Dictionary pages only where the schema asks for them: trying them on the
+    # high-cardinality integer columns costs time and saves nothing.
+    dict_cols = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+    delta = {c: "DELTA_BINARY_PACKED" for c in DELTA_COLUMNS
+             if c in names and pa.types.is_integer(table.schema.field(c).type)}
+    pq.write_table(table, path, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL,
+                   use_dictionary=dict_cols or False, column_encoding=delta or None,
+                   write_statistics=[c for c in STATISTICS_COLUMNS if c in names] or False)
 
 
 @dataclass

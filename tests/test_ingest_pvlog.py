@@ -334,7 +334,7 @@ def test_slow_path_for_everything_gives_the_same_result(tmp_path, monkeypatch):
     path = write(tmp_path, "x.log", text)
     fast = pvlog.parse(path, 0, "x")
     monkeypatch.setattr(pvlog, "BATCH_ROWS", 4)
-    monkeypatch.setattr(pvlog, "_field_batches", lambda path: iter(()))  # readers disagree
+    monkeypatch.setattr(pvlog, "_field_batches", lambda path, encoding: iter(()))  # readers disagree
     slow = pvlog.parse(path, 0, "x")
     assert rows(slow.tables["events"]) == rows(fast.tables["events"])
     assert [r[:10] for r in rows(fast.tables["events"])] == [r[:10] for r in SPEC_ROWS]
@@ -360,3 +360,34 @@ def test_tab_inside_last_field_is_a_separator(tmp_path):
     parsed = pvlog.parse(path, 0, "x")
     assert [r[:10] for r in rows(parsed.tables["events"])] == [r[:10] for r in SPEC_ROWS[:5]]
     assert [(p.line, p.reason) for p in parsed.problems] == [(9, "expected 10 fields, got 11")]
+
+
+def test_invalid_utf8_in_a_record_falls_back_to_replacing_it(tmp_path):
+    # The fast reader insists on valid UTF-8 first; a file with a bad byte is read again with
+    # it replaced, and the line is a record (op is free text) with U+FFFD in it.
+    data = SPEC_LOG.encode().replace(b"16000 1 102 R pv 0xfffff80001000040 w 0 0x201000 "
+                                     b"pmap_enter", b"16000 1 102 R pv 0xfffff80001000040 w 0 "
+                                                    b"0x201000 pmap_\xffenter")
+    assert b"\xff" in data
+    result, out, _ = ingest(tmp_path, data)
+    got = bundle_events(out)
+    assert got[:-1] == SPEC_ROWS[:-1]
+    assert got[-1][:9] == SPEC_ROWS[-1][:9] and got[-1][9] == "pmap_\ufffdenter"
+    assert result.problem_totals == {}
+
+
+def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
+    from pvtrace.ingest import _ordered_arrow
+
+    text = "# pvtrace-log v1\n" + "".join(
+        f"{(i * 7919) % 50} {i % 4} {100 + i % 5} {'APRX'[i % 4]} {'-' if i % 4 % 2 else 'pv'} "
+        f"{'0' if i % 4 % 2 else '0x1040'} {'4k' if i % 4 == 1 else '-' if i % 4 == 3 else 'w'} "
+        f"0 0x{i:x} op{i % 3}\n" for i in range(400))
+    # A category used by no record (from a malformed line) must not reach the dictionary.
+    events = pvlog.parse(write(tmp_path, "x.log", text + "1 0 1 Q - 0 - 0 0 zzz\n"), 0, "x")
+    events = events.tables["events"]
+    assert events.height == 400 and not events["ts"].is_sorted()
+    table = _ordered_arrow(events)
+    assert rows(pl.from_arrow(table)) == rows(events.sort("ts", maintain_order=True))
+    assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
+    assert rows(pl.from_arrow(_ordered_arrow(events.sort("ts")))) == rows(events.sort("ts"))

@@ -91,3 +91,25 @@ def test_newer_bundle_format_refused(bundle_dir):
 def test_conform_rejects_unknown_columns():
     with pytest.raises(ValueError, match="not in schemas/events.json"):
         schemas.conform(pa.table({"bogus": [1]}), "events")
+
+
+def test_metadata_failure_leaves_nothing_behind(tmp_path):
+    from pvtrace.bundle import write_bundle
+    import polars as pl
+
+    def broken():
+        raise RuntimeError("facts failed")
+
+    with pytest.raises(RuntimeError, match="facts failed"):
+        write_bundle(tmp_path / "b", {"diagnostics": pl.DataFrame(
+            schema={"src": pl.UInt16, "line": pl.UInt64, "kind": pl.String, "cpu": pl.Int32,
+                    "count": pl.Int64, "text": pl.String})}, broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_events_written_with_time_statistics_and_delta_encoding(bundle_dir):
+    meta = pq.ParquetFile(bundle_dir / "events.parquet").metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    ts = meta.row_group(0).column(names.index("ts"))
+    assert ts.compression == "ZSTD" and "DELTA_BINARY_PACKED" in ts.encodings
+    assert (ts.statistics.min, ts.statistics.max) == (1000, 11000)

@@ -7,6 +7,8 @@ hold millions of lines, so nothing here loops over lines in Python:
 - Fast path: polars' native CSV reader splits the lines on single spaces and types the
   fields on the way in (an 11th column catches lines with too many fields; whatever it cannot
   type becomes null). Checks are polars expressions; a line passing them all is a record.
+  It reads strict UTF-8 (replacing invalid bytes would first decode the whole file into a
+  copy, a large share of the read); only a file with invalid bytes is read again lossily.
 - The reader also reads each line as ONE string column (the separator is the unit separator
   byte ``\\x1f``, which never occurs in a log; quoting off; invalid UTF-8 replaced; the reader
   strips the ``\\r`` of CRLF line ends). Blank lines come back as null rows in both reads, so
@@ -62,26 +64,43 @@ _DTRACE_KINDS: list[tuple[str, str, int | None, int | None]] = [
 def parse(path: Path, src: int, name: str) -> Parsed:
     """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``)."""
     n_lines = _count_lines(path, name)
-    fast: list[pl.DataFrame] = []
-    refused: list[pl.Series] = []
-    seen = 0
-    for typed in _field_batches(path):
-        events, refused_rows = _fast(typed)
-        fast.append(events)
-        refused.append(refused_rows)
-        seen += typed.height
+    fast, refused, seen = _fast_read(path)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
         # The two readers disagree on the lines, or most lines need the slow path (a log
         # with tabs, say): stream every line through the slow path instead.
         parts = [_slow(_numbered(lines, first)) for first, lines in _line_batches(path, name)]
     else:
-        events = pl.concat(fast) if fast else _empty_events()
+        events = pl.concat(fast) if len(fast) != 1 else fast[0]
         slow = _slow(_refused_lines(path, name, rows))
         if slow.events.height:  # keep line order: the ingest's stable sort by ts relies on it
             events = pl.concat([events, slow.events]).sort("line")
         parts = [_Batch(events, slow.bad, slow.meta, slow.diag)]
     return _assemble(parts, src, name, n_lines, _ends_with_newline(path))
+
+
+def _fast_read(path: Path) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
+    """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
+    lines read); lines read is -1 when the fast reader failed (the slow path takes over).
+
+    The reader first insists on valid UTF-8, which is much cheaper than replacing invalid
+    bytes (that decodes the whole file into a copy before the read); only a file that does
+    hold invalid bytes is read again with them replaced.
+    """
+    for encoding in ("utf8", "utf8-lossy"):
+        fast: list[pl.DataFrame] = []
+        refused: list[pl.Series] = []
+        seen = 0
+        try:
+            for typed in _field_batches(path, encoding):
+                events, refused_rows = _fast(typed)
+                fast.append(events)
+                refused.append(refused_rows)
+                seen += typed.height
+        except pl.exceptions.PolarsError:
+            continue
+        return fast or [_empty_events()], refused, seen
+    return [], [], -1
 
 
 # --------------------------------------------------------------------------- reading
@@ -96,8 +115,7 @@ _FIELD_SCHEMA = {
 }
 _FIELD_READER: dict[str, Any] = dict(
     has_header=False, separator=" ", quote_char=None, schema=_FIELD_SCHEMA, ignore_errors=True,
-    truncate_ragged_lines=True, missing_columns="insert", encoding="utf8-lossy",
-    raise_if_empty=False)
+    truncate_ragged_lines=True, missing_columns="insert", raise_if_empty=False)
 _LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char=None,
                                     schema={"l": pl.String}, encoding="utf8-lossy",
                                     raise_if_empty=False)
@@ -112,11 +130,12 @@ def _read_error(exc: Exception, name: str) -> PvtraceError:
     return PvtraceError(f"cannot read: {exc}", path=name)
 
 
-def _field_batches(path: Path):
+def _field_batches(path: Path, encoding: str):
     """Fast-read lines, typed and checked in one polars query, with an ``ok`` column: one
-    batch for files up to ONE_BATCH_BYTES, else streamed in batches of about BATCH_ROWS."""
+    batch for files up to ONE_BATCH_BYTES, else streamed in batches of about BATCH_ROWS.
+    Raises PolarsError when the reader fails (invalid UTF-8 under ``encoding="utf8"``)."""
     hex_cols = pl.col("lock", "pa")
-    query = (pl.scan_csv(path, **_FIELD_READER)
+    query = (pl.scan_csv(path, **_FIELD_READER, encoding=encoding)
              .with_row_index("line")
              .with_columns(
                  hex_cols.str.strip_prefix("0x").str.to_integer(
@@ -128,13 +147,10 @@ def _field_batches(path: Path):
              .rename({"lock_int": "lock", "pa_int": "pa"})
              .with_columns((_valid() & pl.col("extra").is_null() & pl.col("hex_ok"))
                            .alias("ok")))
-    try:
-        if os.path.getsize(path) <= ONE_BATCH_BYTES:
-            yield query.collect()   # one batch: about a tenth faster than streaming
-        else:
-            yield from query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
-    except pl.exceptions.PolarsError:
-        return  # the line count will not match: everything takes the slow path
+    if os.path.getsize(path) <= ONE_BATCH_BYTES:
+        yield query.collect()   # one batch: about a tenth faster than streaming
+    else:
+        yield from query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
 
 
 def _line_batches(path: Path, name: str):
@@ -210,7 +226,9 @@ def _valid() -> pl.Expr:
                 .when(is_p).then(c("mode").is_in(("4k", "2m")))
                 .otherwise(c("mode") == "-")
             & (c("ns") >= 0)
-            & c("pa").is_not_null()).fill_null(False)
+            & c("pa").is_not_null()
+            # the lossy reader makes a token with invalid UTF-8 null: the slow path reads it
+            & c("op").is_not_null()).fill_null(False)
 
 
 _EVENT_COLUMNS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op", "line")
