@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
@@ -68,13 +69,18 @@ def load_trace(path: str) -> LoadedTrace:
 def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
     if not bundle.has("events"):
         raise PvtraceError(NO_EVENTS, path=path)
-    nrows = bundle.arrow("events", []).num_rows
+    nrows = bundle.arrow("events", []).num_rows      # also checks the schema version
     if nrows == 0:
         raise PvtraceError("the trace has no event records to replay", path=path)
-    missing = set(REPLAY_COLUMNS) - set(pq.read_schema(bundle.path / "events.parquet").names)
-    if missing:
-        raise PvtraceError(f"events table lacks columns {sorted(missing)}", path=path)
-    tl = Timeline.from_columns(lambda name: bundle.arrow("events", [name]).column(0), nrows)
+    file = bundle.path / "events.parquet"
+    try:
+        parquet = pq.ParquetFile(file)
+        missing = set(REPLAY_COLUMNS) - set(parquet.schema_arrow.names)
+        if missing:
+            raise PvtraceError(f"events table lacks columns {sorted(missing)}", path=str(file))
+        tl = Timeline.from_columns(lambda name: parquet.read(columns=[name]).column(0), nrows)
+    except (OSError, pa.ArrowException) as exc:
+        raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
     return LoadedTrace(path, tl, nrows, bundle.metadata)
 
 
