@@ -41,6 +41,7 @@ class Steps:
     thread_first: np.ndarray  # int64 per thread
     thread_end: np.ndarray    # int64 per thread
     thread_start: np.ndarray  # int64 per thread: replay start time (captured)
+    thread_acq: np.ndarray    # int64 per thread: its first acquisition (they are contiguous)
     # per acquisition
     acq_cls: np.ndarray     # int16 class code
     acq_op: np.ndarray      # int16 op code
@@ -84,14 +85,14 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     aev = np.zeros(cap, np.int32)
-    tfirst, tend, tstart, nsteps, nacq, clamped, nested = _build(
+    tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
         tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner, tl.next_rec, tl.pa,
         tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range,
         dk.removed_cls, dk.pv_removed, dk.pv_exclusive, dk.captured_hash, dk.pv_code, kind, key,
         key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev, aextra)
     return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
                  flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
-                 tfirst, tend, tstart, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
+                 tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
                  int(clamped), int(nested))
 
 
@@ -176,6 +177,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
 
     nthr = len(t_first)
     tfirst = np.zeros(nthr, np.int64)
+    tacq = np.zeros(nthr, np.int64)
     tend = np.zeros(nthr, np.int64)
     tstart = np.zeros(nthr, np.int64)
     ev_acq = np.full(len(ev), -1, np.int32)      # acquisition id an A (or start-held R) got
@@ -188,6 +190,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
     for t in range(nthr):
         s, e = t_first[t], t_end[t]
         tfirst[t] = n
+        tacq[t] = na
         # Thread start: its first record, or an earlier request time.
         s0 = ts[s]
         for i in range(s, e):
@@ -342,4 +345,4 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         gap[n] = pending
         n += 1
         tend[t] = n
-    return tfirst, tend, tstart, n, na, clamped, nested
+    return tfirst, tend, tstart, tacq, n, na, clamped, nested

@@ -185,13 +185,14 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
     false_ = pv_cont & (run.klass == CLS_FALSE)
     true_ = pv_cont & ((run.klass == CLS_TRUE) | (run.klass == CLS_UNKNOWN))
     contended = w[w > 0]
-    thread_of_acq = tl.thread_ids[tl.thread_of(st.acq_event)]
-    per_thread = (
-        pl.DataFrame({"tid": thread_of_acq, "wait": w})
-        .group_by("tid").agg(pl.col("wait").sum().alias("wait_ns"),
-                             (pl.col("wait") > 0).sum().alias("contended"))
-        .sort("tid")
-    )
+    # A thread's acquisitions are numbered contiguously: per-thread sums are segment sums.
+    per_acq = np.diff(np.r_[st.thread_acq, len(w)])
+    busy = np.flatnonzero(per_acq > 0)
+    first = st.thread_acq[busy]
+    per_thread = zip(tl.thread_ids[busy].tolist(),
+                     np.add.reduceat(w, first).tolist() if len(first) else [],
+                     np.add.reduceat((w > 0).astype(np.int64), first).tolist()
+                     if len(first) else [])
     classes = tl.classes
     ops = tl.ops
     return {
@@ -220,7 +221,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "by_class": _group_stats(classes, st.acq_cls, w, extra, holds, p.spin_limit_ns),
         "by_op": _group_stats(ops, st.acq_op, w, extra, holds, p.spin_limit_ns),
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
-                       for t, ws, c in per_thread.iter_rows()},
+                       for t, ws, c in per_thread},
         "anomalies": {
             "forced_grants": run.forced_grants,
             "unknown_page_acquisitions": run.unknown_page,
