@@ -234,28 +234,29 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
 
 def observed(tl: Timeline) -> dict:
     """What the capture itself shows: its acquisitions and recorded B/S waits."""
-    a = tl.ev == EV_A
+    a = np.flatnonzero(tl.ev == EV_A)
     w = tl.wait[a]
-    spun = np.zeros(len(tl.ev), np.int64)
-    spun[tl.spun_idx] = tl.spun_ns
-    spun = spun[a]
     contended = w[w > 0]
     r_idx = tl.partner[a]
     paired = r_idx >= 0
-    holds = np.where(paired, tl.ts[np.maximum(r_idx, 0)] - tl.ts[a], -1)
-    codes = tl.cls[a]
-    by_class = _group_stats(tl.classes, codes, w, np.zeros(len(w), np.int64), holds, 0)
+    holds = tl.ts[np.maximum(r_idx, 0)] - tl.ts[a]
+    holds[~paired] = -1
+    none_extra = np.zeros(len(w), np.int16)
+    by_class = _group_stats(tl.classes, tl.cls[a], w, none_extra, holds, 0)
+    # Spins are sparse (only the acquisitions with S records): sum them per class directly.
+    spun_cls = tl.cls[tl.spun_idx]
+    spun_by = {c: int(tl.spun_ns[spun_cls == k].sum()) for k, c in enumerate(tl.classes)}
     for name, d in by_class.items():
-        sel = codes == tl.classes.index(name)
-        d["spin_ns"] = int(spun[sel].sum())
+        d["spin_ns"] = spun_by.get(name, 0)
         d["block_ns"] = d["wait_ns"] - d["spin_ns"]
-    by_op = _group_stats(tl.ops, tl.op[a], w, np.zeros(len(w), np.int64), holds, 0)
+    by_op = _group_stats(tl.ops, tl.op[a], w, none_extra, holds, 0)
+    spun = int(tl.spun_ns.sum())
     return {
-        "acquisitions": int(a.sum()),
+        "acquisitions": len(a),
         "contended": int(len(contended)),
         "wait_ns": int(w.sum()),
-        "spin_ns": int(spun.sum()),
-        "block_ns": int(w.sum() - spun.sum()),
+        "spin_ns": spun,
+        "block_ns": int(w.sum()) - spun,
         "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
         "wait_percentiles_ns": metrics.percentiles(w),
         "contended_wait_percentiles_ns": metrics.percentiles(contended),
