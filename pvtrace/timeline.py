@@ -14,6 +14,7 @@ small integers; the string dictionaries (lock classes, pmap operations) are kept
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba as nb
@@ -142,6 +143,35 @@ def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int
         raise PvtraceError("the trace has no event records to replay")
     if nrows >= 2**31 - 1:
         raise PvtraceError(f"{nrows:,} records: the replay handles fewer than 2^31")
+    with ThreadPoolExecutor(1) as pool:
+        return _build_timeline(_Prefetch(read, pool, _COLUMN_ORDER), nrows)
+
+
+# The order build_timeline reads the columns in; the next one is read while one is processed.
+_COLUMN_ORDER = ("ev", "tid", "cls", "mode", "op", "ts", "lock", "pa", "ns")
+
+
+class _Prefetch:
+    """``read(name)`` for columns asked for in a known order, reading the next one in a thread
+    (Parquet decoding and the compiled passes both release the GIL), one column ahead."""
+
+    def __init__(self, read, pool: ThreadPoolExecutor, order: tuple[str, ...]):
+        self._read, self._pool, self._order = read, pool, order
+        self._pending: dict[str, Future] = {}
+        if order:
+            self._pending[order[0]] = pool.submit(read, order[0])
+
+    def __call__(self, name: str):
+        fut = self._pending.pop(name, None)
+        col = fut.result() if fut is not None else self._read(name)
+        i = self._order.index(name) if name in self._order else -1
+        if 0 <= i < len(self._order) - 1:
+            nxt = self._order[i + 1]
+            self._pending[nxt] = self._pool.submit(self._read, nxt)
+        return col
+
+
+def _build_timeline(read, nrows: int) -> Timeline:
     ev_parts, ev_values = _codes(read("ev"), EV_CODES, -1)
     bad = sorted(set(ev_values) - set(EV_CODES))
     if bad:
@@ -215,7 +245,7 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _thread_index(tid):
     """Per-record thread index (threads numbered by ascending tid) and the sorted tids.
 
@@ -265,7 +295,7 @@ def _thread_index(tid):
     return distinct[:nd][order], first
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _positions(thr, nthr):
     """Counting sort by thread (stable, so time order is kept inside a thread): the place of
     every record, and each thread's first and one-past-last place."""
@@ -288,26 +318,26 @@ def _positions(thr, nthr):
 
 # One column at a time: scattering all of them in one loop would write to (threads x columns)
 # places at once and thrash the cache.
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scatter(pos, off, src, out):
     for i in range(len(src)):
         out[pos[off + i]] = src[i]
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scatter_lut(pos, off, idx, lut, out):
     for i in range(len(idx)):
         out[pos[off + i]] = lut[idx[i]]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scatter_sub(pos, off, src, t0, out):
     for i in range(len(src)):
         out[pos[off + i]] = np.int64(src[i] - t0)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _link(starts, ends, ev, lock, ns):
     n = len(ev)
     wait = np.zeros(n, np.int64)

@@ -36,7 +36,7 @@ def dense_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _hash_ids(values)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _minmax(values):
     lo = values[0]
     hi = values[0]
@@ -56,7 +56,7 @@ def _popcount(x):
     return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _bitmap_ids(values, lo, spread):
     nwords = (spread + 63) >> 6
     bits = np.zeros(nwords, np.uint64)
@@ -86,7 +86,7 @@ def _bitmap_ids(values, lo, spread):
     return ids, distinct
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _hash_ids(values):
     cap = 1024
     slots = np.full(cap, -1, np.int32)

@@ -2,76 +2,78 @@
 
 Every thread has at most one pending step; the next one executed is the pending step with the
 smallest ``(time, priority, tid)`` (releases, page moves and ends before acquisitions at the
-same instant). A binary heap of threads, keyed that way, is the only scheduler state. A thread
-whose next step still comes before the heap's top runs on without touching the heap, which is
-the common case and keeps the loop at tens of millions of steps per second.
+same instant). That triple is packed into one int64 per thread,
+``(time - base) << (B + 1) | priority << B | tid`` with ``B`` bits for the thread index, so one
+integer comparison orders two steps. The scheduler is a winner (tournament) tree over the
+threads: leaf ``tid`` holds the thread's packed key (``NONE``, the largest int64, while it
+waits for a lock or after it ended), each inner node the minimum of its two children, so the
+root is the next step. Executing a step rewrites one leaf and the mins on its path to the root
+(branch-free, B levels); granting a lock to a waiter lowers its leaf and stops climbing as soon
+as a node does not change.
 
 Locks are keys with a reader count or a writer mark and a FIFO queue threaded through the
-waiting threads. Waits are split into spin and block with the spin limit; blocked waiters sleep
-on their key's turnstile, which the OBM designs share between the pages of a frame or hash
-slot: when a key becomes free, asleep waiters for other keys on that turnstile are woken for
-nothing (sibling wakeups). See docs/REPLAY.md section 4 for the rules.
+waiting threads; a key's state, queue head and tail and turnstile share one 16-byte record
+(``kr``), so a lock operation touches one cache line. Under the OBM designs there are millions
+of keys, visited at random, and the step arrays are read as one stream per thread: the loop
+prefetches a thread's next lock records and step entries when it schedules the thread, which
+changes no result but removes most cache-miss stalls.
+
+Waits are split into spin and block with the spin limit; blocked waiters sleep on their key's
+turnstile, which the OBM designs share between the pages of a frame or hash slot: when a key
+becomes free, asleep waiters for other keys on that turnstile are woken for nothing (sibling
+wakeups). See docs/REPLAY.md section 4 for the rules.
 """
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from pvtrace.errors import PvtraceError
 
 CLS_NONE, CLS_TRUE, CLS_FALSE, CLS_UNKNOWN = 0, 1, 2, 3
 FRAME_SHIFT = 21
+NONE = np.iinfo(np.int64).max   # leaf of a thread with no pending step
+# Prefetch distances: a thread's step whose lock record, its step whose step-array entries, its
+# acquisition whose result entries are requested when the thread advances.
+KEY_AHEAD, STEP_AHEAD, ACQ_AHEAD = 5, 16, 8
 
 
-@nb.njit(cache=True, inline="always")
-def _less(t1, p1, h1, t2, p2, h2):
-    if t1 != t2:
-        return t1 < t2
-    if p1 != p2:
-        return p1 < p2
-    return h1 < h2
+def _tid_bits(nthr: int) -> int:
+    """Bits of the thread index in a packed key (at least 1)."""
+    return max(1, (max(nthr, 1) - 1).bit_length())
 
 
-@nb.njit(cache=True)
-def _push(ht, hp, hh, size, t, p, h):
-    i = size
-    ht[i] = t
-    hp[i] = p
-    hh[i] = h
-    while i > 0:
-        parent = (i - 1) >> 1
-        if _less(ht[i], hp[i], hh[i], ht[parent], hp[parent], hh[parent]):
-            ht[i], ht[parent] = ht[parent], ht[i]
-            hp[i], hp[parent] = hp[parent], hp[i]
-            hh[i], hh[parent] = hh[parent], hh[i]
-            i = parent
-        else:
-            break
-    return size + 1
+def time_limit(nthr: int) -> int:
+    """Replayed times (ns after the earliest thread start) must stay below this to be packed
+    with the priority and thread index into one int64 scheduling key."""
+    return (1 << (62 - _tid_bits(nthr))) - 1
 
 
-@nb.njit(cache=True)
-def _pop(ht, hp, hh, size):
-    size -= 1
-    ht[0] = ht[size]
-    hp[0] = hp[size]
-    hh[0] = hh[size]
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= size:
-            break
-        c = left
-        right = left + 1
-        if right < size and _less(ht[right], hp[right], hh[right], ht[left], hp[left], hh[left]):
-            c = right
-        if _less(ht[c], hp[c], hh[c], ht[i], hp[i], hh[i]):
-            ht[i], ht[c] = ht[c], ht[i]
-            hp[i], hp[c] = hp[c], hp[i]
-            hh[i], hh[c] = hh[c], hh[i]
-            i = c
-        else:
-            break
-    return size
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the CPU to load ``arr[idx]`` into cache (no effect on results)."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        # read, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @nb.njit(cache=True, inline="always")
@@ -87,8 +89,9 @@ def _overlap(p1, big1, p2, big2):
 @nb.njit(cache=True, inline="always")
 def _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big):
     """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one."""
-    if flags[s] & 1:
-        if flags[s] & 2:
+    f = flags[s]
+    if f & 1:
+        if f & 2:
             t_pvhi[th] = k
         else:
             t_pvlo[th] = k
@@ -97,207 +100,35 @@ def _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big):
             t_big[th] = is2m[s]
 
 
-@nb.njit(cache=True)
-def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
-               thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
-               nacq, spin_limit, wakeup_ns):
-    """Execute all steps. Returns per-acquisition and per-thread arrays (see replay.run)."""
-    nthr = len(thread_first)
-    # per acquisition
-    a_req = np.zeros(nacq, np.int64)
-    a_grant = np.zeros(nacq, np.int64)
-    a_wait = np.zeros(nacq, np.int64)
-    a_rel = np.full(nacq, -1, np.int64)
-    a_class = np.zeros(nacq, np.int8)
-    a_sib = np.zeros(nacq, np.int32)
-    # per key
-    k_state = np.zeros(nkeys, np.int32)        # >0 readers, -1 writer, 0 free
-    q_head = np.full(nkeys, -1, np.int32)
-    q_tail = np.full(nkeys, -1, np.int32)
-    nts = 1
-    if len(turnstile) > 0:
-        nts = turnstile.max() + 1
-    ts_head = np.full(nts, -1, np.int32)
-    # per thread
-    t_step = thread_first.copy()
-    t_end = np.zeros(nthr, np.int64)
-    t_next = np.full(nthr, -1, np.int32)       # FIFO queue link
-    t_tsn = np.full(nthr, -1, np.int32)        # turnstile list links
-    t_tsp = np.full(nthr, -1, np.int32)
-    t_wkey = np.full(nthr, -1, np.int64)
-    t_req = np.zeros(nthr, np.int64)
-    t_pvlo = np.full(nthr, -1, np.int64)
-    t_pvhi = np.full(nthr, -1, np.int64)
-    t_page = np.zeros(nthr, np.uint64)
-    t_big = np.zeros(nthr, np.bool_)
-    ht = np.zeros(nthr + 1, np.int64)
-    hp = np.zeros(nthr + 1, np.int8)
-    hh = np.zeros(nthr + 1, np.int32)
-    size = 0
-    for th in range(nthr):
-        s = thread_first[th]
-        size = _push(ht, hp, hh, size, thread_start[th] + gap[s], 1 if kind[s] == 0 else 0, th)
-    nwaiting = 0
-    forced = 0
-    sib_total = 0
-    now = 0
-    while size > 0 or nwaiting > 0:
-        if size == 0:
-            # Every remaining thread waits: grant the oldest request by force.
-            best = -1
-            for o in range(nthr):
-                if t_wkey[o] >= 0 and (best < 0 or t_req[o] < t_req[best]):
-                    best = o
-            k = t_wkey[best]
-            prev = -1
-            cur = q_head[k]
-            while cur != best:
-                prev = cur
-                cur = t_next[cur]
-            if prev < 0:
-                q_head[k] = t_next[best]
-            else:
-                t_next[prev] = t_next[best]
-            if q_tail[k] == best:
-                q_tail[k] = prev
-            t_next[best] = -1
-            forced += 1
-            k_state[k] = -1 if mode[t_step[best]] == 0 else max(k_state[k], 0) + 1
-            nwaiting -= 1
-            size = _grant(best, now, k, kind, key, mode, gap, flags, page, is2m, acq,
-                          thread_end, spin_limit, wakeup_ns, a_grant, a_wait, t_step, t_wkey,
-                          t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head,
-                          turnstile, ht, hp, hh, size, t_end)
-            continue
-        t = ht[0]
-        th = hh[0]
-        size = _pop(ht, hp, hh, size)
-        while True:
-            now = t
-            s = t_step[th]
-            kd = kind[s]
-            if kd == 0:
-                k = key[s]
-                m = mode[s]
-                a = acq[s]
-                a_req[a] = t
-                st = k_state[k]
-                if q_head[k] < 0 and (st == 0 or (m == 1 and st > 0)):
-                    k_state[k] = -1 if m == 0 else st + 1
-                    a_grant[a] = t
-                    _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
-                else:
-                    # Join the FIFO queue; classify a pv wait by who stands in the way.
-                    if q_tail[k] < 0:
-                        q_head[k] = th
-                    else:
-                        t_next[q_tail[k]] = th
-                    q_tail[k] = th
-                    t_wkey[th] = k
-                    t_req[th] = t
-                    nwaiting += 1
-                    tsid = turnstile[k]
-                    t_tsp[th] = -1
-                    t_tsn[th] = ts_head[tsid]
-                    if ts_head[tsid] >= 0:
-                        t_tsp[ts_head[tsid]] = th
-                    ts_head[tsid] = th
-                    if flags[s] & 1:
-                        wp = page[s]
-                        wb = is2m[s]
-                        if flags[s] & 2:
-                            wp = t_page[th]
-                            wb = t_big[th]
-                        cls = CLS_FALSE
-                        unknown = wp == 0
-                        for o in range(nthr):
-                            if o == th:
-                                continue
-                            if (t_pvlo[o] >= 0 and t_pvlo[o] <= k and k <= t_pvhi[o]) or \
-                                    (t_wkey[o] == k):
-                                op_ = t_page[o]
-                                ob = t_big[o]
-                                if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
-                                    ws = t_step[o]
-                                    op_ = page[ws] if not (flags[ws] & 2) else t_page[o]
-                                    ob = is2m[ws] if not (flags[ws] & 2) else t_big[o]
-                                if op_ == 0:
-                                    unknown = True
-                                if _overlap(wp, wb, op_, ob):
-                                    cls = CLS_TRUE
-                        if cls == CLS_TRUE and unknown:
-                            cls = CLS_UNKNOWN
-                        a_class[a] = cls
-                    break
-            elif kd == 1:
-                a0 = acq[s]
-                for j in range(acq_n[s]):
-                    a_rel[a0 + j] = t
-                if flags[s] & 1:
-                    t_pvlo[th] = -1
-                    t_pvhi[th] = -1
-                for k in range(key[s], key_hi[s] + 1):
-                    st = k_state[k]
-                    st = 0 if st < 0 else st - 1
-                    if st < 0:
-                        st = 0
-                    k_state[k] = st
-                    # Grant from the head of the queue.
-                    while q_head[k] >= 0:
-                        w = q_head[k]
-                        wm = mode[t_step[w]]
-                        if wm == 0:
-                            if k_state[k] != 0:
-                                break
-                            k_state[k] = -1
-                        else:
-                            if k_state[k] < 0:
-                                break
-                            k_state[k] += 1
-                        q_head[k] = t_next[w]
-                        if q_head[k] < 0:
-                            q_tail[k] = -1
-                        t_next[w] = -1
-                        nwaiting -= 1
-                        size = _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq,
-                                      thread_end, spin_limit, wakeup_ns, a_grant, a_wait,
-                                      t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big,
-                                      t_tsn, t_tsp, ts_head, turnstile, ht, hp, hh, size, t_end)
-                        if wm == 0:
-                            break
-                    if shared_ts and st == 0:
-                        o = ts_head[turnstile[k]]
-                        while o >= 0:
-                            if t_wkey[o] != k and t - t_req[o] > spin_limit:
-                                a_sib[acq[t_step[o]]] += 1
-                                sib_total += 1
-                            o = t_tsn[o]
-            elif kd == 2:
-                t_page[th] = page[s]
-                t_big[th] = is2m[s]
-            else:
-                t_end[th] = t
-                break
-            # Advance this thread; keep running it while it stays ahead of the heap.
-            s += 1
-            t_step[th] = s
-            if s >= thread_end[th]:
-                break
-            t = t + gap[s]
-            p = 1 if kind[s] == 0 else 0
-            if size > 0 and not _less(t, p, th, ht[0], hp[0], hh[0]):
-                size = _push(ht, hp, hh, size, t, p, th)
-                break
-    for a in range(nacq):
-        a_wait[a] = a_grant[a] - a_req[a] if a_grant[a] > a_req[a] else 0
-    return a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, forced, sib_total
+@nb.njit(cache=True, inline="always")
+def _set_leaf(tree, leaf0, th, v):
+    """Leaf ``th`` becomes ``v``: recompute the mins up to the root (branch-free)."""
+    i = leaf0 + th
+    tree[i] = v
+    while i > 1:
+        o = tree[i ^ 1]
+        v = v if v < o else o
+        i >>= 1
+        tree[i] = v
+
+
+@nb.njit(cache=True, inline="always")
+def _lower_leaf(tree, leaf0, th, v):
+    """Leaf ``th`` (``NONE`` before) becomes ``v``: climb while the mins decrease."""
+    i = leaf0 + th
+    tree[i] = v
+    i >>= 1
+    while i >= 1 and tree[i] > v:
+        tree[i] = v
+        i >>= 1
 
 
 @nb.njit(cache=True)
-def _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq, thread_end, spin_limit,
-           wakeup_ns, a_grant, a_wait, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big,
-           t_tsn, t_tsp, ts_head, turnstile, ht, hp, hh, size, t_end):
-    """Hand key ``k`` to waiter ``w`` at time ``t`` and schedule its next step."""
+def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_limit, wakeup_ns,
+           a_grant, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
+           ts_head, kr, tree, leaf0, base, shift, bits, tmax):
+    """Hand key ``k`` to waiter ``w`` at time ``t`` and schedule its next step. Returns False
+    if the step's time does not fit a packed key."""
     s = t_step[w]
     a = acq[s]
     waited = t - t_req[w]
@@ -305,7 +136,7 @@ def _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq, thread_end, sp
     run_at = t + (wakeup_ns if waited > spin_limit else 0)
     a_grant[a] = t
     t_wkey[w] = -1
-    tsid = turnstile[k]
+    tsid = kr[(np.int64(k) << 2) + 3]
     if t_tsp[w] >= 0:
         t_tsn[t_tsp[w]] = t_tsn[w]
     else:
@@ -318,5 +149,276 @@ def _grant(w, t, k, kind, key, mode, gap, flags, page, is2m, acq, thread_end, sp
     s += 1
     t_step[w] = s
     if s < thread_end[w]:
-        size = _push(ht, hp, hh, size, run_at + gap[s], 1 if kind[s] == 0 else 0, w)
-    return size
+        rel = run_at + gap[s] - base
+        if rel >= tmax or rel < 0:
+            return False
+        kd = kind[s]
+        if kd == 0:
+            _prefetch(kr, np.int64(key[s]) << 2)
+        _lower_leaf(tree, leaf0, w, (rel << shift) | (np.int64(kd == 0) << bits) | w)
+    return True
+
+
+@nb.njit(cache=True)
+def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first, thread_end,
+         thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits, tmax,
+         a_req, a_grant, a_wait, a_rel, a_class, a_sib, kr, ts_head):
+    """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
+    per-key ones: numpy backs large arrays with transparent huge pages, far cheaper to fault
+    in than numba's own allocations. Returns the results and False if a time fell outside
+    ``[0, tmax)`` after the earliest start (the run stops there)."""
+    nthr = len(thread_first)
+    nsteps = len(key)
+    nacq = len(a_req)
+    a_rel[:] = -1
+    ts_head[:] = -1
+    # per key, one 16-byte record: state (>0 readers, -1 writer, 0 free), FIFO queue head and
+    # tail, turnstile
+    nkeys = len(kr) >> 2
+    nts_in = len(turnstile)
+    for k in range(nkeys):
+        kr[4 * k] = 0
+        kr[4 * k + 1] = -1
+        kr[4 * k + 2] = -1
+        kr[4 * k + 3] = turnstile[k] if k < nts_in else 0
+    # per thread
+    t_step = np.empty(nthr, np.int64)
+    t_step[:] = thread_first
+    t_end = np.zeros(nthr, np.int64)
+    t_next = np.full(nthr, -1, np.int32)       # FIFO queue link
+    t_tsn = np.full(nthr, -1, np.int32)        # turnstile list links
+    t_tsp = np.full(nthr, -1, np.int32)
+    t_wkey = np.full(nthr, -1, np.int64)
+    t_req = np.zeros(nthr, np.int64)
+    t_pvlo = np.full(nthr, -1, np.int64)
+    t_pvhi = np.full(nthr, -1, np.int64)
+    t_page = np.zeros(nthr, np.uint64)
+    t_big = np.zeros(nthr, np.bool_)
+    # scheduler: winner tree, leaves at leaf0 + tid, root at 1
+    shift = bits + 1
+    leaf0 = 1 << bits
+    tmask = leaf0 - 1
+    tree = np.full(2 * leaf0, NONE, np.int64)
+    base = np.int64(0)
+    for th in range(nthr):
+        t0 = thread_start[th] + gap[thread_first[th]]
+        if th == 0 or t0 < base:
+            base = t0
+    for th in range(nthr):
+        s = thread_first[th]
+        rel = thread_start[th] + gap[s] - base
+        if rel >= tmax or rel < 0:
+            return (a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, 0, 0, False)
+        _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(kind[s] == 0) << bits) | th)
+    nwaiting = 0
+    forced = 0
+    sib_total = 0
+    now = base
+    ok = True
+    while True:
+        top = tree[1]
+        if top == NONE:
+            if nwaiting == 0:
+                break
+            # Every remaining thread waits: grant the oldest request by force.
+            best = -1
+            for o in range(nthr):
+                if t_wkey[o] >= 0 and (best < 0 or t_req[o] < t_req[best]):
+                    best = o
+            k = t_wkey[best]
+            prev = -1
+            k4 = np.int64(k) << 2
+            cur = kr[k4 + 1]
+            while cur != best:
+                prev = cur
+                cur = t_next[cur]
+            if prev < 0:
+                kr[k4 + 1] = t_next[best]
+            else:
+                t_next[prev] = t_next[best]
+            if kr[k4 + 2] == best:
+                kr[k4 + 2] = prev
+            t_next[best] = -1
+            forced += 1
+            kr[k4] = -1 if mode[t_step[best]] == 0 else max(kr[k4], 0) + 1
+            nwaiting -= 1
+            if not _grant(best, now, k, kind, key, gap, flags, page, is2m, acq, thread_end,
+                          spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req, t_pvlo,
+                          t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head, kr, tree,
+                          leaf0, base, shift, bits, tmax):
+                ok = False
+                break
+            continue
+        th = top & tmask
+        t = (top >> shift) + base
+        now = t
+        s = t_step[th]
+        kd = kind[s]
+        nxt = NONE          # the thread's next packed key
+        if kd == 0:
+            k = key[s]
+            m = mode[s]
+            a = acq[s]
+            a_req[a] = t
+            k4 = np.int64(k) << 2
+            st = kr[k4]
+            if kr[k4 + 1] < 0 and (st == 0 or (m == 1 and st > 0)):
+                kr[k4] = -1 if m == 0 else st + 1
+                a_grant[a] = t
+                _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
+            else:
+                # Join the FIFO queue; classify a pv wait by who stands in the way.
+                if kr[k4 + 2] < 0:
+                    kr[k4 + 1] = th
+                else:
+                    t_next[kr[k4 + 2]] = th
+                kr[k4 + 2] = th
+                t_wkey[th] = k
+                t_req[th] = t
+                nwaiting += 1
+                tsid = kr[k4 + 3]
+                t_tsp[th] = -1
+                t_tsn[th] = ts_head[tsid]
+                if ts_head[tsid] >= 0:
+                    t_tsp[ts_head[tsid]] = th
+                ts_head[tsid] = th
+                if flags[s] & 1:
+                    wp = page[s]
+                    wb = is2m[s]
+                    if flags[s] & 2:
+                        wp = t_page[th]
+                        wb = t_big[th]
+                    cls = CLS_FALSE
+                    unknown = wp == 0
+                    for o in range(nthr):
+                        if o == th:
+                            continue
+                        if (t_pvlo[o] >= 0 and t_pvlo[o] <= k and k <= t_pvhi[o]) or \
+                                (t_wkey[o] == k):
+                            op_ = t_page[o]
+                            ob = t_big[o]
+                            if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
+                                ws = t_step[o]
+                                op_ = page[ws] if not (flags[ws] & 2) else t_page[o]
+                                ob = is2m[ws] if not (flags[ws] & 2) else t_big[o]
+                            if op_ == 0:
+                                unknown = True
+                            if _overlap(wp, wb, op_, ob):
+                                cls = CLS_TRUE
+                    if cls == CLS_TRUE and unknown:
+                        cls = CLS_UNKNOWN
+                    a_class[a] = cls
+                _set_leaf(tree, leaf0, th, NONE)
+                continue
+        elif kd == 1:
+            a0 = acq[s]
+            for j in range(acq_n[s]):
+                a_rel[a0 + j] = t
+            if flags[s] & 1:
+                t_pvlo[th] = -1
+                t_pvhi[th] = -1
+            for k in range(key[s], key_hi[s] + 1):
+                k4 = np.int64(k) << 2
+                st = kr[k4]
+                st = 0 if st <= 1 else st - 1
+                kr[k4] = st
+                # Grant from the head of the queue.
+                w = kr[k4 + 1]
+                while w >= 0:
+                    wm = mode[t_step[w]]
+                    if wm == 0:
+                        if kr[k4] != 0:
+                            break
+                        kr[k4] = -1
+                    else:
+                        if kr[k4] < 0:
+                            break
+                        kr[k4] += 1
+                    nw = t_next[w]
+                    kr[k4 + 1] = nw
+                    if nw < 0:
+                        kr[k4 + 2] = -1
+                    t_next[w] = -1
+                    nwaiting -= 1
+                    if not _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end,
+                                  spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req,
+                                  t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head,
+                                  kr, tree, leaf0, base, shift, bits, tmax):
+                        ok = False
+                    if wm == 0:
+                        break
+                    w = nw
+                if shared_ts and st == 0:
+                    o = ts_head[kr[k4 + 3]]
+                    while o >= 0:
+                        if t_wkey[o] != k and t - t_req[o] > spin_limit:
+                            a_sib[acq[t_step[o]]] += 1
+                            sib_total += 1
+                        o = t_tsn[o]
+            if not ok:
+                break
+        elif kd == 2:
+            t_page[th] = page[s]
+            t_big[th] = is2m[s]
+        else:
+            t_end[th] = t
+            _set_leaf(tree, leaf0, th, NONE)
+            continue
+        # Advance this thread to its next step.
+        s += 1
+        t_step[th] = s
+        if s < thread_end[th]:
+            rel = t + gap[s] - base
+            if rel >= tmax or rel < 0:
+                ok = False
+                break
+            kd = kind[s]
+            # Nothing below changes a result. 64 threads interleave, so the step arrays are
+            # read as 64 streams, too many for the hardware prefetcher, and lock records
+            # (millions under OBM) at random: ask for the lines a few steps ahead.
+            if kd == 0:
+                _prefetch(kr, np.int64(key[s]) << 2)
+            if s + KEY_AHEAD < nsteps:
+                _prefetch(kr, np.int64(key[s + KEY_AHEAD]) << 2)
+            if s + STEP_AHEAD < nsteps:
+                _prefetch(kind, s + STEP_AHEAD)
+                _prefetch(key, s + STEP_AHEAD)
+                _prefetch(key_hi, s + STEP_AHEAD)
+                _prefetch(mode, s + STEP_AHEAD)
+                _prefetch(gap, s + STEP_AHEAD)
+                _prefetch(flags, s + STEP_AHEAD)
+                _prefetch(page, s + STEP_AHEAD)
+                _prefetch(acq, s + STEP_AHEAD)
+                _prefetch(acq_n, s + STEP_AHEAD)
+            a_next = acq[s] + ACQ_AHEAD
+            if 0 <= a_next < nacq:
+                _prefetch(a_req, a_next)
+                _prefetch(a_grant, a_next)
+                _prefetch(a_rel, a_next)
+            nxt = (rel << shift) | (np.int64(kd == 0) << bits) | th
+        _set_leaf(tree, leaf0, th, nxt)
+    for a in range(nacq):
+        a_wait[a] = a_grant[a] - a_req[a] if a_grant[a] > a_req[a] else 0
+    return a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
+
+
+def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
+               thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
+               nacq, spin_limit, wakeup_ns):
+    """Execute all steps. Returns per-acquisition and per-thread arrays (see replay.run):
+    ``a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, forced, sib_total``."""
+    nthr = len(thread_first)
+    bits = _tid_bits(nthr)
+    tmax = time_limit(nthr)
+    nts = int(turnstile.max()) + 1 if len(turnstile) > 0 else 1
+    *out, ok = _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first,
+                    thread_end, thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits,
+                    tmax, np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
+                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int64), np.zeros(nacq, np.int8),
+                    np.zeros(nacq, np.int32), np.empty(4 * nkeys, np.int32),
+                    np.empty(nts, np.int32))
+    if not ok:
+        raise PvtraceError(f"replayed times exceed {tmax:,} ns (about {tmax / 3.6e12:,.0f} h) "
+                           f"after the first thread start with {nthr:,} threads (or precede "
+                           "it): the capture's timestamps or waits are implausible")
+    return tuple(out)

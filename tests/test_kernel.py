@@ -1,0 +1,74 @@
+"""The compiled replay kernel's own limits: packed scheduling keys must not overflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pvtrace.errors import PvtraceError
+from pvtrace.replay.kernel import run_kernel, time_limit
+
+PV = 0xFFFFF80001000000
+
+
+def _events(rows: list[tuple[int, int, str, int]]) -> pl.DataFrame:
+    """(ts, tid, ev, lock) rows of write acquisitions/releases of the pmap class."""
+    n = len(rows)
+    return pl.DataFrame(
+        {
+            "ts": [r[0] for r in rows], "cpu": [0] * n, "tid": [r[1] for r in rows],
+            "ev": [r[2] for r in rows], "cls": ["pmap"] * n, "lock": [r[3] for r in rows],
+            "mode": ["w"] * n, "ns": [0] * n, "pa": [0] * n, "op": ["pmap_enter"] * n,
+        },
+        schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64},
+    ).sort("ts", maintain_order=True)
+
+
+def _steps(gaps: list[int], start: int = 0, nthreads: int = 1):
+    """Raw kernel arguments: each thread acquires key 0, releases it, ends, after the given
+    gaps (three per thread, or three for all)."""
+    kind = np.array([0, 1, 3] * nthreads, np.int8)
+    n = len(kind)
+    gap = np.array(gaps if len(gaps) == n else gaps * nthreads, np.int64)
+    acq = np.array([t for t in range(nthreads) for _ in range(3)], np.int64)
+    return (kind, np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int8), gap,
+            np.zeros(n, np.int8), np.zeros(n, np.uint64), np.zeros(n, np.bool_), acq,
+            np.ones(n, np.int64), np.arange(0, n, 3, dtype=np.int64),
+            np.arange(3, n + 1, 3, dtype=np.int64), np.full(nthreads, start, np.int64), 1,
+            np.zeros(1, np.int64), False, nthreads, 0, 0)
+
+
+def test_limit_depends_on_threads():
+    assert time_limit(1) == 2**61 - 1
+    assert time_limit(64) == 2**56 - 1
+    assert time_limit(65) == 2**55 - 1
+
+
+def test_kernel_at_the_limit():
+    lim = time_limit(2)
+    # Both threads start at -5 and hold key 0 for 10 ns; thread 1 waits for thread 0. Times
+    # count from the earliest start: thread 1 ends at 15 + gap, i.e. 20 + gap from it.
+    req, grant, wait, rel, _, _, t_end, forced, _ = run_kernel(
+        *_steps([0, 10, lim - 21], start=-5, nthreads=2))
+    assert list(req) == [-5, -5] and list(grant) == [-5, 5] and list(wait) == [0, 10]
+    assert list(rel) == [5, 15] and list(t_end) == [lim - 16, lim - 6] and forced == 0
+    with pytest.raises(PvtraceError, match="replayed times exceed"):
+        run_kernel(*_steps([0, 10, lim - 20], start=-5, nthreads=2))
+    # The time of a waiter's next step, scheduled by its grant, is checked too: unblocked,
+    # thread 1 would release at lim - 10 from the start; granted at 5, it releases at lim.
+    assert time_limit(1) == lim
+    assert run_kernel(*_steps([0, lim - 10, 0], start=-5))[3][0] == lim - 15
+    with pytest.raises(PvtraceError, match="replayed times exceed"):
+        run_kernel(*_steps([0, 10, 0, 0, lim - 10, 0], start=-5, nthreads=2))
+
+
+def test_replay_rejects_absurd_gap():
+    from pvtrace.replay.run import replay_events
+
+    ok = _events([(0, 101, "A", PV), (1000, 101, "R", PV)])
+    assert replay_events(ok, captured_layout="superpage", model="stock")["makespan_ns"] == 1000
+    huge = _events([(0, 101, "A", PV), (1000, 101, "R", PV), (2**62, 101, "A", PV),
+                    (2**62 + 10, 101, "R", PV)])
+    with pytest.raises(PvtraceError, match="replayed times exceed"):
+        replay_events(huge, captured_layout="superpage", model="stock")
