@@ -49,16 +49,16 @@ def test_kernel_at_the_limit():
     lim = time_limit(2)
     # Both threads start at -5 and hold key 0 for 10 ns; thread 1 waits for thread 0. Times
     # count from the earliest start: thread 1 ends at 15 + gap, i.e. 20 + gap from it.
-    req, grant, wait, rel, _, _, t_end, forced, _ = run_kernel(
+    wait, hold, _, _, t_end, forced, _ = run_kernel(
         *_steps([0, 10, lim - 21], start=-5, nthreads=2))
-    assert list(req) == [-5, -5] and list(grant) == [-5, 5] and list(wait) == [0, 10]
-    assert list(rel) == [5, 15] and list(t_end) == [lim - 16, lim - 6] and forced == 0
+    assert list(wait) == [0, 10] and list(hold) == [10, 10]
+    assert list(t_end) == [lim - 16, lim - 6] and forced == 0
     with pytest.raises(PvtraceError, match="replayed times exceed"):
         run_kernel(*_steps([0, 10, lim - 20], start=-5, nthreads=2))
     # The time of a waiter's next step, scheduled by its grant, is checked too: unblocked,
     # thread 1 would release at lim - 10 from the start; granted at 5, it releases at lim.
     assert time_limit(1) == lim
-    assert run_kernel(*_steps([0, lim - 10, 0], start=-5))[3][0] == lim - 15
+    assert run_kernel(*_steps([0, lim - 10, 0], start=-5))[1][0] == lim - 10   # the hold
     with pytest.raises(PvtraceError, match="replayed times exceed"):
         run_kernel(*_steps([0, 10, 0, 0, lim - 10, 0], start=-5, nthreads=2))
 

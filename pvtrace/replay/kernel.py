@@ -162,11 +162,13 @@ def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_lim
 @nb.njit(cache=True)
 def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first, thread_end,
          thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits, tmax,
-         a_req, a_grant, a_wait, a_rel, a_class, a_sib, kr, ts_head):
+         a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):
     """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
     per-key ones: numpy backs large arrays with transparent huge pages, far cheaper to fault
     in than numba's own allocations. Returns the results and False if a time fell outside
-    ``[0, tmax)`` after the earliest start (the run stops there)."""
+    ``[0, tmax)`` after the earliest start (the run stops there). On return ``a_req`` holds
+    each acquisition's wait and ``a_rel`` its hold time (-1: never released): converted in
+    place, as request, grant and release times are not needed after the run."""
     nthr = len(thread_first)
     nsteps = len(key)
     nacq = len(a_req)
@@ -208,7 +210,7 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
         s = thread_first[th]
         rel = thread_start[th] + gap[s] - base
         if rel >= tmax or rel < 0:
-            return (a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, 0, 0, False)
+            return (a_req, a_rel, a_class, a_sib, t_end, 0, 0, False)
         _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(kind[s] == 0) << bits) | th)
     nwaiting = 0
     forced = 0
@@ -398,15 +400,19 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
             nxt = (rel << shift) | (np.int64(kd == 0) << bits) | th
         _set_leaf(tree, leaf0, th, nxt)
     for a in range(nacq):
-        a_wait[a] = a_grant[a] - a_req[a] if a_grant[a] > a_req[a] else 0
-    return a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
+        g = a_grant[a]
+        w = g - a_req[a]
+        a_req[a] = w if w > 0 else 0
+        if a_rel[a] >= 0:
+            a_rel[a] -= g
+    return a_req, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
 
 
 def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
                thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
                nacq, spin_limit, wakeup_ns):
     """Execute all steps. Returns per-acquisition and per-thread arrays (see replay.run):
-    ``a_req, a_grant, a_wait, a_rel, a_class, a_sib, t_end, forced, sib_total``."""
+    ``wait, hold, klass, sibling, t_end, forced, sib_total`` (hold -1: never released)."""
     nthr = len(thread_first)
     bits = _tid_bits(nthr)
     tmax = time_limit(nthr)
@@ -414,7 +420,7 @@ def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
     *out, ok = _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first,
                     thread_end, thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits,
                     tmax, np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
-                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int64), np.zeros(nacq, np.int8),
+                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int8),
                     np.zeros(nacq, np.int32), np.empty(4 * nkeys, np.int32),
                     np.empty(nts, np.int32))
     if not ok:

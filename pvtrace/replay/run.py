@@ -49,10 +49,8 @@ class DesignRun:
     params: ReplayParams
     steps: Steps
     nkeys: int
-    req: np.ndarray
-    grant: np.ndarray
-    wait: np.ndarray
-    rel: np.ndarray
+    wait: np.ndarray          # int64 per acquisition
+    hold: np.ndarray          # int64 per acquisition; -1: not released
     klass: np.ndarray
     sibling: np.ndarray
     thread_end: np.ndarray
@@ -130,12 +128,12 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
     steps = build_steps(tl, dk)
     del dk
     nacq = len(steps.acq_cls)
-    req, grant, wait, rel, klass, sib, t_end, forced, _ = run_kernel(
+    wait, hold, klass, sib, t_end, forced, _ = run_kernel(
         steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags, steps.page,
         steps.is2m, steps.acq, steps.acq_n, steps.thread_first, steps.thread_end,
         steps.thread_start, max(nkeys, 1), turnstile, design.shared_turnstiles, nacq,
         params.spin_limit_ns, params.wakeup_ns)
-    return DesignRun(design, params, steps, nkeys, req, grant, wait, rel, klass, sib, t_end,
+    return DesignRun(design, params, steps, nkeys, wait, hold, klass, sib, t_end,
                      int(forced), unknown)
 
 
@@ -177,8 +175,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
     st, p = run.steps, run.params
     w = run.wait
     extra = st.acq_extra
-    held = run.rel >= 0
-    holds = np.where(held, run.rel - run.grant, -1)
+    holds = run.hold
     spin, block = metrics.split_spin(w, p.spin_limit_ns)
     pv_code = tl.class_code("pv")
     pv_cont = (st.acq_cls == pv_code) & (w > 0)
@@ -217,7 +214,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "makespan_ns": int(run.thread_end.max() - st.thread_start.min()),
         "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
         "contended_wait_percentiles_ns": metrics.percentiles(contended),
-        "hold_percentiles_ns": metrics.percentiles(holds[held]),
+        "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0]),
         "by_class": _group_stats(classes, st.acq_cls, w, extra, holds, p.spin_limit_ns),
         "by_op": _group_stats(ops, st.acq_op, w, extra, holds, p.spin_limit_ns),
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
