@@ -21,8 +21,12 @@ HDR_HIGHEST = 3_600_000_000_000   # one hour in ns
 HDR_DIGITS = 3
 
 
-def percentiles(values: np.ndarray, extra_zeros: int = 0) -> dict[str, int]:
-    """Exact nearest-rank p50/p90/p99/p99.9 and max of ``values`` plus ``extra_zeros`` zeros."""
+def percentiles(values: np.ndarray, extra_zeros: int = 0, *,
+                scratch: bool = False) -> dict[str, int]:
+    """Exact nearest-rank p50/p90/p99/p99.9 and max of ``values`` plus ``extra_zeros`` zeros.
+
+    ``scratch``: ``values`` is the caller's temporary and may be reordered (no copy is made).
+    """
     n = len(values) + int(extra_zeros)
     out = {name: 0 for name, _ in PERCENTILES}
     out["max"] = 0
@@ -33,7 +37,12 @@ def percentiles(values: np.ndarray, extra_zeros: int = 0) -> dict[str, int]:
     valid = idx >= 0
     picked = np.zeros(len(idx), np.int64)
     if valid.any():
-        part = np.partition(values, np.unique(idx[valid]))
+        kth = np.unique(idx[valid])
+        if scratch:
+            values.partition(kth)
+            part = values
+        else:
+            part = np.partition(values, kth)
         picked[valid] = part[idx[valid]]
     for (name, _), v in zip(PERCENTILES, picked[:-1]):
         out[name] = int(v)

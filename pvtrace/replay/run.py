@@ -164,8 +164,8 @@ def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: 
             "wait_ns": int(w.sum()),
             "spin_ns": spin,
             "block_ns": block,
-            "contended_wait_percentiles_ns": metrics.percentiles(contended),
-            "hold_percentiles_ns": metrics.percentiles(h[h >= 0]),
+            "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
+            "hold_percentiles_ns": metrics.percentiles(h[h >= 0], scratch=True),
         }
     return out
 
@@ -213,8 +213,8 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "sibling_wakeups": int(run.sibling.sum()),
         "makespan_ns": int(run.thread_end.max() - st.thread_start.min()),
         "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
-        "contended_wait_percentiles_ns": metrics.percentiles(contended),
-        "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0]),
+        "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
+        "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0], scratch=True),
         "by_class": _group_stats(classes, st.acq_cls, w, extra, holds, p.spin_limit_ns),
         "by_op": _group_stats(ops, st.acq_op, w, extra, holds, p.spin_limit_ns),
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
@@ -256,8 +256,8 @@ def observed(tl: Timeline) -> dict:
         "block_ns": int(w.sum()) - spun,
         "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
         "wait_percentiles_ns": metrics.percentiles(w),
-        "contended_wait_percentiles_ns": metrics.percentiles(contended),
-        "hold_percentiles_ns": metrics.percentiles(holds[paired]),
+        "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
+        "hold_percentiles_ns": metrics.percentiles(holds[paired], scratch=True),
         "by_class": by_class,
         "by_op": by_op,
         "unmatched": {

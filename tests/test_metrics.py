@@ -1,0 +1,60 @@
+"""Percentiles, HDR histograms and dense key ids: exact values on small inputs, and property
+tests against numpy's obviously correct (and slower) equivalents."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pvtrace import metrics
+from pvtrace.replay.dense import _bitmap_ids, _hash_ids, dense_ids
+
+
+def test_nearest_rank_percentiles():
+    v = np.arange(1, 1001, dtype=np.int64)[::-1].copy()      # 1000..1
+    p = metrics.percentiles(v)
+    assert p == {"p50": 500, "p90": 900, "p99": 990, "p99.9": 999, "max": 1000}
+    assert list(v[:3]) == [1000, 999, 998]                   # not reordered
+
+
+def test_percentiles_with_extra_zeros():
+    # 4 values plus 6 zeros: p50 is rank 5, still a zero; p90 is rank 9: the 3rd value.
+    p = metrics.percentiles(np.array([10, 20, 30, 40]), extra_zeros=6)
+    assert p == {"p50": 0, "p90": 30, "p99": 40, "p99.9": 40, "max": 40}
+    assert metrics.percentiles(np.zeros(0, np.int64)) == {
+        "p50": 0, "p90": 0, "p99": 0, "p99.9": 0, "max": 0}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 10**12), min_size=1, max_size=300), st.integers(0, 50))
+def test_percentiles_scratch_matches_sorting(values, extra):
+    v = np.array(values, np.int64)
+    ordered = np.sort(np.r_[np.zeros(extra, np.int64), v])
+    expect = {name: int(ordered[max(1, int(np.ceil(q / 100 * len(ordered) - 1e-9))) - 1])
+              for name, q in metrics.PERCENTILES}
+    expect["max"] = int(ordered[-1])
+    assert metrics.percentiles(v.copy(), extra) == expect
+    assert metrics.percentiles(v.copy(), extra, scratch=True) == expect
+
+
+def test_hdr_histogram_counts_every_value():
+    v = np.array([1, 5, 5, 1000, 123_456_789], np.int64)
+    h = metrics.hdr_histogram(v)
+    assert h.get_total_count() == 5
+    assert h.get_value_at_percentile(100) >= 123_456_789 * 0.999
+    assert h.get_value_at_percentile(40) == 5
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=200),
+       st.sampled_from(["auto", "bitmap", "hash"]), st.integers(0, 2**40))
+def test_dense_ids_match_numpy_unique(values, method, offset):
+    v = np.array(values, np.uint64)
+    if method == "bitmap":       # the bitmap needs a bounded spread: use small values
+        v = (v % np.uint64(5000)) + np.uint64(offset)
+    ids, distinct = {"auto": dense_ids,
+                     "bitmap": lambda x: _bitmap_ids(x, x.min(), int(x.max() - x.min()) + 1),
+                     "hash": _hash_ids}[method](v)
+    u, inv = np.unique(v, return_inverse=True)
+    assert distinct.tolist() == u.tolist()
+    assert ids.tolist() == inv.ravel().tolist()
+    assert ids.dtype == np.int32
