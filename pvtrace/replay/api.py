@@ -8,6 +8,7 @@ report object (``schema: pvtrace-replay/1``).
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
-from pvtrace.replay.run import make_params, observed, run_design, summarize
+from pvtrace.replay.run import _design_keys, make_params, observed, run_design, summarize
 from pvtrace.timeline import Timeline
 
 REPORT_SCHEMA = "pvtrace-replay/1"
@@ -85,7 +86,7 @@ def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
 
 
 def replay_trace(path: str, models: list[str], *, layout: str | None = None,
-                 spin_limit_ns: int = 0, wakeup_ns: int = 0) -> dict:
+                 spin_limit_ns: int = 0, wakeup_ns: int = 0, jobs: int = 1) -> dict:
     """Replay the trace at ``path`` under each of ``models``; the SPEC report object."""
     trace = load_trace(path)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
@@ -108,6 +109,20 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "drops": meta.get("drops", {}),
         },
         "observed": observed(tl),
-        "models": [summarize(run_design(tl, d, params), tl) for d in designs],
+        "models": replay_designs(tl, designs, params, jobs),
     }
     return report
+
+
+def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[dict]:
+    """The model objects of ``designs``, replayed ``jobs`` at a time (the compiled passes
+    release the GIL; each design in flight holds its own steps, so memory grows with jobs)."""
+    def one(design) -> dict:
+        return summarize(run_design(tl, design, params), tl)
+
+    if jobs <= 1 or len(designs) <= 1:
+        return [one(d) for d in designs]
+    for d in designs:        # fill the shared key caches once, not in two threads at a time
+        _design_keys(tl, d, params)
+    with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
+        return list(pool.map(one, designs))

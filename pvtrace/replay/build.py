@@ -71,6 +71,27 @@ class DesignKeys:
     pv_code: int              # class code of pv-list locks
 
 
+@dataclass(frozen=True)
+class Acquisitions:
+    """What the reports need of a replay's steps once the kernel has run: the per-acquisition
+    and per-thread facts (the per-step arrays, most of the memory, can go)."""
+
+    cls: np.ndarray           # int16 class code per acquisition
+    op: np.ndarray            # int16 op code per acquisition
+    extra: np.ndarray         # int16 acquisitions performed but not executed (superpage runs)
+    thread_acq: np.ndarray    # int64 per thread: its first acquisition
+    thread_start: np.ndarray  # int64 per thread: replay start time
+    nsteps: int
+    clamped_gaps: int
+    nested_pv: int
+
+    @staticmethod
+    def of(steps: Steps) -> Acquisitions:
+        return Acquisitions(steps.acq_cls, steps.acq_op, steps.acq_extra, steps.thread_acq,
+                            steps.thread_start, len(steps.kind), steps.clamped_gaps,
+                            steps.nested_pv)
+
+
 def build_steps(tl, dk: DesignKeys) -> Steps:
     """Build the steps of every thread under the design described by ``dk``."""
     # A tight bound on the steps: an A, R or P yields its key run plus one release.
@@ -85,15 +106,48 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     aev = np.zeros(cap, np.int32)
+    if "build_threads" not in tl.cache:
+        tl.cache["build_threads"] = _threads(tl.thread_first, tl.thread_end, tl.ev, tl.ts,
+                                             tl.wait, tl.partner)
+    t_start, held_idx, held_off = tl.cache["build_threads"]
     tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
-        tl.thread_first, tl.thread_end, tl.ev, tl.ts, tl.wait, tl.partner, tl.next_rec, tl.pa,
-        tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range,
-        dk.removed_cls, dk.pv_removed, dk.pv_exclusive, dk.captured_hash, dk.pv_code, kind, key,
-        key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev, aextra)
+        tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts, tl.wait,
+        tl.partner, tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
+        dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
+        dk.captured_hash, dk.pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq,
+        acq_n, acls, aop, aev, aextra)
     return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
                  flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
                  tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
                  int(clamped), int(nested))
+
+
+@nb.njit(cache=True, nogil=True)
+def _threads(t_first, t_end, ev, ts, wait, partner):
+    """Design-independent facts of each thread: its start (its first record, or an earlier
+    request time), and the releases without an acquire (locks held when the capture began)
+    as record indices with per-thread offsets."""
+    nthr = len(t_first)
+    t_start = np.zeros(nthr, np.int64)
+    held_off = np.zeros(nthr + 1, np.int64)
+    nheld = 0
+    for i in range(len(ev)):
+        if ev[i] == 1 and partner[i] < 0:
+            nheld += 1
+    held_idx = np.zeros(nheld, np.int32)
+    q = 0
+    for t in range(nthr):
+        s0 = ts[t_first[t]]
+        for i in range(t_first[t], t_end[t]):
+            if ev[i] == 0:
+                if ts[i] - wait[i] < s0:
+                    s0 = ts[i] - wait[i]
+            elif ev[i] == 1 and partner[i] < 0:
+                held_idx[q] = i
+                q += 1
+        t_start[t] = s0
+        held_off[t + 1] = q
+    return t_start, held_idx, held_off
 
 
 @nb.njit(cache=True, inline="always")
@@ -133,8 +187,9 @@ def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aext
     return n, na
 
 
-@nb.njit(cache=True)
-def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, t_last, lock,
+@nb.njit(cache=True, nogil=True)
+def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, next_rec, pa,
+           rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
            pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev,
            aextra):
@@ -191,11 +246,7 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         s, e = t_first[t], t_end[t]
         tfirst[t] = n
         tacq[t] = na
-        # Thread start: its first record, or an earlier request time.
-        s0 = ts[s]
-        for i in range(s, e):
-            if ev[i] == 0 and ts[i] - wait[i] < s0:
-                s0 = ts[i] - wait[i]
+        s0 = t_start[t]
         tstart[t] = s0
         prev_e = s0
         pending = 0
@@ -211,8 +262,9 @@ def _build(t_first, t_end, ev, ts, wait, partner, next_rec, pa, rmode, cls, op, 
         skip_a = -1
         nopen = 0
         # Locks held when the capture began: taken, without wait, at the thread's start.
-        for i in range(s, e):
-            if ev[i] != 1 or partner[i] >= 0 or removed(i):
+        for q in range(held_off[t], held_off[t + 1]):
+            i = held_idx[q]
+            if removed(i):
                 continue
             if is_pv(i):
                 if pv_open:

@@ -123,7 +123,7 @@ def _lower_leaf(tree, leaf0, th, v):
         i >>= 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_limit, wakeup_ns,
            a_grant, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
            ts_head, kr, tree, leaf0, base, shift, bits, tmax):
@@ -159,7 +159,7 @@ def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_lim
     return True
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first, thread_end,
          thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits, tmax,
          a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):

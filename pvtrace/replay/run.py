@@ -25,7 +25,7 @@ from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
 from pvtrace.models.base import SPACE_PAGE, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
-from pvtrace.replay.build import DesignKeys, Steps, build_steps
+from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
 from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, MODE_R, Timeline
@@ -47,7 +47,7 @@ class DesignRun:
 
     design: Design
     params: ReplayParams
-    steps: Steps
+    acqs: Acquisitions
     nkeys: int
     wait: np.ndarray          # int64 per acquisition
     hold: np.ndarray          # int64 per acquisition; -1: not released
@@ -133,8 +133,9 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
         steps.is2m, steps.acq, steps.acq_n, steps.thread_first, steps.thread_end,
         steps.thread_start, max(nkeys, 1), turnstile, design.shared_turnstiles, nacq,
         params.spin_limit_ns, params.wakeup_ns)
-    return DesignRun(design, params, steps, nkeys, wait, hold, klass, sib, t_end,
-                     int(forced), unknown)
+    # Keep what the reports need; the per-step arrays are most of the memory.
+    return DesignRun(design, params, Acquisitions.of(steps), nkeys, wait, hold, klass, sib,
+                     t_end, int(forced), unknown)
 
 
 def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: np.ndarray,
@@ -172,13 +173,13 @@ def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: 
 
 def summarize(run: DesignRun, tl: Timeline) -> dict:
     """The SPEC section 3 model object for one design."""
-    st, p = run.steps, run.params
+    st, p = run.acqs, run.params
     w = run.wait
-    extra = st.acq_extra
+    extra = st.extra
     holds = run.hold
     spin, block = metrics.split_spin(w, p.spin_limit_ns)
     pv_code = tl.class_code("pv")
-    pv_cont = (st.acq_cls == pv_code) & (w > 0)
+    pv_cont = (st.cls == pv_code) & (w > 0)
     false_ = pv_cont & (run.klass == CLS_FALSE)
     true_ = pv_cont & ((run.klass == CLS_TRUE) | (run.klass == CLS_UNKNOWN))
     contended = w[w > 0]
@@ -215,8 +216,8 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
         "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0], scratch=True),
-        "by_class": _group_stats(classes, st.acq_cls, w, extra, holds, p.spin_limit_ns),
-        "by_op": _group_stats(ops, st.acq_op, w, extra, holds, p.spin_limit_ns),
+        "by_class": _group_stats(classes, st.cls, w, extra, holds, p.spin_limit_ns),
+        "by_op": _group_stats(ops, st.op, w, extra, holds, p.spin_limit_ns),
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
                        for t, ws, c in per_thread},
         "anomalies": {
@@ -225,7 +226,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
             "clamped_gaps": st.clamped_gaps,
             "nested_pv_holds": st.nested_pv,
         },
-        "steps": int(len(st.kind)),
+        "steps": st.nsteps,
     }
 
 
