@@ -62,6 +62,14 @@ def test_compare_json_stock_reproduces_observed(spec_log: Path) -> None:
     assert stock["makespan_ns"] == 15000 and obm["makespan_ns"] == 10000
 
 
+def test_compare_in_parallel_gives_the_same_report() -> None:
+    sample = Path(__file__).resolve().parents[1] / "sample_traces"
+    log = sorted(sample.glob("*.log.gz"))[0]
+    one, two = (run_cli("compare", str(log), "--json", "--jobs", j) for j in ("1", "2"))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert json.loads(one.stdout)["models"] == json.loads(two.stdout)["models"]
+
+
 def test_compare_text_golden(spec_log: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compare", str(spec_log)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -78,6 +86,7 @@ def test_compare_text_golden(spec_log: Path, tmp_path: Path) -> None:
     (["replay", "{log}", "--layout", "hash:x"], "bad layout"),
     (["compare", "{log}", "--models", ","], "--models is empty"),
     (["replay", "{log}", "--spin-limit", "-1"], "must be >= 0"),
+    (["compare", "{log}", "--jobs", "0"], "--jobs must be at least 1"),
 ])
 def test_user_errors_are_one_line_exit_2(spec_log: Path, args: list[str], message: str) -> None:
     r = run_cli(*[a.format(log=spec_log) for a in args])
