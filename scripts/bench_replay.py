@@ -4,7 +4,8 @@
 Generates bundles of a pmap-like workload (threads doing pmap_enter-style operations: pmap
 mutex -> pv-list lock -> a page move -> releases, with recorded waits), then prints:
 
-- steps/s and acquisitions/s of the compiled kernel alone (one core, compilation excluded);
+- steps/s and critical sections (acquisitions)/s of the compiled kernel alone (one core,
+  compilation excluded);
 - end-to-end seconds of ``pvtrace replay`` and ``pvtrace compare`` (5 designs) on two bundle
   sizes, and the marginal rate between them (fixed start-up costs excluded);
 - the same replay written as a plain-Python heapq loop over the same steps, for comparison;
@@ -140,11 +141,13 @@ def python_replay(steps, spin_limit: int = 0) -> None:
 
 def time_cli(args: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one pvtrace command in a fresh process."""
-    code = ("import resource, sys, time; from pvtrace.cli import main; "
+    # Peak RSS is the process's VmHWM: getrusage's ru_maxrss would include this (big) parent,
+    # whose pages the forked child counts until it execs.
+    code = ("import sys, time; from pvtrace.cli import main; "
             f"sys.argv = ['pvtrace'] + {args!r}; t = time.perf_counter()\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('@@', time.perf_counter() - t, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
+            "print('@@', time.perf_counter() - t, hwm.split()[1], file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = [x for x in r.stderr.splitlines() if x.startswith("@@")][-1].split()
     return float(line[1]), int(line[2])
@@ -185,7 +188,8 @@ def main() -> None:
         best = min(_timed(run_kernel, kargs) for _ in range(3))
         nsteps, nacq = len(steps.kind), len(steps.acq_cls)
         print(f"kernel: {nsteps:,} steps ({nacq:,} acquisitions) in {best:.3f} s = "
-              f"{nsteps / best / 1e6:.1f} M steps/s, {nacq / best / 1e6:.1f} M sections/s")
+              f"{nsteps / best / 1e6:.1f} M steps/s, {nacq / best / 1e6:.1f} M critical sections "
+              "(acquisitions) /s")
 
         # Plain Python on a slice of threads (it is slow), scaled per step.
         t0 = time.perf_counter()
@@ -197,14 +201,15 @@ def main() -> None:
 
         # End to end, two sizes: marginal rate excludes start-up.
         n_small = len(small_events)
-        for cmd, extra in (("replay", ["--model", "obm"]),
-                           ("compare", ["--models", "stock,obm-pvc,obm,obm-rw,ideal"])):
+        designs = ["--models", "stock,obm-pvc,obm,obm-rw,ideal"]
+        for cmd, extra in (("replay", ["--model", "obm"]), ("compare", designs),
+                           ("compare", [*designs, "--jobs", "2"])):
             ts_, _ = time_cli([cmd, str(small), *extra, "--json"])
             tb, rss = time_cli([cmd, str(big), *extra, "--json"])
             ndesign = 1 if cmd == "replay" else 5
             marginal = (events.height - n_small) / (tb - ts_) if tb > ts_ else float("inf")
             steps_per_record = nsteps / events.height
-            print(f"{cmd}: {tb:.2f} s for {events.height:,} records ({ts_:.2f} s for "
+            print(f"{' '.join([cmd, *extra[2:]])}: {tb:.2f} s for {events.height:,} records ({ts_:.2f} s for "
                   f"{n_small:,}); marginal {marginal / 1e6:.2f} M records/s = "
                   f"{marginal * steps_per_record * ndesign / py_rate:.0f}x plain Python per "
                   f"step; peak RSS {rss / 1024:.0f} MiB = {rss * 1024 / arrow_bytes:.2f}x Arrow")
