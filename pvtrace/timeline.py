@@ -245,54 +245,15 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-@nb.njit(cache=True, nogil=True)
-def _thread_index(tid):
-    """Per-record thread index (threads numbered by ascending tid) and the sorted tids.
+_SIGN = np.uint64(1 << 63)
 
-    An open-addressing hash table: one pass, no sort of the records.
-    """
-    cap = 1024
-    slots = np.full(cap, -1, np.int64)       # index into distinct, or -1
-    distinct = np.zeros(cap, np.int64)
-    nd = 0
-    first = np.empty(len(tid), np.int32)
-    for i in range(len(tid)):
-        v = tid[i]
-        h = (v * np.int64(-7046029254386353131)) >> 20
-        j = h & (cap - 1)
-        while True:
-            d = slots[j]
-            if d < 0:
-                if 2 * (nd + 1) > cap:
-                    # Grow and rehash, then look again.
-                    cap *= 2
-                    slots = np.full(cap, -1, np.int64)
-                    distinct = np.concatenate((distinct, np.zeros(cap - len(distinct),
-                                                                  np.int64)))
-                    for q in range(nd):
-                        hq = (distinct[q] * np.int64(-7046029254386353131)) >> 20
-                        jq = hq & (cap - 1)
-                        while slots[jq] >= 0:
-                            jq = (jq + 1) & (cap - 1)
-                        slots[jq] = q
-                    j = h & (cap - 1)
-                    continue
-                slots[j] = nd
-                distinct[nd] = v
-                first[i] = nd
-                nd += 1
-                break
-            if distinct[d] == v:
-                first[i] = d
-                break
-            j = (j + 1) & (cap - 1)
-    order = np.argsort(distinct[:nd], kind="mergesort")
-    rank = np.empty(nd, np.int32)
-    for r in range(nd):
-        rank[order[r]] = r
-    for i in range(len(tid)):
-        first[i] = rank[first[i]]
-    return distinct[:nd][order], first
+
+def _thread_index(tid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct tids, and each record's thread index (threads numbered by
+    ascending tid, which is also the replay's tie order). Flipping the sign bit maps int64
+    order onto uint64 order for the dense ranking."""
+    ids, distinct = dense_ids(tid.view(np.uint64) ^ _SIGN)
+    return (distinct ^ _SIGN).view(np.int64), ids
 
 
 @nb.njit(cache=True, nogil=True)
