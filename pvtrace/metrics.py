@@ -2,9 +2,10 @@
 
 Percentiles in reports are exact nearest-rank values over the recorded nanoseconds (the value
 at rank ``ceil(p/100 * N)``), so a one-event trace reports its own wait, not a bucket bound.
-Distributions for files and plots are HDR histograms (the ``hdrhistogram`` package, 3
-significant digits): values are first reduced to their HDR bucket with numpy and then recorded
-as (value, count) pairs, so millions of waits record in milliseconds.
+Distributions are HDR histograms (the ``hdrhistogram`` package, 3 significant digits, ns):
+values are first counted per HDR bucket with numpy and then recorded as (value, count) pairs,
+so millions of waits record in milliseconds. Reports carry them in the standard compressed
+base64 encoding.
 
 A set of values may carry ``extra_zeros``: acquisitions that the design performs but that
 never wait (the untouched pages of a superpage run), counted without materializing them.
@@ -12,6 +13,9 @@ never wait (the untouched pages of a superpage run), counted without materializi
 
 from __future__ import annotations
 
+import math
+
+import numba as nb
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
@@ -19,6 +23,8 @@ PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 HDR_LOWEST = 1
 HDR_HIGHEST = 3_600_000_000_000   # one hour in ns
 HDR_DIGITS = 3
+HDR_ENCODING = ("HdrHistogram V2 compressed, base64 (decode with any HdrHistogram library, "
+                "e.g. hdrh.histogram.HdrHistogram.decode); values in ns, 3 significant digits")
 
 
 def percentiles(values: np.ndarray, extra_zeros: int = 0, *,
@@ -50,27 +56,58 @@ def percentiles(values: np.ndarray, extra_zeros: int = 0, *,
     return out
 
 
-def _sub_bucket_shift(values: np.ndarray) -> np.ndarray:
-    # HDR with 3 digits keeps 2048 sub-buckets (11 bits) per power of two.
-    bits = np.zeros(len(values), np.int64)
-    nz = values > 0
-    bits[nz] = np.floor(np.log2(values[nz].astype(np.float64))).astype(np.int64) + 1
-    return np.maximum(bits - 11, 0)
+@nb.njit(cache=True, nogil=True)
+def _hdr_counts(values, extra_zeros, mask, unit, half_mag, half, high, counts_len):
+    """Counts per HdrHistogram counts index (the package's ``_counts_index_for``, compiled),
+    with the smallest and largest value after clamping to [0, high]."""
+    counts = np.zeros(counts_len, np.int64)
+    counts[0] = extra_zeros
+    vmin = high
+    vmax = 0
+    for x in values:
+        v = np.int64(x)
+        if v < 0:
+            v = 0
+        elif v > high:
+            v = high
+        vmin = min(vmin, v)
+        vmax = max(vmax, v)
+        bits = np.int64(math.frexp(np.float64(v | mask))[1])   # bit length; exact below 2^53
+        bucket = bits - unit - (half_mag + 1)
+        counts[((bucket + 1) << half_mag) + (v >> (bucket + unit)) - half] += 1
+    if extra_zeros:
+        vmin = 0
+    return counts, vmin, vmax
 
 
-def hdr_histogram(values: np.ndarray) -> HdrHistogram:
-    """An HDR histogram of ``values`` (ns); values above one hour are clamped to one hour."""
+def hdr_histogram(values: np.ndarray, extra_zeros: int = 0) -> HdrHistogram:
+    """An HDR histogram of ``values`` (ns) plus ``extra_zeros`` zeros; values above one hour
+    are clamped to one hour.
+
+    Values are counted per HDR bucket in one compiled pass; each non-empty bucket is then
+    recorded once with its count (the exact smallest and largest values stand for their
+    buckets, so min and max stay exact). Millions of values take milliseconds.
+    """
     hist = HdrHistogram(HDR_LOWEST, HDR_HIGHEST, HDR_DIGITS)
-    if len(values) == 0:
+    if len(values) == 0 and not extra_zeros:
         return hist
-    v = np.clip(values.astype(np.int64), HDR_LOWEST, HDR_HIGHEST)
-    shift = _sub_bucket_shift(v)
-    reduced = (v >> shift) << shift
-    uniq, counts = np.unique(reduced, return_counts=True)
-    for value, count in zip(uniq.tolist(), counts.tolist()):
-        if not hist.record_value(value, count):
+    counts, vmin, vmax = _hdr_counts(
+        np.ascontiguousarray(values), int(extra_zeros), hist.sub_bucket_mask,
+        hist.unit_magnitude, hist.sub_bucket_half_count_magnitude, hist.sub_bucket_half_count,
+        HDR_HIGHEST, hist.counts_len)
+    index_of = hist._counts_index_for      # the package's own mapping, for two values
+    rep = {index_of(vmin): vmin, index_of(vmax): vmax}
+    for i in np.flatnonzero(counts).tolist():
+        value = rep.get(i, hist.get_value_from_index(i))
+        if not hist.record_value(value, int(counts[i])):
             raise ValueError(f"HDR histogram refused value {value}")
     return hist
+
+
+def hdr_encoded(values: np.ndarray, extra_zeros: int = 0) -> str:
+    """:func:`hdr_histogram` in the standard compressed, base64 HdrHistogram encoding, which
+    any HdrHistogram library decodes."""
+    return hdr_histogram(values, extra_zeros).encode().decode("ascii")
 
 
 def split_spin(waits: np.ndarray, spin_limit_ns: int) -> tuple[int, int]:

@@ -5,6 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hdrh.histogram import HdrHistogram
+
 from pvtrace import metrics
 from pvtrace.replay.dense import _bitmap_ids, _hash_ids, dense_ids
 
@@ -34,6 +36,22 @@ def test_percentiles_scratch_matches_sorting(values, extra):
     expect["max"] = int(ordered[-1])
     assert metrics.percentiles(v.copy(), extra) == expect
     assert metrics.percentiles(v.copy(), extra, scratch=True) == expect
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 2 * metrics.HDR_HIGHEST), max_size=300), st.integers(0, 20))
+def test_hdr_histogram_equals_recording_one_by_one(values, extra):
+    ref = HdrHistogram(metrics.HDR_LOWEST, metrics.HDR_HIGHEST, metrics.HDR_DIGITS)
+    for v in values:
+        assert ref.record_value(min(v, metrics.HDR_HIGHEST))
+    if extra:
+        assert ref.record_value(0, extra)
+    h = metrics.hdr_histogram(np.array(values, np.int64), extra)
+    assert list(h.counts) == list(ref.counts) and h.get_total_count() == ref.get_total_count()
+    if values or extra:
+        assert (h.min_value, h.max_value) == (ref.min_value, ref.max_value)
+    back = HdrHistogram.decode(metrics.hdr_encoded(np.array(values, np.int64), extra))
+    assert back.get_total_count() == len(values) + extra
 
 
 def test_hdr_histogram_counts_every_value():

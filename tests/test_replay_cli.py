@@ -62,6 +62,24 @@ def test_compare_json_stock_reproduces_observed(spec_log: Path) -> None:
     assert stock["makespan_ns"] == 15000 and obm["makespan_ns"] == 10000
 
 
+def test_reports_carry_hdr_histograms(spec_log: Path) -> None:
+    from hdrh.histogram import HdrHistogram
+
+    r = run_cli("compare", str(spec_log), "--models", "stock,obm", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    for obj in [report["observed"], *report["models"]]:
+        waits = HdrHistogram.decode(obj["histograms"]["wait_ns"])
+        holds = HdrHistogram.decode(obj["histograms"]["hold_ns"])
+        assert waits.get_total_count() == obj["acquisitions"] == 2
+        assert holds.get_total_count() == 2
+        # within the histogram's 3 significant digits of the exact maximum
+        exact = obj["wait_percentiles_ns"]["max"]
+        assert abs(waits.get_max_value() - exact) <= exact / 1000
+    stock = report["models"][0]
+    assert HdrHistogram.decode(stock["histograms"]["wait_ns"]).get_count_at_value(9000) == 1
+
+
 def test_compare_in_parallel_gives_the_same_report() -> None:
     sample = Path(__file__).resolve().parents[1] / "sample_traces"
     log = sorted(sample.glob("*.log.gz"))[0]

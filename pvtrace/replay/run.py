@@ -171,6 +171,13 @@ def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: 
     return out
 
 
+def _histograms(waits: np.ndarray, extra_zeros: int, holds: np.ndarray) -> dict:
+    """Every acquisition's wait (zeros included) and every hold, as HDR histograms."""
+    return {"encoding": metrics.HDR_ENCODING,
+            "wait_ns": metrics.hdr_encoded(waits, extra_zeros),
+            "hold_ns": metrics.hdr_encoded(holds)}
+
+
 def summarize(run: DesignRun, tl: Timeline) -> dict:
     """The SPEC section 3 model object for one design."""
     st, p = run.acqs, run.params
@@ -216,6 +223,7 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
         "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0], scratch=True),
+        "histograms": _histograms(w, int(extra.sum()), holds[holds >= 0]),
         "by_class": _group_stats(classes, st.cls, w, extra, holds, p.spin_limit_ns),
         "by_op": _group_stats(ops, st.op, w, extra, holds, p.spin_limit_ns),
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
@@ -258,6 +266,7 @@ def observed(tl: Timeline) -> dict:
         "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
         "wait_percentiles_ns": metrics.percentiles(w),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
+        "histograms": _histograms(w, 0, holds[paired]),
         "hold_percentiles_ns": metrics.percentiles(holds[paired], scratch=True),
         "by_class": by_class,
         "by_op": by_op,
