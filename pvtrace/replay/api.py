@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
+from pvtrace.replay.build import thread_facts
 from pvtrace.replay.run import _design_keys, make_params, observed, run_design, summarize
 from pvtrace.timeline import Timeline
 
@@ -122,7 +123,8 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
 
     if jobs <= 1 or len(designs) <= 1:
         return [one(d) for d in designs]
-    for d in designs:        # fill the shared key caches once, not in two threads at a time
+    for d in designs:        # fill the shared caches once, not in two threads at a time
         _design_keys(tl, d, params)
+    thread_facts(tl)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))

@@ -92,6 +92,14 @@ class Acquisitions:
                             steps.nested_pv)
 
 
+def thread_facts(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Design-independent facts of each thread (see :func:`_threads`), cached on ``tl``."""
+    if "build_threads" not in tl.cache:
+        tl.cache["build_threads"] = _threads(tl.thread_first, tl.thread_end, tl.ev, tl.ts,
+                                             tl.wait, tl.partner)
+    return tl.cache["build_threads"]
+
+
 def build_steps(tl, dk: DesignKeys) -> Steps:
     """Build the steps of every thread under the design described by ``dk``."""
     # A tight bound on the steps: an A, R or P yields its key run plus one release.
@@ -106,10 +114,7 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     aev = np.zeros(cap, np.int32)
-    if "build_threads" not in tl.cache:
-        tl.cache["build_threads"] = _threads(tl.thread_first, tl.thread_end, tl.ev, tl.ts,
-                                             tl.wait, tl.partner)
-    t_start, held_idx, held_off = tl.cache["build_threads"]
+    t_start, held_idx, held_off = thread_facts(tl)
     tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
         tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts, tl.wait,
         tl.partner, tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
