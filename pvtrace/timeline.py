@@ -223,7 +223,8 @@ def _scatter_numeric(pos: np.ndarray, arr, dtype, t0: int = 0) -> np.ndarray:
     for c in _chunks(arr):
         src = c.to_numpy()
         if t0:
-            _scatter_sub(pos, off, src, np.uint64(t0), out)
+            # unsigned, as the schema has it: mixing signed and unsigned would go via float
+            _scatter_sub(pos, off, src.astype(np.uint64, copy=False), np.uint64(t0), out)
         else:
             _scatter(pos, off, src, out)
         off += len(src)
