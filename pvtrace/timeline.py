@@ -73,10 +73,6 @@ class Timeline:
     def nthreads(self) -> int:
         return len(self.thread_ids)
 
-    def thread_of(self, records: np.ndarray) -> np.ndarray:
-        """Thread index (into ``thread_ids``) of each record index in ``records``."""
-        return np.searchsorted(self.thread_end, records, side="right")
-
     def class_code(self, name: str) -> int:
         return self.classes.index(name) if name in self.classes else -2
 

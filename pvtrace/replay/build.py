@@ -45,7 +45,6 @@ class Steps:
     # per acquisition
     acq_cls: np.ndarray     # int16 class code
     acq_op: np.ndarray      # int16 op code
-    acq_event: np.ndarray   # int32 timeline record index of the A (or of the R / P)
     acq_extra: np.ndarray   # int16 acquisitions the design performs but need not execute
     clamped_gaps: int
     nested_pv: int
@@ -113,17 +112,16 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     key, key_hi, acq, acq_n = (np.zeros(cap, np.int32) for _ in range(4))
     gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
-    aev = np.zeros(cap, np.int32)
     t_start, held_idx, held_off = thread_facts(tl)
     tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
         tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts, tl.wait,
         tl.partner, tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
         dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
         dk.captured_hash, dk.pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq,
-        acq_n, acls, aop, aev, aextra)
+        acq_n, acls, aop, aextra)
     return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
                  flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
-                 tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq], aev[:nacq], aextra[:nacq],
+                 tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq], aextra[:nacq],
                  int(clamped), int(nested))
 
 
@@ -169,8 +167,8 @@ def _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, lo, hi, a0, count, p
 
 
 @nb.njit(cache=True, inline="always")
-def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aextra, n, na,
-              lo, hi, m, pv, pg, big, c, o, i, run, g):
+def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aextra, n, na,
+              lo, hi, m, pv, pg, big, c, o, run, g):
     """Append acquisitions of keys lo..hi, ascending (a superpage run when ``run``): the first
     carries the gap, the others continue it. Returns the new (n, na)."""
     for k in range(lo, hi + 1):
@@ -184,7 +182,6 @@ def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aext
         gap[n] = g if k == lo else 0
         acls[na] = c
         aop[na] = o
-        aev[na] = i
         if k == lo and run:
             aextra[na] = 512 - (hi - lo + 1)
         n += 1
@@ -196,7 +193,7 @@ def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev, aext
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, next_rec, pa,
            rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
-           pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop, aev,
+           pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop,
            aextra):
     # The design's view of record i (see DesignKeys), computed where needed rather than
     # stored per record: at tens of millions of records, every per-record array counts.
@@ -280,9 +277,9 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                 h_n = h_hi - h_lo + 1
                 h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
             ev_acq[i] = na
-            n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
+            n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
                               aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i], False,
-                              cls[i], op[i], i, krange(i), 0)
+                              cls[i], op[i], krange(i), 0)
         for i in range(s, e):
             k_ev = ev[i]
             if k_ev == 2 or k_ev == 3:
@@ -322,9 +319,9 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     h_n = h_hi - h_lo + 1
                     h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                 ev_acq[i] = na
-                n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aev,
+                n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
                                   aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i],
-                                  False, cls[i], op[i], i, krange(i), pending)
+                                  False, cls[i], op[i], krange(i), pending)
                 pending = 0
                 if not is_pv(i) and partner[i] < 0:
                     if nopen == len(open_keys):
@@ -373,8 +370,8 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     h_n = h_hi - h_lo + 1
                     h_range = krange(i)
                     n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
-                                      aev, aextra, n, na, klo(i), khi(i), h_mode, True, pa[i],
-                                      rmode[i] == 3, pv_code, op[i], i, krange(i), 0)
+                                      aextra, n, na, klo(i), khi(i), h_mode, True, pa[i],
+                                      rmode[i] == 3, pv_code, op[i], krange(i), 0)
                 else:
                     kind[n] = STEP_PAGE
                     acq[n] = -1
