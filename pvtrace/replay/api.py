@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
-from pvtrace.replay.build import thread_facts
-from pvtrace.replay.run import _design_keys, make_params, observed, run_design, summarize
+from pvtrace.replay.run import make_params, observed, run_design, summarize, warm_caches
 from pvtrace.timeline import Timeline
 
 REPORT_SCHEMA = "pvtrace-replay/1"
@@ -123,8 +122,6 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
 
     if jobs <= 1 or len(designs) <= 1:
         return [one(d) for d in designs]
-    for d in designs:        # fill the shared caches once, not in two threads at a time
-        _design_keys(tl, d, params)
-    thread_facts(tl)
+    warm_caches(tl, designs, params)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))

@@ -25,7 +25,7 @@ from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
 from pvtrace.models.base import SPACE_PAGE, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
-from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps
+from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps, thread_facts
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
 from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, MODE_R, Timeline
@@ -120,6 +120,14 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         unknown_page = int(np.count_nonzero((tl.ev == EV_A) & (tl.cls == pv_code)
                                             & (tl.pa == 0)))
     return dk, nkeys, turnstile, unknown_page
+
+
+def warm_caches(tl: Timeline, designs: list[Design], params: ReplayParams) -> None:
+    """Compute the design-independent and shared key arrays of ``designs`` now, once, so that
+    designs replayed in parallel threads do not each compute them."""
+    for design in designs:
+        _design_keys(tl, design, params)
+    thread_facts(tl)
 
 
 def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
