@@ -18,9 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -63,7 +64,19 @@ DELTA_COLUMNS = ("ts", "line")
 DICTIONARY_COLUMNS = ("tid", "cpu", "lock", "src", "ns")
 
 
-def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa.Table],
+@dataclass(frozen=True)
+class Parts:
+    """A table handed to :func:`write_bundle` as consecutive parts (each a ``pa.Table``), one
+    Parquet row group each: the writer never needs the whole table at once. ``rows`` is the
+    total; ``first`` is an empty table with the columns, written when there are no parts."""
+
+    parts: Iterable[pa.Table]
+    rows: int
+    first: pa.Table
+
+
+def write_bundle(out_dir: str | os.PathLike,
+                 tables: dict[str, pl.DataFrame | pa.Table | Parts],
                  metadata: dict[str, Any] | Callable[[], dict[str, Any]], *,
                  force: bool = False) -> Path:
     """Write ``tables`` (each conformed to its schema) and ``metadata`` to ``out_dir`` atomically.
@@ -80,10 +93,14 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
     try:
         written: dict[str, Any] = {}
         for name, data in tables.items():
-            table = schemas.conform(data, name)
-            _write_parquet(table, tmp / f"{name}.parquet")
-            written[name] = {"rows": table.num_rows,
-                             "schema_version": schemas.load(name).version}
+            path = tmp / f"{name}.parquet"
+            if isinstance(data, Parts):
+                rows = _write_parts(data, name, path)
+            else:
+                table = schemas.conform(data, name)
+                _write_parquet(table, path)
+                rows = table.num_rows
+            written[name] = {"rows": rows, "schema_version": schemas.load(name).version}
         facts = metadata() if callable(metadata) else metadata
         meta = {"format": BUNDLE_FORMAT, **facts, "tables": written}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -100,17 +117,37 @@ def write_bundle(out_dir: str | os.PathLike, tables: dict[str, pl.DataFrame | pa
     return out
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    names = set(table.column_names)
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    names = set(schema.names)
     # Dictionary pages for dictionary columns and DICTIONARY_COLUMNS; trying them on the
     # high-cardinality integers (ts, pa, line) costs time and saves nothing.
-    dict_cols = [f.name for f in table.schema
+    dict_cols = [f.name for f in schema
                  if pa.types.is_dictionary(f.type) or f.name in DICTIONARY_COLUMNS]
     delta = {c: "DELTA_BINARY_PACKED" for c in DELTA_COLUMNS
-             if c in names and pa.types.is_integer(table.schema.field(c).type)}
-    pq.write_table(table, path, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL,
-                   use_dictionary=dict_cols or False, column_encoding=delta or None,
-                   write_statistics=[c for c in STATISTICS_COLUMNS if c in names] or False)
+             if c in names and pa.types.is_integer(schema.field(c).type)}
+    return dict(compression=COMPRESSION, compression_level=COMPRESSION_LEVEL,
+                use_dictionary=dict_cols or False, column_encoding=delta or None,
+                write_statistics=[c for c in STATISTICS_COLUMNS if c in names] or False)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, **_parquet_options(table.schema))
+
+
+def _write_parts(data: Parts, name: str, path: Path) -> int:
+    """Write ``data`` part by part (a row group each); returns the rows written."""
+    first = schemas.conform(data.first, name)
+    rows = 0
+    with pq.ParquetWriter(path, first.schema, **_parquet_options(first.schema)) as writer:
+        for part in data.parts:
+            table = schemas.conform(part, name)
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            rows += table.num_rows
+        if rows == 0:
+            writer.write_table(first)
+    if rows != data.rows:
+        raise ValueError(f"table {name}: {rows} rows written, {data.rows} announced")
+    return rows
 
 
 @dataclass

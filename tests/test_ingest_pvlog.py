@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -376,8 +377,16 @@ def test_invalid_utf8_in_a_record_falls_back_to_replacing_it(tmp_path):
     assert result.problem_totals == {}
 
 
+def _ordered(events, rows=None):
+    from pvtrace.ingest import _ordered_parts
+
+    parts = _ordered_parts(events, rows)
+    tables = list(parts.parts)
+    assert sum(t.num_rows for t in tables) == parts.rows == events.height
+    return pa.concat_tables(tables) if tables else parts.first
+
+
 def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
-    from pvtrace.ingest import _ordered_arrow
 
     text = "# pvtrace-log v1\n" + "".join(
         f"{(i * 7919) % 50} {i % 4} {100 + i % 5} {'APRX'[i % 4]} {'-' if i % 4 % 2 else 'pv'} "
@@ -387,7 +396,36 @@ def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
     events = pvlog.parse(write(tmp_path, "x.log", text + "1 0 1 Q - 0 - 0 0 zzz\n"), 0, "x")
     events = events.tables["events"]
     assert events.height == 400 and not events["ts"].is_sorted()
-    table = _ordered_arrow(events)
-    assert rows(pl.from_arrow(table)) == rows(events.sort("ts", maintain_order=True))
-    assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
-    assert rows(pl.from_arrow(_ordered_arrow(events.sort("ts")))) == rows(events.sort("ts"))
+    expect = rows(events.sort("ts", maintain_order=True))
+    chunked = pl.concat([events.slice(i, 37) for i in range(0, 400, 37)], rechunk=False)
+    assert chunked.n_chunks() > 10
+    for frame in (events, chunked):
+        for part_rows in (None, 7, 400, 399):     # one part; many, ragged; exact; two
+            table = _ordered(frame, part_rows)
+            assert rows(pl.from_arrow(table)) == expect
+            assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
+    assert rows(pl.from_arrow(_ordered(events.sort("ts"), 64))) == rows(events.sort("ts"))
+    assert _ordered(events.head(0)).num_rows == 0
+
+
+def test_events_written_in_row_groups_read_back_whole(tmp_path, monkeypatch):
+    """The bundle writer takes the time-ordered events part by part (one row group each):
+    with tiny parts, the file holds many row groups and the same rows as with one."""
+    import pyarrow.parquet as pq
+
+    import pvtrace.ingest as ingest
+
+    sample = sorted((Path(__file__).resolve().parents[1] / "sample_traces").glob("*.log.gz"))[0]
+    ingest.run_ingest([str(sample)], str(tmp_path / "one"))
+    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 1000)
+    result = ingest.run_ingest([str(sample)], str(tmp_path / "many"))
+    one, many = (pq.ParquetFile(tmp_path / d / "events.parquet") for d in ("one", "many"))
+    assert one.metadata.num_row_groups == 1 and many.metadata.num_row_groups > 10
+
+    def decoded(f):  # dictionaries may list their values in another order: compare values
+        return pl.from_arrow(f.read()).with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+    assert decoded(many).equals(decoded(one))
+    assert result.tables["events"] == one.metadata.num_rows
+    meta = json.loads((tmp_path / "many" / "metadata.json").read_text())
+    assert meta["tables"]["events"]["rows"] == one.metadata.num_rows

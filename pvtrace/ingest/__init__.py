@@ -28,7 +28,6 @@ threads (or different boots) that the replay would mistake for one.
 from __future__ import annotations
 
 import importlib
-import os
 import tempfile
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -155,8 +154,9 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
     tables: dict[str, Any] = _merge_tables([r for r, _ in parsed])
     events = tables.get("events")
     if events is not None:
-        # Put into time order as Arrow (what the bundle writes), using both cores ...
-        tables["events"] = _ordered_arrow(events)
+        # Put into time order as Arrow (what the bundle writes), one row group at a time, so
+        # that no sorted copy of a big capture ever exists whole ...
+        tables["events"] = _ordered_parts(events)
     summaries = [s for _, s in parsed]
     with ThreadPoolExecutor(max_workers=1) as pool:
         # ... then write the tables (pyarrow encodes on one core, outside the GIL) while the
@@ -176,42 +176,92 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
             facts.set_exception(exc)   # the writer gives up and removes its temporary files
             raise
         written.result()
-    result.tables = {name: t.num_rows if isinstance(t, pa.Table) else t.height
+    result.tables = {name: t.rows if isinstance(t, bundle.Parts) else t.height
                      for name, t in tables.items()}
     return result
 
 
-def _ordered_arrow(events: pl.DataFrame) -> pa.Table:
-    """``events`` as an Arrow table in time order; ties keep (src, line) order (SPEC: stable,
-    by line order). Categorical columns become dictionary arrays over the values they use.
+ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order on its own)
+
+
+def _ordered_parts(events: pl.DataFrame, rows: int | None = None) -> bundle.Parts:
+    """``events`` in time order, as Arrow parts of ``rows`` rows for the bundle writer; ties
+    keep (src, line) order (SPEC: stable, by line order). Categorical columns become
+    dictionary arrays over the values the column uses.
 
     Parsers keep line order and inputs are concatenated in order, so a stable sort on ts
-    alone breaks ties by (src, line). The permutation comes from numpy's stable argsort (a
-    timsort/radix sort that is quick on the few long sorted runs per-CPU output has) and is
-    applied column by column with ``np.take``, several times quicker than a polars gather.
+    alone breaks ties by (src, line): the permutation is numpy's stable argsort (a timsort /
+    radix sort, quick on the few long sorted runs of per-CPU output). Each part gathers its
+    rows straight from the parsed frame's chunks (no contiguous copy of any column is made),
+    the next part in a thread while the writer encodes the current one.
     """
+    rows = rows or ROW_GROUP_ROWS
+    n = events.height
+    if n == 0:
+        return bundle.Parts((), 0, events.to_arrow())
+    if len(set(events.n_chunks("all"))) != 1 or not _same_chunking(events):
+        events = events.rechunk()
     ts = events.get_column("ts")
     order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
-        arrays = list(pool.map(lambda col: _column_arrow(col, order), events.iter_columns()))
-    return pa.Table.from_arrays(arrays, names=events.columns)
+    del ts
+    starts = np.cumsum([0] + [len(c) for c in events.get_column("ts").get_chunks()])
+    takers = [_column_taker(col) for col in events.iter_columns()]
+    names = events.columns
+
+    def part(lo: int) -> pa.Table:
+        idx = np.arange(lo, min(lo + rows, n)) if order is None else order[lo:lo + rows]
+        # Which chunk holds each row, then the rows grouped by chunk (stable): each column
+        # gathers chunk by chunk with the same groups.
+        chunk = np.searchsorted(starts, idx, side="right") - 1
+        by_chunk = np.argsort(chunk, kind="stable")
+        bounds = np.searchsorted(chunk[by_chunk], np.arange(len(starts)))
+        groups = [(k, by_chunk[bounds[k]:bounds[k + 1]])
+                  for k in range(len(starts) - 1) if bounds[k + 1] > bounds[k]]
+        local = idx - starts[chunk]
+        return pa.Table.from_arrays([take(idx, groups, local) for take in takers], names=names)
+
+    def parts():
+        with ThreadPoolExecutor(max_workers=1) as pool:   # numpy frees the GIL
+            pending = pool.submit(part, 0)
+            for lo in range(0, n, rows):
+                current = pending.result()
+                if lo + rows < n:
+                    pending = pool.submit(part, lo + rows)
+                yield current
+
+    return bundle.Parts(parts(), n, events.head(0).to_arrow())
 
 
-def _column_arrow(col: pl.Series, order: np.ndarray | None) -> pa.Array:
+def _same_chunking(frame: pl.DataFrame) -> bool:
+    lengths = [[len(c) for c in col.get_chunks()] for col in frame.iter_columns()]
+    return all(x == lengths[0] for x in lengths)
+
+
+def _gather(chunks: list[np.ndarray], groups, local: np.ndarray, dtype) -> np.ndarray:
+    out = np.empty(len(local), dtype)
+    for k, positions in groups:
+        out[positions] = chunks[k][local[positions]]
+    return out
+
+
+def _column_taker(col: pl.Series):
+    """A function from (rows, the same rows grouped by chunk, row within its chunk) to the
+    Arrow array of those rows of ``col``, reading the column's chunks in place."""
     if col.null_count() or not (col.dtype.is_numeric() or col.dtype == pl.Categorical):
-        return (col if order is None else col.gather(order)).to_arrow()
+        return lambda idx, groups, local: col.gather(idx).to_arrow()
     if col.dtype != pl.Categorical:
-        values = col.to_numpy()
-        return pa.array(values if order is None else values.take(order))
+        chunks = [c.to_numpy() for c in col.get_chunks()]
+        return lambda idx, groups, local: pa.array(
+            _gather(chunks, groups, local, chunks[0].dtype))
     # Categorical: physical codes index the (process-wide) categories; keep only the values
-    # this column uses, renumbered, as the dictionary.
-    codes = col.to_physical().to_numpy()
+    # this column uses, renumbered, as the dictionary (the same for every part).
+    codes = [c.to_physical().to_numpy() for c in col.get_chunks()]
     categories = col.dtype.categories.to_series()
-    used = np.bincount(codes, minlength=categories.len()) > 0
+    used = sum(np.bincount(c, minlength=categories.len()) for c in codes) > 0
     renumber = (np.cumsum(used, dtype=np.uint32) - 1).astype(np.uint32)
-    indices = renumber.take(codes if order is None else codes.take(order))
     dictionary = categories.filter(pl.Series(used)).cast(pl.String).to_arrow().cast(pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(indices), dictionary)
+    return lambda idx, groups, local: pa.DictionaryArray.from_arrays(
+        pa.array(renumber.take(_gather(codes, groups, local, np.uint32))), dictionary)
 
 
 def _parser(fmt: Format, name: str):
