@@ -274,8 +274,8 @@ def observed(tl: Timeline) -> dict:
         "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
         "wait_percentiles_ns": metrics.percentiles(w),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
-        "histograms": _histograms(w, 0, holds[paired]),
         "hold_percentiles_ns": metrics.percentiles(holds[paired], scratch=True),
+        "histograms": _histograms(w, 0, holds[paired]),
         "by_class": by_class,
         "by_op": by_op,
         "unmatched": {
