@@ -14,9 +14,10 @@
 6. refuse the whole ingest when more than ``max_bad`` lines are malformed,
 7. write the bundle atomically with ``metadata.json`` (keys listed in :func:`_metadata`).
 
-Steps 4 to 7 overlap: the sorted events go to Arrow first (numpy argsort and takes, on both
-cores), then pyarrow writes the tables on one core while the facts for the summary and
-``metadata.json`` (step 5 included) are computed from the unsorted frame on the other.
+Steps 4 to 7 overlap: the events go to Arrow in time order one row group at a time
+(:mod:`.order`, compiled, in a thread) while pyarrow encodes the previous one, and the facts
+for the summary and ``metadata.json`` (step 5 included) are computed from the unsorted frame
+meanwhile.
 
 Several event logs in one call are merged into one trace. They are taken to be pieces of ONE
 capture (for example split files, or per-CPU files) when they agree on ``# timestamp0=``;
@@ -36,14 +37,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 import pvtrace
 from pvtrace import bundle
 from pvtrace.errors import PvtraceError
-from pvtrace.ingest import detect, layout as layouts
+from pvtrace.ingest import detect, layout as layouts, order
 from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
 from pvtrace.ingest.source import open_source
 
@@ -185,83 +184,9 @@ ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order
 
 
 def _ordered_parts(events: pl.DataFrame, rows: int | None = None) -> bundle.Parts:
-    """``events`` in time order, as Arrow parts of ``rows`` rows for the bundle writer; ties
-    keep (src, line) order (SPEC: stable, by line order). Categorical columns become
-    dictionary arrays over the values the column uses.
-
-    Parsers keep line order and inputs are concatenated in order, so a stable sort on ts
-    alone breaks ties by (src, line): the permutation is numpy's stable argsort (a timsort /
-    radix sort, quick on the few long sorted runs of per-CPU output). Each part gathers its
-    rows straight from the parsed frame's chunks (no contiguous copy of any column is made),
-    the next part in a thread while the writer encodes the current one.
-    """
-    rows = rows or ROW_GROUP_ROWS
-    n = events.height
-    if n == 0:
-        return bundle.Parts((), 0, events.to_arrow())
-    if len(set(events.n_chunks("all"))) != 1 or not _same_chunking(events):
-        events = events.rechunk()
-    ts = events.get_column("ts")
-    order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
-    del ts
-    starts = np.cumsum([0] + [len(c) for c in events.get_column("ts").get_chunks()])
-    takers = [_column_taker(col) for col in events.iter_columns()]
-    names = events.columns
-
-    def part(lo: int) -> pa.Table:
-        idx = np.arange(lo, min(lo + rows, n)) if order is None else order[lo:lo + rows]
-        # Which chunk holds each row, then the rows grouped by chunk (stable): each column
-        # gathers chunk by chunk with the same groups.
-        chunk = np.searchsorted(starts, idx, side="right") - 1
-        by_chunk = np.argsort(chunk, kind="stable")
-        bounds = np.searchsorted(chunk[by_chunk], np.arange(len(starts)))
-        groups = [(k, by_chunk[bounds[k]:bounds[k + 1]])
-                  for k in range(len(starts) - 1) if bounds[k + 1] > bounds[k]]
-        local = idx - starts[chunk]
-        return pa.Table.from_arrays([take(idx, groups, local) for take in takers], names=names)
-
-    def parts():
-        with ThreadPoolExecutor(max_workers=1) as pool:   # numpy frees the GIL
-            pending = pool.submit(part, 0)
-            for lo in range(0, n, rows):
-                current = pending.result()
-                if lo + rows < n:
-                    pending = pool.submit(part, lo + rows)
-                yield current
-
-    return bundle.Parts(parts(), n, events.head(0).to_arrow())
-
-
-def _same_chunking(frame: pl.DataFrame) -> bool:
-    lengths = [[len(c) for c in col.get_chunks()] for col in frame.iter_columns()]
-    return all(x == lengths[0] for x in lengths)
-
-
-def _gather(chunks: list[np.ndarray], groups, local: np.ndarray, dtype) -> np.ndarray:
-    out = np.empty(len(local), dtype)
-    for k, positions in groups:
-        out[positions] = chunks[k][local[positions]]
-    return out
-
-
-def _column_taker(col: pl.Series):
-    """A function from (rows, the same rows grouped by chunk, row within its chunk) to the
-    Arrow array of those rows of ``col``, reading the column's chunks in place."""
-    if col.null_count() or not (col.dtype.is_numeric() or col.dtype == pl.Categorical):
-        return lambda idx, groups, local: col.gather(idx).to_arrow()
-    if col.dtype != pl.Categorical:
-        chunks = [c.to_numpy() for c in col.get_chunks()]
-        return lambda idx, groups, local: pa.array(
-            _gather(chunks, groups, local, chunks[0].dtype))
-    # Categorical: physical codes index the (process-wide) categories; keep only the values
-    # this column uses, renumbered, as the dictionary (the same for every part).
-    codes = [c.to_physical().to_numpy() for c in col.get_chunks()]
-    categories = col.dtype.categories.to_series()
-    used = sum(np.bincount(c, minlength=categories.len()) for c in codes) > 0
-    renumber = (np.cumsum(used, dtype=np.uint32) - 1).astype(np.uint32)
-    dictionary = categories.filter(pl.Series(used)).cast(pl.String).to_arrow().cast(pa.string())
-    return lambda idx, groups, local: pa.DictionaryArray.from_arrays(
-        pa.array(renumber.take(_gather(codes, groups, local, np.uint32))), dictionary)
+    """``events`` in time order as bundle parts of ``rows`` rows (:mod:`.order`)."""
+    parts, first = order.ordered_parts(events, rows or ROW_GROUP_ROWS)
+    return bundle.Parts(parts, events.height, first)
 
 
 def _parser(fmt: Format, name: str):
