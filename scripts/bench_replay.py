@@ -148,10 +148,12 @@ def time_cli(args: list[str]) -> tuple[float, int]:
     # whose pages the forked child counts until it execs.
     code = ("import sys, time; from pvtrace.cli import main; "
             f"sys.argv = ['pvtrace'] + {args!r}; t = time.perf_counter()\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
             "print('@@', time.perf_counter() - t, hwm.split()[1], file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"pvtrace {' '.join(args)} failed:\n{r.stderr[-2000:]}")
     line = [x for x in r.stderr.splitlines() if x.startswith("@@")][-1].split()
     return float(line[1]), int(line[2])
 
