@@ -27,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pvtrace import schemas
+from pvtrace import progress, schemas
 from pvtrace.errors import PvtraceError
 
 BUNDLE_FORMAT = "pvtrace-bundle/1"
@@ -143,6 +143,7 @@ def _write_parts(data: Parts, name: str, path: Path) -> int:
             table = schemas.conform(part, name)
             writer.write_table(table, row_group_size=max(table.num_rows, 1))
             rows += table.num_rows
+            progress.advance(table.num_rows)
         if rows == 0:
             writer.write_table(first)
     if rows != data.rows:

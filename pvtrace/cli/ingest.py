@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pvtrace.cli import app
+from pvtrace.cli import app, progress
 from pvtrace.ingest import IngestResult, run_ingest
 from pvtrace.ingest.common import ProblemKind
 
@@ -40,7 +40,8 @@ def ingest(
         "--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Read captures and write a trace bundle (Parquet tables + metadata.json)."""
-    result = run_ingest(inputs, output, layout=layout, max_bad=max_bad, force=force)
+    with progress.shown(quiet=quiet):
+        result = run_ingest(inputs, output, layout=layout, max_bad=max_bad, force=force)
     if not quiet:
         console = Console(highlight=False, soft_wrap=True)
         for line in summary(result):

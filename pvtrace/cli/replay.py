@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pvtrace.cli import app
+from pvtrace.cli import app, progress
 from pvtrace.errors import PvtraceError
 
 TraceArg = Annotated[str, typer.Argument(help="A trace bundle directory, or a raw capture "
@@ -33,8 +33,9 @@ def _run(trace: str, models: list[str], layout, spin_limit: int, wakeup_ns: int,
 
     if jobs < 1:
         raise PvtraceError("--jobs must be at least 1")
-    return replay_trace(trace, models, layout=layout, spin_limit_ns=spin_limit,
-                        wakeup_ns=wakeup_ns, jobs=jobs)
+    with progress.shown():
+        return replay_trace(trace, models, layout=layout, spin_limit_ns=spin_limit,
+                            wakeup_ns=wakeup_ns, jobs=jobs)
 
 
 def _render(report: dict, *, detail: bool) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 import polars as pl
 
 import pvtrace
-from pvtrace import bundle
+from pvtrace import bundle, progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import detect, layout as layouts, order
 from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
@@ -120,6 +120,8 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
         for src, arg in enumerate(inputs):
             with open_source(arg, Path(tmp)) as source:
                 fmt = detect.sniff(source.head(), source.name)
+                if fmt is not Format.PVLOG:   # the event-log parser announces its line count
+                    progress.stage(f"parsing {source.name}")
                 one = _parser(fmt, source.name).parse(source.path, src, source.name)
             if source.truncated:
                 extra_problems.append(Problem(
@@ -156,6 +158,7 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
         # Put into time order as Arrow (what the bundle writes), one row group at a time, so
         # that no sorted copy of a big capture ever exists whole ...
         tables["events"] = _ordered_parts(events)
+        progress.stage("writing the events in time order", events.height)
     summaries = [s for _, s in parsed]
     with ThreadPoolExecutor(max_workers=1) as pool:
         # ... then write the tables (pyarrow encodes on one core, outside the GIL) while the

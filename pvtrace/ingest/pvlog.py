@@ -36,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
 
@@ -64,11 +65,12 @@ _DTRACE_KINDS: list[tuple[str, str, int | None, int | None]] = [
 def parse(path: Path, src: int, name: str) -> Parsed:
     """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``)."""
     n_lines = _count_lines(path, name)
-    fast, refused, seen = _fast_read(path)
+    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
         # The two readers disagree on the lines, or most lines need the slow path (a log
         # with tabs, say): stream every line through the slow path instead.
+        progress.stage(f"parsing {name} line by line", n_lines)
         parts = [_slow(_numbered(lines, first)) for first, lines in _line_batches(path, name)]
     else:
         events = pl.concat(fast) if len(fast) != 1 else fast[0]
@@ -79,15 +81,18 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     return _assemble(parts, src, name, n_lines, _ends_with_newline(path))
 
 
-def _fast_read(path: Path) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
+def _fast_read(path: Path, what: str, lines: int
+               ) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
     lines read); lines read is -1 when the fast reader failed (the slow path takes over).
 
     The reader first insists on valid UTF-8, which is much cheaper than replacing invalid
     bytes (that decodes the whole file into a copy before the read); only a file that does
-    hold invalid bytes is read again with them replaced.
+    hold invalid bytes is read again with them replaced. Progress: the stage ``what``, in
+    ``lines``.
     """
     for encoding in ("utf8", "utf8-lossy"):
+        progress.stage(what if encoding == "utf8" else f"{what} (invalid UTF-8 replaced)", lines)
         fast: list[pl.DataFrame] = []
         refused: list[pl.Series] = []
         seen = 0
@@ -97,6 +102,7 @@ def _fast_read(path: Path) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
                 fast.append(events)
                 refused.append(refused_rows)
                 seen += typed.height
+                progress.advance(typed.height)
         except pl.exceptions.PolarsError:
             continue
         return fast or [_empty_events()], refused, seen
@@ -161,6 +167,7 @@ def _line_batches(path: Path, name: str):
                       .collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)):
             yield first, lines
             first += lines.height
+            progress.advance(lines.height)
     except pl.exceptions.PolarsError as exc:
         raise _read_error(exc, name) from None
 

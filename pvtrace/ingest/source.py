@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest.detect import SNIFF_BYTES
 
@@ -92,6 +93,8 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
         assert path is not None
         source = Source(name, path, None, False, path.stat().st_size)
     else:
+        progress.stage(f"{'decompressing' if compression else 'reading'} {name}",
+                       path.stat().st_size if path is not None else None)
         out = Path(tmpdir) / f"input-{len(os.listdir(tmpdir))}.txt"
         with open(out, "wb") as sink:
             try:
@@ -143,6 +146,7 @@ def _inflate(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str, new_deco
         while True:
             data = pending or stream.read(CHUNK)
             pending = b""
+            progress.advance(len(data))
             if not data:
                 return started and not dec.eof
             while data:

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pvtrace import progress
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
@@ -79,7 +80,13 @@ def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
         missing = set(REPLAY_COLUMNS) - set(parquet.schema_arrow.names)
         if missing:
             raise PvtraceError(f"events table lacks columns {sorted(missing)}", path=str(file))
-        tl = Timeline.from_columns(lambda name: parquet.read(columns=[name]).column(0), nrows)
+        progress.stage(f"loading {nrows:,} events", len(REPLAY_COLUMNS))
+
+        def read(name: str) -> pa.ChunkedArray:
+            column = parquet.read(columns=[name]).column(0)
+            progress.advance(1)
+            return column
+        tl = Timeline.from_columns(read, nrows)
     except (OSError, pa.ArrowException) as exc:
         raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
     return LoadedTrace(path, tl, nrows, bundle.metadata)
@@ -108,7 +115,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "capture": meta.get("capture", {}),
             "drops": meta.get("drops", {}),
         },
-        "observed": observed(tl),
+        "observed": _observed(tl),
         "models": replay_designs(tl, designs, params, jobs),
     }
     return report
@@ -118,10 +125,23 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
     """The model objects of ``designs``, replayed ``jobs`` at a time (the compiled passes
     release the GIL; each design in flight holds its own steps, so memory grows with jobs)."""
     def one(design) -> dict:
-        return summarize(run_design(tl, design, params), tl)
+        report = summarize(run_design(tl, design, params), tl)
+        progress.advance(1)
+        return report
 
     if jobs <= 1 or len(designs) <= 1:
-        return [one(d) for d in designs]
+        reports = []
+        for design in designs:
+            progress.stage(f"replaying {design.name}")
+            reports.append(one(design))
+        return reports
+    progress.stage(f"replaying {', '.join(d.name for d in designs)}, {jobs} at a time",
+                   len(designs))
     warm_caches(tl, designs, params)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))
+
+
+def _observed(tl: Timeline) -> dict:
+    progress.stage("summarizing the captured waits")
+    return observed(tl)
