@@ -142,20 +142,30 @@ def python_replay(steps, spin_limit: int = 0) -> int:
     return executed
 
 
-def time_cli(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one pvtrace command in a fresh process."""
+def time_cli(args: list[str]) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS and peak anonymous memory (KiB) of one pvtrace command in a
+    fresh process."""
     # Peak RSS is the process's VmHWM: getrusage's ru_maxrss would include this (big) parent,
-    # whose pages the forked child counts until it execs.
-    code = ("import sys, time; from pvtrace.cli import main; "
+    # whose pages the forked child counts until it execs. VmHWM also counts page-cache pages
+    # the process maps (a memory-mapped spill file), which the kernel can evict: the peak of
+    # RssAnon, sampled every 20 ms, is the memory the process really needs.
+    code = ("import sys, time, threading; from pvtrace.cli import main\n"
+            "def status(key):\n"
+            "    return int([x for x in open('/proc/self/status') if x.startswith(key)][0]"
+            ".split()[1])\n"
+            "anon = [0]\n"
+            "def sample():\n"
+            "    while True:\n"
+            "        anon[0] = max(anon[0], status('RssAnon')); time.sleep(0.02)\n"
+            "threading.Thread(target=sample, daemon=True).start()\n"
             f"sys.argv = ['pvtrace'] + {args!r}; t = time.perf_counter()\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
-            "print('@@', time.perf_counter() - t, hwm.split()[1], file=sys.stderr)")
+            "print('@@', time.perf_counter() - t, status('VmHWM'), anon[0], file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"pvtrace {' '.join(args)} failed:\n{r.stderr[-2000:]}")
     line = [x for x in r.stderr.splitlines() if x.startswith("@@")][-1].split()
-    return float(line[1]), int(line[2])
+    return float(line[1]), int(line[2]), int(line[3])
 
 
 def main() -> None:
@@ -209,8 +219,8 @@ def main() -> None:
         designs = ["--models", "stock,obm-pvc,obm,obm-rw,ideal"]
         for cmd, extra in (("replay", ["--model", "obm"]), ("compare", designs),
                            ("compare", [*designs, "--jobs", "2"])):
-            ts_, _ = time_cli([cmd, str(small), *extra, "--json"])
-            tb, rss = time_cli([cmd, str(big), *extra, "--json"])
+            ts_, _, _ = time_cli([cmd, str(small), *extra, "--json"])
+            tb, rss, _ = time_cli([cmd, str(big), *extra, "--json"])
             ndesign = 1 if cmd == "replay" else 5
             marginal = (events.height - n_small) / (tb - ts_) if tb > ts_ else float("inf")
             steps_per_record = nsteps / events.height

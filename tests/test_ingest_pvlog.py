@@ -286,6 +286,39 @@ def test_batches_give_the_same_result(tmp_path, monkeypatch):
     assert rows(batched.tables["events"].sort("line")) == rows(whole.tables["events"].sort("line"))
     assert batched.problems == whole.problems and batched.lines == whole.lines == 312
     assert [p.line for p in whole.problems] == [310]
+    # With scratch space, each batch's records are spilled there and memory-mapped back.
+    (tmp_path / "scratch").mkdir()
+    spilled = pvlog.parse(path, 0, "x", scratch=tmp_path / "scratch")
+    assert len(list((tmp_path / "scratch").glob("*.arrow"))) == 7
+    assert spilled.tables["events"].equals(batched.tables["events"])
+    assert spilled.problems == whole.problems
+
+
+def test_ingest_scratch_is_next_to_the_output_and_removed(tmp_path, monkeypatch):
+    """A big log's records are spilled to a hidden directory beside the bundle (not /tmp),
+    gone when the ingest ends, also when it fails; a full disk is one line, not a crash."""
+    monkeypatch.setattr(pvlog, "ONE_BATCH_BYTES", 0)
+    seen = []
+    spilled = pvlog._spilled
+
+    def spy(events, file):
+        seen.append(file)
+        return spilled(events, file)
+    monkeypatch.setattr(pvlog, "_spilled", spy)
+    path = write(tmp_path, "x.log", SPEC_LOG)
+    (tmp_path / "out").mkdir()
+    run_ingest([str(path)], str(tmp_path / "out" / "b"))
+    assert seen and all(f.parent.parent == tmp_path / "out" for f in seen)
+    assert seen[0].parent.name.startswith(".pvtrace-ingest-")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]
+
+    def full(frame, file, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
+    monkeypatch.setattr(pvlog, "_spilled", spilled)
+    with pytest.raises(PvtraceError, match="cannot spill parsed records to .*No space left"):
+        run_ingest([str(path)], str(tmp_path / "out" / "c"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]
 
 
 # A record as values, and the text a capture could print for it with arbitrary blank runs.

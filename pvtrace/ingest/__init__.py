@@ -113,29 +113,39 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
         raise PvtraceError("standard input ('-') can be given only once")
     bundle.check_target(out, force=force)   # before the work, not after
     started = datetime.now(timezone.utc)
+    # Scratch space (decompressed inputs, records spilled by the parser) goes next to the
+    # output, on the disk that will hold the bundle, rather than in a /tmp that may be RAM.
+    parent = Path(out).absolute().parent
+    with tempfile.TemporaryDirectory(prefix=".pvtrace-ingest-",
+                                     dir=parent if parent.is_dir() else None) as tmp:
+        return _ingest(inputs, out, Path(tmp), layout, max_bad, force, started)
 
+
+def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_bad: int,
+            force: bool, started: datetime) -> IngestResult:
     parsed: list[tuple[Parsed, InputSummary]] = []
     extra_problems: list[Problem] = []
-    with tempfile.TemporaryDirectory(prefix="pvtrace-ingest-") as tmp:
-        for src, arg in enumerate(inputs):
-            with open_source(arg, Path(tmp)) as source:
-                fmt = detect.sniff(source.head(), source.name)
-                if fmt is not Format.PVLOG:   # the event-log parser announces its line count
-                    progress.stage(f"parsing {source.name}")
-                one = _parser(fmt, source.name).parse(source.path, src, source.name)
-            if source.truncated:
-                extra_problems.append(Problem(
-                    src, source.name, None, ProblemKind.CUT_OFF,
-                    f"{source.compression} stream ends early (file truncated?): kept the "
-                    f"{source.size} bytes decoded"))
-            totals = _totals(one)
-            parsed.append((one, InputSummary(
-                path=source.name, format=one.format.value, compression=source.compression,
-                lines=one.lines, records=one.records,
-                malformed=totals.get(ProblemKind.MALFORMED.value, 0),
-                cut_off=totals.get(ProblemKind.CUT_OFF.value, 0)
-                + sum(p.src == src for p in extra_problems),
-                capture=dict(one.meta.get("capture", {})))))
+    for src, arg in enumerate(inputs):
+        with open_source(arg, scratch) as source:
+            fmt = detect.sniff(source.head(), source.name)
+            if fmt is not Format.PVLOG:   # the event-log parser announces its line count
+                progress.stage(f"parsing {source.name}")
+            # An event log too big to parse in one go spills its records to scratch.
+            extra = {"scratch": scratch} if fmt is Format.PVLOG else {}
+            one = _parser(fmt, source.name).parse(source.path, src, source.name, **extra)
+        if source.truncated:
+            extra_problems.append(Problem(
+                src, source.name, None, ProblemKind.CUT_OFF,
+                f"{source.compression} stream ends early (file truncated?): kept the "
+                f"{source.size} bytes decoded"))
+        totals = _totals(one)
+        parsed.append((one, InputSummary(
+            path=source.name, format=one.format.value, compression=source.compression,
+            lines=one.lines, records=one.records,
+            malformed=totals.get(ProblemKind.MALFORMED.value, 0),
+            cut_off=totals.get(ProblemKind.CUT_OFF.value, 0)
+            + sum(p.src == src for p in extra_problems),
+            capture=dict(one.meta.get("capture", {})))))
 
     problems = sorted([p for r, _ in parsed for p in r.problems] + extra_problems,
                       key=lambda p: (p.src, p.line or 0))

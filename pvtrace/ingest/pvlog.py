@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
@@ -62,10 +63,13 @@ _DTRACE_KINDS: list[tuple[str, str, int | None, int | None]] = [
 ]
 
 
-def parse(path: Path, src: int, name: str) -> Parsed:
-    """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``)."""
+def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parsed:
+    """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``).
+    A log read in batches (bigger than ONE_BATCH_BYTES) spills each batch's records to an
+    Arrow file in ``scratch``, when given, and returns them memory-mapped from there."""
     n_lines = _count_lines(path, name)
-    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines)
+    spill = scratch if scratch is not None and os.path.getsize(path) > ONE_BATCH_BYTES else None
+    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
         # The two readers disagree on the lines, or most lines need the slow path (a log
@@ -81,7 +85,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     return _assemble(parts, src, name, n_lines, _ends_with_newline(path))
 
 
-def _fast_read(path: Path, what: str, lines: int
+def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None
                ) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
     lines read); lines read is -1 when the fast reader failed (the slow path takes over).
@@ -89,7 +93,7 @@ def _fast_read(path: Path, what: str, lines: int
     The reader first insists on valid UTF-8, which is much cheaper than replacing invalid
     bytes (that decodes the whole file into a copy before the read); only a file that does
     hold invalid bytes is read again with them replaced. Progress: the stage ``what``, in
-    ``lines``.
+    ``lines``. With ``spill`` (a directory), each batch's records are spilled there.
     """
     for encoding in ("utf8", "utf8-lossy"):
         progress.stage(what if encoding == "utf8" else f"{what} (invalid UTF-8 replaced)", lines)
@@ -99,10 +103,14 @@ def _fast_read(path: Path, what: str, lines: int
         try:
             for typed in _field_batches(path, encoding):
                 events, refused_rows = _fast(typed)
+                height = typed.height
+                del typed
+                if spill is not None:
+                    events = _spilled(events, spill / f"{encoding}-{len(fast)}.arrow")
                 fast.append(events)
                 refused.append(refused_rows)
-                seen += typed.height
-                progress.advance(typed.height)
+                seen += height
+                progress.advance(height)
         except pl.exceptions.PolarsError:
             continue
         return fast or [_empty_events()], refused, seen
@@ -157,6 +165,20 @@ def _field_batches(path: Path, encoding: str):
         yield query.collect()   # one batch: about a tenth faster than streaming
     else:
         yield from query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
+
+
+def _spilled(events: pl.DataFrame, file: Path) -> pl.DataFrame:
+    """``events`` written to ``file`` (Arrow IPC, uncompressed) and memory-mapped back: the
+    numeric columns then live in the page cache, which the kernel can evict and write back,
+    not in the process's own memory (only the categorical codes are copied back in). A big
+    log's records are most of an ingest's memory: this halves its peak."""
+    try:
+        events.write_ipc(file, compression="uncompressed")
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise PvtraceError(f"cannot spill parsed records to {file.parent} (about 70 bytes "
+                           f"per record are needed there until the ingest ends): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    return pl.from_arrow(pa.ipc.open_file(pa.memory_map(str(file))).read_all())
 
 
 def _line_batches(path: Path, name: str):
