@@ -145,6 +145,15 @@ def test_several_dumps_and_bad_lines(tmp_path):
     assert "file:line (class:name)" in parsed.problems[2].reason
 
 
+def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
+    p = Point("a.c", 1, "rw", "x", 1000, 1000, 1000, 1000, 1, 0)
+    text = print_stats([p]) + "       1 " + "9" * 20 + "           3 4 5 6 7 8 9 a.c:1 (rw:x)\n"
+    parsed = parse_text(tmp_path, text)
+    assert [(q.line, q.kind) for q in parsed.problems] == [(4, ProblemKind.MALFORMED)]
+    assert "beyond 64 bits" in parsed.problems[0].reason
+    assert parsed.tables["lockprof"].height == 1
+
+
 def test_wrong_number_of_columns_for_header(tmp_path):
     p = Point("a.c", 1, "rw", "x", 1000, 1000, 1000, 1000, 1, 0)
     text = print_stats([p]) + print_stats([p], old=True).splitlines(keepends=True)[2]

@@ -427,6 +427,25 @@ def test_bad_lines_are_reported_with_line_numbers(tmp_path):
     assert parsed.records == 1
 
 
+def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
+    """A corrupt count, nsec or bucket (or a count x nsec product) past int64 is a malformed
+    line with its number, not a crash while building the table."""
+    good = print_report("Adaptive mutex spin", PV[:1], total=6000, elapsed_ns=E)
+    lines = good.splitlines(keepends=True)
+    row = next(i for i, ln in enumerate(lines) if "pmap_enter" in ln)
+    fields = lines[row].split()
+    huge = [" ".join(["9" * 25, *fields[1:]]) + "\n",                   # count
+            " ".join([*fields[:4], "1" + "0" * 19, *fields[5:]]) + "\n",  # nsec
+            " ".join(["10000000000", *fields[1:4], "10000000000", *fields[5:]]) + "\n"]
+    parsed = parse_text(tmp_path, "".join(lines[:row + 1] + huge + lines[row + 1:]))
+    assert [(p.line, p.kind) for p in parsed.problems] == [
+        (row + 2, ProblemKind.MALFORMED), (row + 3, ProblemKind.MALFORMED),
+        (row + 4, ProblemKind.MALFORMED)]
+    assert "beyond 64 bits" in parsed.problems[0].reason
+    assert "count x nsec" in parsed.problems[2].reason
+    assert parsed.records == 1
+
+
 def test_several_runs_and_crlf(tmp_path):
     one = print_report("Adaptive mutex spin", PV[:2], total=8500, elapsed_ns=E)
     parsed = parse_text(tmp_path, (one + "\n\n" + one).replace("\n", "\r\n"))

@@ -31,7 +31,7 @@ import polars as pl
 
 from pvtrace.ingest.common import Format, Parsed, Problem
 from pvtrace.ingest.lockstat_parse import (Diagnostics, family_expr, fmt_ns, frame,
-                                           line_problem, read_lines)
+                                           line_problem, read_lines, too_big)
 
 _PREFIX = re.compile(r"^debug\.lock\.prof\.stats:\s*$")
 _HEADER = re.compile(r"^(?:debug\.lock\.prof\.stats:)?\s*max\s+(?P<wm>wait_max\s+)?total\s+"
@@ -55,7 +55,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
         if (m := _HEADER.match(text)) is not None:
             dump, wide = dump + 1, m["wm"] is not None
             continue
-        reason = _row(rows, src, no, max(dump, 1), wide, text)
+        reason = too_big(text) or _row(rows, src, no, max(dump, 1), wide, text)
         if reason is not None and not diags.take(no, text):
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)

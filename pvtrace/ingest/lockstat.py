@@ -43,9 +43,9 @@ import polars as pl
 
 from pvtrace import schemas
 from pvtrace.ingest.common import Format, Parsed, Problem
-from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, Diagnostics, PLine,
-                                           family_expr, fmt_ns, frame, looks_parsable,
-                                           line_problem, parse_p_line, read_lines)
+from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, INT64_MAX, Diagnostics,
+                                           PLine, family_expr, fmt_ns, frame, line_problem,
+                                           looks_parsable, parse_p_line, read_lines, too_big)
 
 _TITLE = re.compile(r"^(?P<desc>\S.*?): (?P<n>\d+) events in (?P<sec>\d+(?:\.\d+)?) seconds "
                     r"\((?P<eps>\S+) events/sec\)\s*$")
@@ -107,7 +107,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     diags = Diagnostics(src, name)
     problems: list[Problem] = []
     for no, text in enumerate(lines, start=1):
-        reason = _line(st, no, text)
+        reason = too_big(text) or _line(st, no, text)
         if reason is not None and not diags.take(no, text):
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
@@ -217,6 +217,8 @@ def _row(st: _State, no: int, text: str) -> str | None:
     count = int(toks[0][0])
     nsec = None if basic else int(toks[4][0])
     h = st.header
+    if nsec is not None and count * nsec > INT64_MAX:
+        return "lockstat row: count x nsec is beyond 64 bits (corrupt line?)"
     _append(st, no, summary=False, count=count, indv=int(indv[1]),
             cuml=int(cuml_m[1]) if cuml_m else None, rcnt=float(rcnt), nsec=nsec,
             total_ns=count * nsec if nsec is not None and not h.rate else None,

@@ -87,6 +87,17 @@ HIST_BUCKETS = 64
 _TOKEN = re.compile(r"\S+")
 _INT = re.compile(r"\d+")
 _FLOAT = re.compile(r"\d+\.\d+")
+_LONG_NUMBER = re.compile(r"(?<![\w.])\d{19,}(?![\w.])")
+INT64_MAX = 2**63 - 1
+
+
+def too_big(text: str) -> str | None:
+    """Why ``text`` cannot be a report line when it holds a decimal number beyond the 64-bit
+    counters the kernel prints (a corrupt line), or None."""
+    for m in _LONG_NUMBER.finditer(text):
+        if int(m.group()) > INT64_MAX:
+            return f"number {m.group()[:30]} is beyond 64 bits (corrupt line?)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
