@@ -256,6 +256,9 @@ def test_max_bad(tmp_path):
 def test_newer_log_version_refused(tmp_path):
     with pytest.raises(PvtraceError, match=r"in0.log:1: event log version v2 is newer"):
         ingest(tmp_path, SPEC_LOG.replace("v1", "v2"))
+    huge = "9" * 30     # beyond any integer type: still a version, still newer
+    with pytest.raises(PvtraceError, match=rf"version v{huge[:20]} is newer"):
+        ingest(tmp_path, SPEC_LOG.replace("v1", f"v{huge}"))
 
 
 def test_concatenated_captures(tmp_path):

@@ -415,18 +415,19 @@ def _metadata(lines: pl.DataFrame, src: int, name: str) -> tuple[dict[str, Any],
         return meta, problems
     parsed = lines.select(
         pl.col("line"),
-        pl.col("l").str.extract(_HEADER_RE, 1).cast(pl.Int64).alias("major"),
+        pl.col("l").str.extract(_HEADER_RE, 1).alias("major"),   # digits, any length
         pl.col("l").str.extract(_KV_RE, 1).alias("key"),
         pl.col("l").str.extract(_KV_RE, 2).str.strip_chars().alias("value"),
         pl.col("l"))
     captures: list[dict[str, str]] = []
     comments: list[str] = []
     headers = 0
-    for line, major, key, value, text in parsed.iter_rows():
-        if major is not None:
+    for line, digits, key, value, text in parsed.iter_rows():
+        if digits is not None:
+            major = int(digits)
             if major > LOG_MAJOR:
                 raise PvtraceError(
-                    f"event log version v{major} is newer than this pvtrace reads "
+                    f"event log version v{digits[:20]} is newer than this pvtrace reads "
                     f"(v{LOG_MAJOR}); upgrade pvtrace", path=name, line=line)
             if meta["log_version"] is None:
                 meta["log_version"] = f"v{major}"
