@@ -8,10 +8,10 @@ capture ever exists whole and no contiguous copy of a chunked column is made (th
 be a memory-mapped spill file, see :mod:`pvtrace.ingest.pvlog`).
 
 The gather is compiled: for each row of a part, which chunk holds it and where (computed once
-per part), then per column one pass that loads the value from that chunk's buffer by address.
-A per-chunk numpy gather costs a Python call per (chunk, column) pair and two fancy-index
-passes per value; on 5 M records of 162 chunks it was three times slower than the Parquet
-writer it feeds.
+per part and per distinct chunking, as columns may be chunked differently), then per column
+one pass that loads the value from that chunk's buffer by address. A per-chunk numpy gather
+costs a Python call per (chunk, column) pair and two fancy-index passes per value; on 5 M
+records in 162 chunks it took about twice as long as the Parquet writer it feeds.
 """
 
 from __future__ import annotations
