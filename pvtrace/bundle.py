@@ -88,8 +88,11 @@ def write_bundle(out_dir: str | os.PathLike,
     """
     out = Path(out_dir)
     check_target(out, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=str(out)) from None
     try:
         written: dict[str, Any] = {}
         for name, data in tables.items():

@@ -109,6 +109,15 @@ def test_existing_bundle_needs_force(tmp_path):
     assert proc.returncode == 0 and proc.stdout == b""
 
 
+def test_output_where_nothing_can_be_written(tmp_path):
+    """Scratch space and the bundle go beside -o: a place that cannot hold them is one line."""
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    (tmp_path / "file").write_text("")
+    for out in ("/proc/pvtrace-bundle", str(tmp_path / "file" / "b")):
+        assert_one_line_error(pvtrace("ingest", str(log), "-o", out), out, "cannot write there")
+
+
 def test_bad_layout_option(tmp_path):
     log = tmp_path / "spec.log"
     log.write_text(SPEC_LOG)

@@ -116,8 +116,12 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
     # Scratch space (decompressed inputs, records spilled by the parser) goes next to the
     # output, on the disk that will hold the bundle, rather than in a /tmp that may be RAM.
     parent = Path(out).absolute().parent
-    with tempfile.TemporaryDirectory(prefix=".pvtrace-ingest-",
-                                     dir=parent if parent.is_dir() else None) as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix=".pvtrace-ingest-",
+                                              dir=parent if parent.is_dir() else None)
+    except OSError as exc:
+        raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=out) from None
+    with scratch as tmp:
         return _ingest(inputs, out, Path(tmp), layout, max_bad, force, started)
 
 
