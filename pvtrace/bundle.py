@@ -114,6 +114,10 @@ def write_bundle(out_dir: str | os.PathLike,
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+    except OSError as exc:      # a full disk, a quota, a vanished directory: not a crash
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PvtraceError(f"cannot write the bundle: {exc.strerror or exc}; nothing was "
+                           "written", path=str(out)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,6 +105,16 @@ def test_metadata_failure_leaves_nothing_behind(tmp_path):
         write_bundle(tmp_path / "b", {"diagnostics": pl.DataFrame(
             schema={"src": pl.UInt16, "line": pl.UInt64, "kind": pl.String, "cpu": pl.Int32,
                     "count": pl.Int64, "text": pl.String})}, broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_is_one_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    sample = sorted((Path(__file__).resolve().parents[1] / "sample_traces").glob("*.log.gz"))[0]
+    with pytest.raises(PvtraceError, match="b: cannot write the bundle: No space left"):
+        run_ingest([str(sample)], str(tmp_path / "b"))
     assert list(tmp_path.iterdir()) == []
 
 
