@@ -292,9 +292,22 @@ def test_batches_give_the_same_result(tmp_path, monkeypatch):
     # With scratch space, each batch's records are spilled there and memory-mapped back.
     (tmp_path / "scratch").mkdir()
     spilled = pvlog.parse(path, 0, "x", scratch=tmp_path / "scratch")
-    assert len(list((tmp_path / "scratch").glob("*.arrow"))) == 7
+    assert len(list((tmp_path / "scratch" / "input-0").glob("*.arrow"))) == 7
     assert spilled.tables["events"].equals(batched.tables["events"])
     assert spilled.problems == whole.problems
+
+
+def test_several_big_inputs_spill_apart(tmp_path, monkeypatch):
+    """Two logs parsed in batches: each keeps its own spill files (the second must not
+    overwrite the first's, which are still mapped), and the bundle equals the in-memory one."""
+    logs = [write(tmp_path, f"{i}.log", "# pvtrace-log v1\n" + "".join(
+        f"{1000 * j + i} {i} {100 + i} E - 0 - 0 0x{j:x}000 op{i}\n" for j in range(300)))
+        for i in range(2)]
+    run_ingest([str(p) for p in logs], str(tmp_path / "whole"))
+    monkeypatch.setattr(pvlog, "BATCH_ROWS", 100)
+    monkeypatch.setattr(pvlog, "ONE_BATCH_BYTES", 0)
+    run_ingest([str(p) for p in logs], str(tmp_path / "spilled"))
+    assert bundle_events(tmp_path / "spilled") == bundle_events(tmp_path / "whole")
 
 
 def test_ingest_scratch_is_next_to_the_output_and_removed(tmp_path, monkeypatch):
@@ -311,8 +324,8 @@ def test_ingest_scratch_is_next_to_the_output_and_removed(tmp_path, monkeypatch)
     path = write(tmp_path, "x.log", SPEC_LOG)
     (tmp_path / "out").mkdir()
     run_ingest([str(path)], str(tmp_path / "out" / "b"))
-    assert seen and all(f.parent.parent == tmp_path / "out" for f in seen)
-    assert seen[0].parent.name.startswith(".pvtrace-ingest-")
+    assert seen and all(f.parents[2] == tmp_path / "out" for f in seen)
+    assert seen[0].parents[1].name.startswith(".pvtrace-ingest-")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]
 
     def full(frame, file, **kwargs):

@@ -68,7 +68,10 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parse
     A log read in batches (bigger than ONE_BATCH_BYTES) spills each batch's records to an
     Arrow file in ``scratch``, when given, and returns them memory-mapped from there."""
     n_lines = _count_lines(path, name)
-    spill = scratch if scratch is not None and os.path.getsize(path) > ONE_BATCH_BYTES else None
+    spill = (scratch / f"input-{src}" if scratch is not None
+             and os.path.getsize(path) > ONE_BATCH_BYTES else None)
+    if spill is not None:
+        spill.mkdir(exist_ok=True)    # one directory per input: their batch files never meet
     fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
