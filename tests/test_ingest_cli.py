@@ -137,6 +137,21 @@ def test_usage_errors_and_help(tmp_path):
     assert pvtrace("ingest", "--help").returncode == 0
 
 
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    import pvtrace.cli as cli
+    import pvtrace.cli.ingest as ingest_cli
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(ingest_cli, "run_ingest", exhausted)
+    monkeypatch.setattr(sys, "argv", ["pvtrace", "ingest", "x.log", "-o", str(tmp_path / "b")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("pvtrace: out of memory") and "shorter window" in err
+
+
 def test_layout_override_in_summary(tmp_path):
     log = tmp_path / "spec.log"
     log.write_text(SPEC_LOG)

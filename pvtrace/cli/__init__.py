@@ -51,6 +51,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("pvtrace: interrupted", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        print("pvtrace: out of memory: an ingest needs about 25 bytes per record and a replay "
+              "about 100 (README, \"Memory and big captures\"); capture a shorter window",
+              file=sys.stderr)
+        sys.exit(2)
     except typer.TyperException as exc:  # click (vendored by typer) usage errors, --help
         exc.show()
         sys.exit(2)
