@@ -114,12 +114,16 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
                                     nlock + pk["turnstile"].astype(np.int64)])
     else:
         turnstile = np.arange(nkeys, dtype=np.int64)
-    pv_code = tl.class_code("pv")
-    unknown_page = 0
-    if "pv" not in design.removed_classes:
-        unknown_page = int(np.count_nonzero((tl.ev == EV_A) & (tl.cls == pv_code)
-                                            & (tl.pa == 0)))
+    unknown_page = 0 if "pv" in design.removed_classes else _unknown_page_acquisitions(tl)
     return dk, nkeys, turnstile, unknown_page
+
+
+def _unknown_page_acquisitions(tl: Timeline) -> int:
+    """pv-list acquisitions captured without a page (design-independent: cached)."""
+    if "unknown_page" not in tl.cache:
+        tl.cache["unknown_page"] = int(np.count_nonzero(
+            (tl.ev == EV_A) & (tl.cls == tl.class_code("pv")) & (tl.pa == 0)))
+    return tl.cache["unknown_page"]
 
 
 def warm_caches(tl: Timeline, designs: list[Design], params: ReplayParams) -> None:
