@@ -8,7 +8,9 @@ mutex -> pv-list lock -> a page move -> releases, with recorded waits), then pri
   compilation excluded);
 - end-to-end seconds of ``pvtrace replay`` and ``pvtrace compare`` (5 designs) on two bundle
   sizes, and the marginal rate between them (fixed start-up costs excluded);
-- the same replay written as a plain-Python heapq loop over the same steps, for comparison;
+- the same replay written as a plain-Python heapq loop over the same steps (every rule of
+  the kernel, checked to give the kernel's waits, holds, classes and sibling wakeups), for
+  comparison;
 - peak RSS of the end-to-end replay against the bundle's in-memory Arrow size.
 
 Usage: scripts/bench_replay.py [--ops N] (default 2,000,000 pmap operations, about 14 M records)
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+from collections import defaultdict, deque
 import json
 import subprocess
 import sys
@@ -82,64 +85,131 @@ def write(path: Path, events: pl.DataFrame) -> None:
                  {"layout": {"effective": "superpage", "detected": "superpage"}}, force=True)
 
 
-def python_replay(steps, spin_limit: int = 0) -> int:
-    """The same replay as the kernel, as a plain-Python heapq loop (no page classification)."""
-    kind, key, key_hi, mode, gap = (steps.kind.tolist(), steps.key.tolist(),
-                                    steps.key_hi.tolist(), steps.mode.tolist(), steps.gap.tolist())
+def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
+                  spin_limit: int = 0, wakeup_ns: int = 0):
+    """The kernel's replay (pvtrace.replay.kernel._run, same rules, same results) as a plain
+    Python heapq loop: FIFO grants, reader/writer keys, key runs, true/false classification of
+    pv waits, turnstiles and sibling wakeups, spin limit and wakeup cost, forced grants.
+    Returns (steps executed, wait, hold, class, sibling) per acquisition (lists of ``nacq``)."""
+    kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n = (
+        a.tolist() for a in (steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap,
+                             steps.flags, steps.page, steps.is2m, steps.acq, steps.acq_n))
     first, end, start = (steps.thread_first.tolist(), steps.thread_end.tolist(),
                          steps.thread_start.tolist())
-    state: dict[int, int] = {}
-    queues: dict[int, list] = {}
+    turnstile = turnstile.tolist()
+    nthr = len(first)
+    state = [0] * nkeys
+    queue: dict[int, deque] = defaultdict(deque)    # FIFO per key (millions under OBM)
+    asleep: dict[int, set] = {}
+    a_req, a_grant, a_rel = [0] * nacq, [0] * nacq, [-1] * nacq
+    a_class, a_sib = [0] * nacq, [0] * nacq
     step = list(first)
-    req = [0] * len(first)
+    wkey, req = [-1] * nthr, [0] * nthr
+    pvlo, pvhi, tpage, tbig = [-1] * nthr, [-1] * nthr, [0] * nthr, [False] * nthr
     heap = [(start[t] + gap[first[t]], 1 if kind[first[t]] == 0 else 0, t)
-            for t in range(len(first))]
+            for t in range(nthr) if first[t] < end[t]]
     heapq.heapify(heap)
-    waits = []
 
-    def advance(t: int, now: int) -> None:
+    def hold_pv(t, s, k):
+        if flags[s] & 1:
+            if flags[s] & 2:
+                pvhi[t] = k
+            else:
+                pvlo[t], pvhi[t], tpage[t], tbig[t] = k, k, page[s], is2m[s]
+
+    def advance(t, at):
         step[t] += 1
-        if step[t] < end[t]:
-            s = step[t]
-            heapq.heappush(heap, (now + gap[s], 1 if kind[s] == 0 else 0, t))
+        s = step[t]
+        if s < end[t]:
+            heapq.heappush(heap, (at + gap[s], 1 if kind[s] == 0 else 0, t))
+
+    def grant(w, t, k):
+        s = step[w]
+        a_grant[acq[s]] = t
+        wkey[w] = -1
+        asleep[turnstile[k]].discard(w)
+        hold_pv(w, s, k)
+        advance(w, t + (wakeup_ns if t - req[w] > spin_limit else 0))
 
     executed = 0
-    while heap:
+    now = 0
+    while True:
+        if not heap:
+            waiting = [o for o in range(nthr) if wkey[o] >= 0]
+            if not waiting:
+                break
+            w = min(waiting, key=lambda o: (req[o], o))      # forced grant
+            k = wkey[w]
+            queue[k].remove(w)
+            if not queue[k]:
+                del queue[k]
+            state[k] = -1 if mode[step[w]] == 0 else max(state[k], 0) + 1
+            grant(w, now, k)
+            continue
         now, _, t = heapq.heappop(heap)
         executed += 1
         s = step[t]
-        k = kind[s]
-        if k == 0:
-            st = state.get(key[s], 0)
-            q = queues.setdefault(key[s], [])
-            if not q and (st == 0 or (mode[s] == 1 and st > 0)):
-                state[key[s]] = -1 if mode[s] == 0 else st + 1
-                waits.append(0)
+        k_ = kind[s]
+        if k_ == 0:
+            k, m, a = key[s], mode[s], acq[s]
+            a_req[a] = now
+            if k not in queue and (state[k] == 0 or (m == 1 and state[k] > 0)):
+                state[k] = -1 if m == 0 else state[k] + 1
+                a_grant[a] = now
+                hold_pv(t, s, k)
                 advance(t, now)
-            else:
-                q.append(t)
-                req[t] = now
-        elif k == 1:
-            for kk in range(key[s], key_hi[s] + 1):
-                st = state.get(kk, 0)
-                st = 0 if st <= 1 else st - 1
-                state[kk] = st
-                q = queues.get(kk)
+                continue
+            queue[k].append(t)
+            wkey[t], req[t] = k, now
+            asleep.setdefault(turnstile[k], set()).add(t)
+            if flags[s] & 1:                      # who stands in the way: same page or not
+                wp, wb = (tpage[t], tbig[t]) if flags[s] & 2 else (page[s], is2m[s])
+                cls, unknown = 2, wp == 0
+                for o in range(nthr):
+                    holds = pvlo[o] >= 0 and pvlo[o] <= k <= pvhi[o]
+                    if o == t or not (holds or wkey[o] == k):
+                        continue
+                    op_, ob = tpage[o], tbig[o]
+                    if wkey[o] == k and not holds:
+                        ws = step[o]
+                        op_, ob = (tpage[o], tbig[o]) if flags[ws] & 2 else (page[ws], is2m[ws])
+                    unknown = unknown or op_ == 0
+                    if wp == 0 or op_ == 0 or (
+                            (wp >> 21) == (op_ >> 21) if wb or ob else (wp >> 12) == (op_ >> 12)):
+                        cls = 1
+                a_class[a] = 3 if cls == 1 and unknown else cls
+        elif k_ == 1:
+            for j in range(acq_n[s]):
+                a_rel[acq[s] + j] = now
+            if flags[s] & 1:
+                pvlo[t], pvhi[t] = -1, -1
+            for k in range(key[s], key_hi[s] + 1):
+                st = state[k]
+                st = state[k] = 0 if st <= 1 else st - 1
+                q = queue.get(k)
                 while q:
                     w = q[0]
                     wm = mode[step[w]]
-                    if wm == 0 and state[kk] != 0 or wm == 1 and state[kk] < 0:
+                    if (wm == 0 and state[k] != 0) or (wm == 1 and state[k] < 0):
                         break
-                    q.pop(0)
-                    state[kk] = -1 if wm == 0 else state[kk] + 1
-                    waits.append(now - req[w])
-                    advance(w, now)
+                    q.popleft()
+                    state[k] = -1 if wm == 0 else state[k] + 1
+                    grant(w, now, k)
                     if wm == 0:
                         break
+                if q is not None and not q:
+                    del queue[k]
+                if shared_ts and st == 0:
+                    for o in asleep.get(turnstile[k], ()):
+                        if wkey[o] != k and now - req[o] > spin_limit:
+                            a_sib[acq[step[o]]] += 1
             advance(t, now)
-        else:
+        elif k_ == 2:
+            tpage[t], tbig[t] = page[s], is2m[s]
             advance(t, now)
-    return executed
+    wait = [max(g - r, 0) for g, r in zip(a_grant, a_req)]
+    hold = [r - g if r >= 0 else -1 for g, r in zip(a_grant, a_rel)]
+    return executed, wait, hold, a_class, a_sib
 
 
 def time_cli(args: list[str]) -> tuple[float, int, int]:
@@ -206,13 +276,32 @@ def main() -> None:
               f"{nsteps / best / 1e6:.1f} M steps/s, {nacq / best / 1e6:.1f} M critical sections "
               "(acquisitions) /s")
 
-        # Plain Python on the first steps of every thread (it is slow), scaled per step.
-        t0 = time.perf_counter()
-        n_py = _python_subset(steps, 10_000)
-        t_py = time.perf_counter() - t0
-        py_rate = n_py / t_py
-        print(f"plain-Python heapq replay: {n_py:,} steps in {t_py:.2f} s = "
-              f"{py_rate / 1e6:.2f} M steps/s")
+        # Plain Python on the first steps of every thread (it is slow), per step, under a
+        # design without and one with shared turnstiles; checked against the kernel on the
+        # same steps. The faster of the two rates is the baseline.
+        py_rate = 0.0
+        for name in ("stock", "obm"):
+            d = get_design(name, params.layout)
+            dk, nkeys, turnstile, _ = _design_keys(tl, d, params)
+            sub = _subset(build_steps(tl, dk), 10_000)
+            del dk
+            nacq_d = len(sub.acq_cls)
+            t0 = time.perf_counter()
+            n_py, *py_out = python_replay(sub, nkeys, turnstile, d.shared_turnstiles, nacq_d)
+            t_py = time.perf_counter() - t0
+            k_out = run_kernel(sub.kind, sub.key, sub.key_hi, sub.mode, sub.gap, sub.flags,
+                               sub.page, sub.is2m, sub.acq, sub.acq_n, sub.thread_first,
+                               sub.thread_end, sub.thread_start, nkeys, turnstile,
+                               d.shared_turnstiles, nacq_d, 0, 0)[:4]
+            same = all(np.array_equal(np.asarray(p_, np.int64), np.asarray(k_, np.int64))
+                       for p_, k_ in zip(py_out, k_out))
+            if not same:
+                sys.exit(f"the plain-Python replay disagrees with the kernel under {name}")
+            contended = int(np.count_nonzero(np.asarray(py_out[0])))
+            print(f"plain-Python heapq replay, {name}: {n_py:,} steps in {t_py:.2f} s = "
+                  f"{n_py / t_py / 1e6:.2f} M steps/s ({contended:,} waits; waits, holds, "
+                  "classes and sibling wakeups equal to the kernel's)")
+            py_rate = max(py_rate, n_py / t_py)
 
         # End to end, two sizes: marginal rate excludes start-up.
         n_small = len(small_events)
@@ -238,9 +327,9 @@ def _timed(fn, args) -> float:
     return time.perf_counter() - t
 
 
-def _python_subset(steps, per_thread: int) -> int:
-    """Run the Python replay on the first ``per_thread`` steps of every thread (all threads
-    contend, as in the kernel run, over a shorter window); returns the steps executed."""
+def _subset(steps, per_thread: int):
+    """The first ``per_thread`` steps of every thread (all threads contend, as in the kernel
+    run, over a shorter window), their acquisitions renumbered densely in order."""
     from dataclasses import replace
 
     parts = [np.arange(f, min(f + per_thread, e)) for f, e in
@@ -248,10 +337,16 @@ def _python_subset(steps, per_thread: int) -> int:
     idx = np.concatenate(parts)
     lengths = np.array([len(p) for p in parts])
     first = np.r_[0, np.cumsum(lengths)[:-1]]
-    sub = replace(steps, thread_first=first, thread_end=first + lengths,
-                  kind=steps.kind[idx], key=steps.key[idx], key_hi=steps.key_hi[idx],
-                  mode=steps.mode[idx], gap=steps.gap[idx])
-    return python_replay(sub)
+    sub = {f: getattr(steps, f)[idx] for f in (
+        "kind", "key", "key_hi", "mode", "gap", "flags", "page", "is2m", "acq", "acq_n")}
+    # A thread releases only what it acquired before, so the kept releases refer to kept
+    # acquisitions; a run's acquisitions stay contiguous.
+    kept = np.unique(sub["acq"][sub["kind"] == 0])
+    has = sub["acq"] >= 0
+    sub["acq"][has] = np.searchsorted(kept, sub["acq"][has])
+    return replace(steps, thread_first=first, thread_end=first + lengths,
+                   acq_cls=steps.acq_cls[kept], acq_op=steps.acq_op[kept],
+                   acq_extra=steps.acq_extra[kept], **sub)
 
 
 if __name__ == "__main__":
