@@ -265,10 +265,8 @@ def main() -> None:
         design = get_design("stock", params.layout)
         dk, nkeys, turnstile, _ = _design_keys(tl, design, params)
         steps = build_steps(tl, dk)
-        kargs = (steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags,
-                 steps.page, steps.is2m, steps.acq, steps.acq_n, steps.thread_first,
-                 steps.thread_end, steps.thread_start, nkeys, turnstile, False,
-                 len(steps.acq_cls), 0, 0)
+        kargs = (steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, nkeys,
+                 turnstile, False, len(steps.acq_cls), 0, 0)
         run_kernel(*kargs)  # compile / load from cache
         best = min(_timed(run_kernel, kargs) for _ in range(3))
         nsteps, nacq = len(steps.kind), len(steps.acq_cls)
@@ -289,10 +287,8 @@ def main() -> None:
             t0 = time.perf_counter()
             n_py, *py_out = python_replay(sub, nkeys, turnstile, d.shared_turnstiles, nacq_d)
             t_py = time.perf_counter() - t0
-            k_out = run_kernel(sub.kind, sub.key, sub.key_hi, sub.mode, sub.gap, sub.flags,
-                               sub.page, sub.is2m, sub.acq, sub.acq_n, sub.thread_first,
-                               sub.thread_end, sub.thread_start, nkeys, turnstile,
-                               d.shared_turnstiles, nacq_d, 0, 0)[:4]
+            k_out = run_kernel(sub.rec, sub.thread_first, sub.thread_end, sub.thread_start,
+                               nkeys, turnstile, d.shared_turnstiles, nacq_d, 0, 0)[:4]
             same = all(np.array_equal(np.asarray(p_, np.int64), np.asarray(k_, np.int64))
                        for p_, k_ in zip(py_out, k_out))
             if not same:
@@ -337,16 +333,15 @@ def _subset(steps, per_thread: int):
     idx = np.concatenate(parts)
     lengths = np.array([len(p) for p in parts])
     first = np.r_[0, np.cumsum(lengths)[:-1]]
-    sub = {f: getattr(steps, f)[idx] for f in (
-        "kind", "key", "key_hi", "mode", "gap", "flags", "page", "is2m", "acq", "acq_n")}
+    rec = steps.rec[idx]
     # A thread releases only what it acquired before, so the kept releases refer to kept
     # acquisitions; a run's acquisitions stay contiguous.
-    kept = np.unique(sub["acq"][sub["kind"] == 0])
-    has = sub["acq"] >= 0
-    sub["acq"][has] = np.searchsorted(kept, sub["acq"][has])
-    return replace(steps, thread_first=first, thread_end=first + lengths,
+    kept = np.unique(rec["acq"][rec["kind"] == 0])
+    has = rec["acq"] >= 0
+    rec["acq"][has] = np.searchsorted(kept, rec["acq"][has])
+    return replace(steps, rec=rec, thread_first=first, thread_end=first + lengths,
                    acq_cls=steps.acq_cls[kept], acq_op=steps.acq_op[kept],
-                   acq_extra=steps.acq_extra[kept], **sub)
+                   acq_extra=steps.acq_extra[kept])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from pvtrace.errors import PvtraceError
+from pvtrace.replay.build import STEP
 from pvtrace.replay.kernel import run_kernel, time_limit
 
 PV = 0xFFFFF80001000000
@@ -28,15 +29,14 @@ def _events(rows: list[tuple[int, int, str, int]]) -> pl.DataFrame:
 def _steps(gaps: list[int], start: int = 0, nthreads: int = 1):
     """Raw kernel arguments: each thread acquires key 0, releases it, ends, after the given
     gaps (three per thread, or three for all)."""
-    kind = np.array([0, 1, 3] * nthreads, np.int8)
-    n = len(kind)
-    gap = np.array(gaps if len(gaps) == n else gaps * nthreads, np.int64)
-    acq = np.array([t for t in range(nthreads) for _ in range(3)], np.int64)
-    return (kind, np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int8), gap,
-            np.zeros(n, np.int8), np.zeros(n, np.uint64), np.zeros(n, np.bool_), acq,
-            np.ones(n, np.int64), np.arange(0, n, 3, dtype=np.int64),
-            np.arange(3, n + 1, 3, dtype=np.int64), np.full(nthreads, start, np.int64), 1,
-            np.zeros(1, np.int64), False, nthreads, 0, 0)
+    rec = np.zeros(3 * nthreads, STEP)
+    n = len(rec)
+    rec["kind"] = [0, 1, 3] * nthreads
+    rec["gap"] = gaps if len(gaps) == n else gaps * nthreads
+    rec["acq"] = [t for t in range(nthreads) for _ in range(3)]
+    rec["acq_n"] = 1
+    return (rec, np.arange(0, n, 3, dtype=np.int64), np.arange(3, n + 1, 3, dtype=np.int64),
+            np.full(nthreads, start, np.int64), 1, np.zeros(1, np.int64), False, nthreads, 0, 0)
 
 
 def test_limit_depends_on_threads():

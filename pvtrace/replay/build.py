@@ -23,21 +23,29 @@ STEP_ACQ, STEP_REL, STEP_PAGE, STEP_END = 0, 1, 2, 3
 FLAG_PV = 1          # a pv-list step (classified true/false, page-tracked)
 FLAG_CONT = 2        # continues a superpage run: extends the held range
 
+# One step, one 40-byte record. The engine reads a thread's steps in order while 64 or more
+# threads interleave: one stream of records per thread stays within what the hardware can
+# prefetch, where ten arrays made ten streams per thread.
+STEP = np.dtype([
+    ("gap", np.int64),      # ns of captured work before the step
+    ("page", np.uint64),    # pa the thread works on (pv ACQ/PAGE)
+    ("key", np.int32),      # ACQ key, REL first key
+    ("key_hi", np.int32),   # REL last key
+    ("acq", np.int32),      # ACQ its acquisition id; REL first acquisition released; else -1
+    ("acq_n", np.int32),    # REL number of acquisitions released
+    ("kind", np.int8),      # STEP_*
+    ("mode", np.int8),      # 0 write, 1 read
+    ("flags", np.int8),     # FLAG_*
+    ("is2m", np.bool_),     # the page is a superpage's
+], align=True)
+
 
 @dataclass(frozen=True)
 class Steps:
-    """Per-step and per-acquisition arrays for one design."""
+    """Per-step and per-acquisition arrays for one design. The per-step fields are views of
+    the records ``rec`` (``steps.kind`` is ``steps.rec["kind"]``)."""
 
-    kind: np.ndarray        # int8 STEP_*
-    key: np.ndarray         # int32: ACQ key, REL first key
-    key_hi: np.ndarray      # int32: REL last key
-    mode: np.ndarray        # int8: 0 write, 1 read
-    gap: np.ndarray         # int64 ns of captured work before the step
-    flags: np.ndarray       # int8 FLAG_*
-    page: np.ndarray        # uint64 pa the thread works on (pv ACQ/PAGE)
-    is2m: np.ndarray        # bool
-    acq: np.ndarray         # int32: ACQ its acquisition id; REL first acquisition released
-    acq_n: np.ndarray       # int32: REL number of acquisitions released
+    rec: np.ndarray           # STEP records, threads one after the other
     thread_first: np.ndarray  # int64 per thread
     thread_end: np.ndarray    # int64 per thread
     thread_start: np.ndarray  # int64 per thread: replay start time (captured)
@@ -48,6 +56,11 @@ class Steps:
     acq_extra: np.ndarray   # int16 acquisitions the design performs but need not execute
     clamped_gaps: int
     nested_pv: int
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in STEP.names:
+            return self.rec[name]
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ class Acquisitions:
     @staticmethod
     def of(steps: Steps) -> Acquisitions:
         return Acquisitions(steps.acq_cls, steps.acq_op, steps.acq_extra, steps.thread_acq,
-                            steps.thread_start, len(steps.kind), steps.clamped_gaps,
+                            steps.thread_start, len(steps.rec), steps.clamped_gaps,
                             steps.nested_pv)
 
 
@@ -108,21 +121,16 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     cap = 2 * n_arp + int((dk.pv_hi - dk.pv_lo).sum()) + 2 * tl.nthreads + 16
     # numpy's zeros are calloc'ed: pages beyond the steps actually written never become
     # resident, so the bound costs address space only.
-    kind, mode, flags = (np.zeros(cap, np.int8) for _ in range(3))
-    key, key_hi, acq, acq_n = (np.zeros(cap, np.int32) for _ in range(4))
-    gap, page, is2m = np.zeros(cap, np.int64), np.zeros(cap, np.uint64), np.zeros(cap, bool)
+    rec = np.zeros(cap, STEP)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     t_start, held_idx, held_off = thread_facts(tl)
     tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
         tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts, tl.wait,
         tl.partner, tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
         dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
-        dk.captured_hash, dk.pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq,
-        acq_n, acls, aop, aextra)
-    return Steps(kind[:nsteps], key[:nsteps], key_hi[:nsteps], mode[:nsteps], gap[:nsteps],
-                 flags[:nsteps], page[:nsteps], is2m[:nsteps], acq[:nsteps], acq_n[:nsteps],
-                 tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq], aextra[:nacq],
-                 int(clamped), int(nested))
+        dk.captured_hash, dk.pv_code, rec, acls, aop, aextra)
+    return Steps(rec[:nsteps], tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq],
+                 aextra[:nacq], int(clamped), int(nested))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -154,32 +162,33 @@ def _threads(t_first, t_end, ev, ts, wait, partner):
 
 
 @nb.njit(cache=True, inline="always")
-def _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, lo, hi, a0, count, pv, g):
+def _emit_rel(rec, n, lo, hi, a0, count, pv, g):
     """Append a release of keys lo..hi (acquisitions a0..a0+count-1); returns the new n."""
-    kind[n] = STEP_REL
-    key[n] = lo
-    key_hi[n] = hi
-    flags[n] = FLAG_PV if pv else 0
-    acq[n] = a0
-    acq_n[n] = count
-    gap[n] = g
+    r = rec[n]
+    r.kind = STEP_REL
+    r.key = lo
+    r.key_hi = hi
+    r.flags = FLAG_PV if pv else 0
+    r.acq = a0
+    r.acq_n = count
+    r.gap = g
     return n + 1
 
 
 @nb.njit(cache=True, inline="always")
-def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aextra, n, na,
-              lo, hi, m, pv, pg, big, c, o, run, g):
+def _emit_acq(rec, acls, aop, aextra, n, na, lo, hi, m, pv, pg, big, c, o, run, g):
     """Append acquisitions of keys lo..hi, ascending (a superpage run when ``run``): the first
     carries the gap, the others continue it. Returns the new (n, na)."""
     for k in range(lo, hi + 1):
-        kind[n] = STEP_ACQ
-        key[n] = k
-        mode[n] = m
-        flags[n] = (FLAG_PV if pv else 0) | (FLAG_CONT if k > lo else 0)
-        page[n] = pg
-        is2m[n] = big
-        acq[n] = na
-        gap[n] = g if k == lo else 0
+        r = rec[n]
+        r.kind = STEP_ACQ
+        r.key = k
+        r.mode = m
+        r.flags = (FLAG_PV if pv else 0) | (FLAG_CONT if k > lo else 0)
+        r.page = pg
+        r.is2m = big
+        r.acq = na
+        r.gap = g if k == lo else 0
         acls[na] = c
         aop[na] = o
         if k == lo and run:
@@ -189,12 +198,24 @@ def _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop, aextra, n
     return n, na
 
 
+@nb.njit(cache=True, inline="always")
+def _emit_page(rec, n, pg, big, g):
+    """Append a page move of a pv hold to page ``pg``; returns the new n."""
+    r = rec[n]
+    r.kind = STEP_PAGE
+    r.acq = -1
+    r.flags = FLAG_PV
+    r.page = pg
+    r.is2m = big
+    r.gap = g
+    return n + 1
+
+
 @nb.njit(cache=True, nogil=True)
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, next_rec, pa,
            rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
-           pv_code, kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, acls, aop,
-           aextra):
+           pv_code, rec, acls, aop, aextra):
     # The design's view of record i (see DesignKeys), computed where needed rather than
     # stored per record: at tens of millions of records, every per-record array counts.
     def is_pv(i):
@@ -277,9 +298,8 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                 h_n = h_hi - h_lo + 1
                 h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
             ev_acq[i] = na
-            n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
-                              aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i], False,
-                              cls[i], op[i], krange(i), 0)
+            n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
+                              is_pv(i), pa[i], False, cls[i], op[i], krange(i), 0)
         for i in range(s, e):
             k_ev = ev[i]
             if k_ev == 2 or k_ev == 3:
@@ -300,28 +320,21 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     if i == skip_a:
                         # The switch pair kept the same key: only the page changes.
                         prev_keyc = keyc(i)
-                        kind[n] = STEP_PAGE
-                        acq[n] = -1
-                        flags[n] = FLAG_PV
-                        page[n] = pa[i]
-                        gap[n] = pending
+                        n = _emit_page(rec, n, pa[i], False, pending)
                         pending = 0
-                        n += 1
                         continue
                     if pv_open:
                         nested += 1
                         if h_lo >= 0:
-                            n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo,
-                                          h_hi, h_acq, h_n, True, pending)
+                            n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
                             pending = 0
                     pv_open = True
                     h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
                     h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                 ev_acq[i] = na
-                n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
-                                  aextra, n, na, klo(i), khi(i), kmode(i), is_pv(i), pa[i],
-                                  False, cls[i], op[i], krange(i), pending)
+                n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
+                                  is_pv(i), pa[i], False, cls[i], op[i], krange(i), pending)
                 pending = 0
                 if not is_pv(i) and partner[i] < 0:
                     if nopen == len(open_keys):
@@ -344,8 +357,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                             and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
-                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
-                                  h_acq, h_n, True, pending)
+                    n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
                     pending = 0
                     pv_open = False
                     h_lo = -1
@@ -354,8 +366,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     a = partner[i] if partner[i] >= 0 else i
                     if ev_acq[a] < 0:
                         continue
-                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, klo(a), klo(a),
-                                  ev_acq[a], 1, False, pending)
+                    n = _emit_rel(rec, n, klo(a), klo(a), ev_acq[a], 1, False, pending)
                     pending = 0
             elif k_ev == 4:                                 # page move
                 if not pv_open or removed(i) or not is_pv(i) or h_lo < 0:
@@ -363,40 +374,32 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                 if ((klo(i) != h_lo or khi(i) != h_hi or krange(i) != h_range)
                         and keyc(i) == prev_keyc and keyc(i) >= 0):
                     # The captured kernel kept its lock here; this design must switch.
-                    n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi,
-                                  h_acq, h_n, True, pending)
+                    n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
                     pending = 0
                     h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
                     h_range = krange(i)
-                    n, na = _emit_acq(kind, key, mode, flags, page, is2m, acq, gap, acls, aop,
-                                      aextra, n, na, klo(i), khi(i), h_mode, True, pa[i],
-                                      rmode[i] == 3, pv_code, op[i], krange(i), 0)
+                    n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), h_mode,
+                                      True, pa[i], rmode[i] == 3, pv_code, op[i], krange(i), 0)
                 else:
-                    kind[n] = STEP_PAGE
-                    acq[n] = -1
-                    flags[n] = FLAG_PV
-                    page[n] = pa[i]
-                    is2m[n] = rmode[i] == 3
-                    gap[n] = pending
+                    n = _emit_page(rec, n, pa[i], rmode[i] == 3, pending)
                     pending = 0
-                    n += 1
                 prev_keyc = keyc(i)
         # Locks still held when the capture ended are released at its last timestamp.
         if (pv_open and h_lo >= 0) or nopen > 0:
             seg = t_last - prev_e
             pending += seg if seg > 0 else 0
             if pv_open and h_lo >= 0:
-                n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, h_lo, h_hi, h_acq,
-                              h_n, True, pending)
+                n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
                 pending = 0
             for m in range(nopen - 1, -1, -1):
-                n = _emit_rel(kind, key, key_hi, flags, acq, acq_n, gap, n, open_keys[m],
-                              open_keys[m], open_acq[m], 1, False, pending)
+                n = _emit_rel(rec, n, open_keys[m], open_keys[m], open_acq[m], 1, False,
+                              pending)
                 pending = 0
-        kind[n] = STEP_END
-        acq[n] = -1
-        gap[n] = pending
+        r = rec[n]
+        r.kind = STEP_END
+        r.acq = -1
+        r.gap = pending
         n += 1
         tend[t] = n
     return tfirst, tend, tstart, tacq, n, na, clamped, nested

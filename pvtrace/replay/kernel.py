@@ -14,8 +14,8 @@ as a node does not change.
 Locks are keys with a reader count or a writer mark and a FIFO queue threaded through the
 waiting threads; a key's state, queue head and tail and turnstile share one 16-byte record
 (``kr``), so a lock operation touches one cache line. Under the OBM designs there are millions
-of keys, visited at random, and the step arrays are read as one stream per thread: the loop
-prefetches a thread's next lock records and step entries when it schedules the thread, which
+of keys, visited at random, and the step records are read as one stream per thread: the loop
+prefetches a thread's next lock records and step records when it schedules the thread, which
 changes no result but removes most cache-miss stalls.
 
 Waits are split into spin and block with the spin limit; blocked waiters sleep on their key's
@@ -87,17 +87,17 @@ def _overlap(p1, big1, p2, big2):
 
 
 @nb.njit(cache=True, inline="always")
-def _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big):
+def _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big):
     """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one."""
-    f = flags[s]
+    f = rec[s].flags
     if f & 1:
         if f & 2:
             t_pvhi[th] = k
         else:
             t_pvlo[th] = k
             t_pvhi[th] = k
-            t_page[th] = page[s]
-            t_big[th] = is2m[s]
+            t_page[th] = rec[s].page
+            t_big[th] = rec[s].is2m
 
 
 @nb.njit(cache=True, inline="always")
@@ -124,13 +124,13 @@ def _lower_leaf(tree, leaf0, th, v):
 
 
 @nb.njit(cache=True, nogil=True)
-def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_limit, wakeup_ns,
+def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
            a_grant, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
            ts_head, kr, tree, leaf0, base, shift, bits, tmax):
     """Hand key ``k`` to waiter ``w`` at time ``t`` and schedule its next step. Returns False
     if the step's time does not fit a packed key."""
     s = t_step[w]
-    a = acq[s]
+    a = rec[s].acq
     waited = t - t_req[w]
     # The lock is the waiter's from the release; a blocked waiter runs wakeup_ns later.
     run_at = t + (wakeup_ns if waited > spin_limit else 0)
@@ -145,22 +145,22 @@ def _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end, spin_lim
         t_tsp[t_tsn[w]] = t_tsp[w]
     t_tsn[w] = -1
     t_tsp[w] = -1
-    _hold_pv(w, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
+    _hold_pv(w, s, k, rec, t_pvlo, t_pvhi, t_page, t_big)
     s += 1
     t_step[w] = s
     if s < thread_end[w]:
-        rel = run_at + gap[s] - base
+        rel = run_at + rec[s].gap - base
         if rel >= tmax or rel < 0:
             return False
-        kd = kind[s]
+        kd = rec[s].kind
         if kd == 0:
-            _prefetch(kr, np.int64(key[s]) << 2)
+            _prefetch(kr, np.int64(rec[s].key) << 2)
         _lower_leaf(tree, leaf0, w, (rel << shift) | (np.int64(kd == 0) << bits) | w)
     return True
 
 
 @nb.njit(cache=True, nogil=True)
-def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first, thread_end,
+def _run(rec, thread_first, thread_end,
          thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits, tmax,
          a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):
     """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
@@ -170,7 +170,7 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
     each acquisition's wait and ``a_rel`` its hold time (-1: never released): converted in
     place, as request, grant and release times are not needed after the run."""
     nthr = len(thread_first)
-    nsteps = len(key)
+    nsteps = len(rec)
     nacq = len(a_req)
     a_rel[:] = -1
     ts_head[:] = -1
@@ -203,15 +203,15 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
     tree = np.full(2 * leaf0, NONE, np.int64)
     base = np.int64(0)
     for th in range(nthr):
-        t0 = thread_start[th] + gap[thread_first[th]]
+        t0 = thread_start[th] + rec[thread_first[th]].gap
         if th == 0 or t0 < base:
             base = t0
     for th in range(nthr):
         s = thread_first[th]
-        rel = thread_start[th] + gap[s] - base
+        rel = thread_start[th] + rec[s].gap - base
         if rel >= tmax or rel < 0:
             return (a_req, a_rel, a_class, a_sib, t_end, 0, 0, False)
-        _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(kind[s] == 0) << bits) | th)
+        _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(rec[s].kind == 0) << bits) | th)
     nwaiting = 0
     forced = 0
     sib_total = 0
@@ -242,9 +242,9 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                 kr[k4 + 2] = prev
             t_next[best] = -1
             forced += 1
-            kr[k4] = -1 if mode[t_step[best]] == 0 else max(kr[k4], 0) + 1
+            kr[k4] = -1 if rec[t_step[best]].mode == 0 else max(kr[k4], 0) + 1
             nwaiting -= 1
-            if not _grant(best, now, k, kind, key, gap, flags, page, is2m, acq, thread_end,
+            if not _grant(best, now, k, rec, thread_end,
                           spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req, t_pvlo,
                           t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head, kr, tree,
                           leaf0, base, shift, bits, tmax):
@@ -255,19 +255,19 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
         t = (top >> shift) + base
         now = t
         s = t_step[th]
-        kd = kind[s]
+        kd = rec[s].kind
         nxt = NONE          # the thread's next packed key
         if kd == 0:
-            k = key[s]
-            m = mode[s]
-            a = acq[s]
+            k = rec[s].key
+            m = rec[s].mode
+            a = rec[s].acq
             a_req[a] = t
             k4 = np.int64(k) << 2
             st = kr[k4]
             if kr[k4 + 1] < 0 and (st == 0 or (m == 1 and st > 0)):
                 kr[k4] = -1 if m == 0 else st + 1
                 a_grant[a] = t
-                _hold_pv(th, s, k, flags, page, is2m, t_pvlo, t_pvhi, t_page, t_big)
+                _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big)
             else:
                 # Join the FIFO queue; classify a pv wait by who stands in the way.
                 if kr[k4 + 2] < 0:
@@ -284,10 +284,10 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                 if ts_head[tsid] >= 0:
                     t_tsp[ts_head[tsid]] = th
                 ts_head[tsid] = th
-                if flags[s] & 1:
-                    wp = page[s]
-                    wb = is2m[s]
-                    if flags[s] & 2:
+                if rec[s].flags & 1:
+                    wp = rec[s].page
+                    wb = rec[s].is2m
+                    if rec[s].flags & 2:
                         wp = t_page[th]
                         wb = t_big[th]
                     cls = CLS_FALSE
@@ -301,8 +301,8 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                             ob = t_big[o]
                             if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
                                 ws = t_step[o]
-                                op_ = page[ws] if not (flags[ws] & 2) else t_page[o]
-                                ob = is2m[ws] if not (flags[ws] & 2) else t_big[o]
+                                op_ = rec[ws].page if not (rec[ws].flags & 2) else t_page[o]
+                                ob = rec[ws].is2m if not (rec[ws].flags & 2) else t_big[o]
                             if op_ == 0:
                                 unknown = True
                             if _overlap(wp, wb, op_, ob):
@@ -313,13 +313,13 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                 _set_leaf(tree, leaf0, th, NONE)
                 continue
         elif kd == 1:
-            a0 = acq[s]
-            for j in range(acq_n[s]):
+            a0 = rec[s].acq
+            for j in range(rec[s].acq_n):
                 a_rel[a0 + j] = t
-            if flags[s] & 1:
+            if rec[s].flags & 1:
                 t_pvlo[th] = -1
                 t_pvhi[th] = -1
-            for k in range(key[s], key_hi[s] + 1):
+            for k in range(rec[s].key, rec[s].key_hi + 1):
                 k4 = np.int64(k) << 2
                 st = kr[k4]
                 st = 0 if st <= 1 else st - 1
@@ -327,7 +327,7 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                 # Grant from the head of the queue.
                 w = kr[k4 + 1]
                 while w >= 0:
-                    wm = mode[t_step[w]]
+                    wm = rec[t_step[w]].mode
                     if wm == 0:
                         if kr[k4] != 0:
                             break
@@ -342,7 +342,7 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                         kr[k4 + 2] = -1
                     t_next[w] = -1
                     nwaiting -= 1
-                    if not _grant(w, t, k, kind, key, gap, flags, page, is2m, acq, thread_end,
+                    if not _grant(w, t, k, rec, thread_end,
                                   spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req,
                                   t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head,
                                   kr, tree, leaf0, base, shift, bits, tmax):
@@ -354,14 +354,14 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
                     o = ts_head[kr[k4 + 3]]
                     while o >= 0:
                         if t_wkey[o] != k and t - t_req[o] > spin_limit:
-                            a_sib[acq[t_step[o]]] += 1
+                            a_sib[rec[t_step[o]].acq] += 1
                             sib_total += 1
                         o = t_tsn[o]
             if not ok:
                 break
         elif kd == 2:
-            t_page[th] = page[s]
-            t_big[th] = is2m[s]
+            t_page[th] = rec[s].page
+            t_big[th] = rec[s].is2m
         else:
             t_end[th] = t
             _set_leaf(tree, leaf0, th, NONE)
@@ -370,29 +370,21 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
         s += 1
         t_step[th] = s
         if s < thread_end[th]:
-            rel = t + gap[s] - base
+            rel = t + rec[s].gap - base
             if rel >= tmax or rel < 0:
                 ok = False
                 break
-            kd = kind[s]
-            # Nothing below changes a result. 64 threads interleave, so the step arrays are
+            kd = rec[s].kind
+            # Nothing below changes a result. 64 threads interleave, so the step records are
             # read as 64 streams, too many for the hardware prefetcher, and lock records
             # (millions under OBM) at random: ask for the lines a few steps ahead.
             if kd == 0:
-                _prefetch(kr, np.int64(key[s]) << 2)
+                _prefetch(kr, np.int64(rec[s].key) << 2)
             if s + KEY_AHEAD < nsteps:
-                _prefetch(kr, np.int64(key[s + KEY_AHEAD]) << 2)
+                _prefetch(kr, np.int64(rec[s + KEY_AHEAD].key) << 2)
             if s + STEP_AHEAD < nsteps:
-                _prefetch(kind, s + STEP_AHEAD)
-                _prefetch(key, s + STEP_AHEAD)
-                _prefetch(key_hi, s + STEP_AHEAD)
-                _prefetch(mode, s + STEP_AHEAD)
-                _prefetch(gap, s + STEP_AHEAD)
-                _prefetch(flags, s + STEP_AHEAD)
-                _prefetch(page, s + STEP_AHEAD)
-                _prefetch(acq, s + STEP_AHEAD)
-                _prefetch(acq_n, s + STEP_AHEAD)
-            a_next = acq[s] + ACQ_AHEAD
+                _prefetch(rec, s + STEP_AHEAD)
+            a_next = rec[s].acq + ACQ_AHEAD
             if 0 <= a_next < nacq:
                 _prefetch(a_req, a_next)
                 _prefetch(a_grant, a_next)
@@ -408,18 +400,18 @@ def _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_fir
     return a_req, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
 
 
-def run_kernel(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n,
-               thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
+def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
                nacq, spin_limit, wakeup_ns):
-    """Execute all steps. Returns per-acquisition and per-thread arrays (see replay.run):
+    """Execute all steps (``rec``: :data:`pvtrace.replay.build.STEP` records, each thread's
+    from ``thread_first`` to ``thread_end``). Returns per-acquisition and per-thread arrays
+    (see replay.run):
     ``wait, hold, klass, sibling, t_end, forced, sib_total`` (hold -1: never released)."""
     nthr = len(thread_first)
     bits = _tid_bits(nthr)
     tmax = time_limit(nthr)
     nts = int(turnstile.max()) + 1 if len(turnstile) > 0 else 1
-    *out, ok = _run(kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n, thread_first,
-                    thread_end, thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits,
-                    tmax, np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
+    *out, ok = _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts,
+                    spin_limit, wakeup_ns, bits, tmax, np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
                     np.zeros(nacq, np.int64), np.zeros(nacq, np.int8),
                     np.zeros(nacq, np.int32), np.empty(4 * nkeys, np.int32),
                     np.empty(nts, np.int32))

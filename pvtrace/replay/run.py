@@ -141,10 +141,8 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
     del dk
     nacq = len(steps.acq_cls)
     wait, hold, klass, sib, t_end, forced, _ = run_kernel(
-        steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap, steps.flags, steps.page,
-        steps.is2m, steps.acq, steps.acq_n, steps.thread_first, steps.thread_end,
-        steps.thread_start, max(nkeys, 1), turnstile, design.shared_turnstiles, nacq,
-        params.spin_limit_ns, params.wakeup_ns)
+        steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, max(nkeys, 1),
+        turnstile, design.shared_turnstiles, nacq, params.spin_limit_ns, params.wakeup_ns)
     # Keep what the reports need; the per-step arrays are most of the memory.
     return DesignRun(design, params, Acquisitions.of(steps), nkeys, wait, hold, klass, sib,
                      t_end, int(forced), unknown)
