@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 import polars as pl
 
@@ -150,35 +151,70 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
 
 def _group_stats(names: list[str], codes: np.ndarray, waits: np.ndarray, extra: np.ndarray,
                  holds: np.ndarray, spin_limit_ns: int) -> dict[str, dict]:
-    """Counters and percentiles per group (lock class or pmap operation). One stable sort by
-    code (a radix sort for small integers) puts each group's values in one slice."""
+    """Counters and percentiles per group (lock class or pmap operation), in code order. One
+    compiled pass counts and sums per group; a second puts each group's contended waits and
+    holds in a slice of their own (a counting sort), whose percentiles are then taken."""
     out: dict[str, dict] = {}
     if len(codes) == 0:
         return out
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    w_all = waits[order]
-    h_all = holds[order]
-    x_all = extra[order]
-    del order
-    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
-    starts = np.r_[0, bounds]
-    ends = np.r_[bounds, len(sorted_codes)]
-    for lo, hi in zip(starts.tolist(), ends.tolist()):
-        w = w_all[lo:hi]
-        h = h_all[lo:hi]
-        spin, block = metrics.split_spin(w, spin_limit_ns)
-        contended = w[w > 0]
-        out[names[sorted_codes[lo]]] = {
-            "acquisitions": int(hi - lo + x_all[lo:hi].sum()),
-            "contended": int(len(contended)),
-            "wait_ns": int(w.sum()),
-            "spin_ns": spin,
-            "block_ns": block,
-            "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
-            "hold_percentiles_ns": metrics.percentiles(h[h >= 0], scratch=True),
+    (count, acquisitions, contended, wait_ns, spin_ns, cont_at, cont, hold_at,
+     held) = _grouped(np.ascontiguousarray(codes), len(names), waits, extra, holds,
+                      spin_limit_ns)
+    for g in np.flatnonzero(count).tolist():
+        out[names[g]] = {
+            "acquisitions": int(acquisitions[g]),
+            "contended": int(contended[g]),
+            "wait_ns": int(wait_ns[g]),
+            "spin_ns": int(spin_ns[g]),
+            "block_ns": int(wait_ns[g] - spin_ns[g]),
+            "contended_wait_percentiles_ns": metrics.percentiles(
+                cont[cont_at[g]:cont_at[g + 1]], scratch=True),
+            "hold_percentiles_ns": metrics.percentiles(held[hold_at[g]:hold_at[g + 1]],
+                                                       scratch=True),
         }
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _grouped(codes, ngroups, waits, extra, holds, spin_limit):
+    """Per group code: acquisitions (with ``extra``), contended ones, wait and spin ns; and
+    every contended wait and every hold (>= 0), grouped (group g's at ``[at[g], at[g+1])``)."""
+    count = np.zeros(ngroups, np.int64)
+    acquisitions = np.zeros(ngroups, np.int64)
+    contended = np.zeros(ngroups, np.int64)
+    wait_ns = np.zeros(ngroups, np.int64)
+    spin_ns = np.zeros(ngroups, np.int64)
+    nheld = np.zeros(ngroups, np.int64)
+    for i in range(len(codes)):
+        g = codes[i]
+        count[g] += 1
+        acquisitions[g] += 1 + extra[i]
+        w = waits[i]
+        if w > 0:
+            contended[g] += 1
+            wait_ns[g] += w
+            if spin_limit > 0:
+                spin_ns[g] += min(w, spin_limit)
+        if holds[i] >= 0:
+            nheld[g] += 1
+    cont_at = np.zeros(ngroups + 1, np.int64)
+    hold_at = np.zeros(ngroups + 1, np.int64)
+    for g in range(ngroups):
+        cont_at[g + 1] = cont_at[g] + contended[g]
+        hold_at[g + 1] = hold_at[g] + nheld[g]
+    cont = np.empty(cont_at[ngroups], waits.dtype)
+    held = np.empty(hold_at[ngroups], holds.dtype)
+    ci = cont_at[:ngroups].copy()
+    hi = hold_at[:ngroups].copy()
+    for i in range(len(codes)):
+        g = codes[i]
+        if waits[i] > 0:
+            cont[ci[g]] = waits[i]
+            ci[g] += 1
+        if holds[i] >= 0:
+            held[hi[g]] = holds[i]
+            hi[g] += 1
+    return (count, acquisitions, contended, wait_ns, spin_ns, cont_at, cont, hold_at, held)
 
 
 def _histograms(waits: np.ndarray, extra_zeros: int, holds: np.ndarray) -> dict:
