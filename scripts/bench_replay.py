@@ -44,8 +44,9 @@ def make_events(nops: int, nthreads: int = 64, seed: int = 1) -> pl.DataFrame:
     gaps = rng.integers(200, 4000, nops)
     start = np.concatenate([np.cumsum(g) for g in gaps.reshape(nthreads, per)])
     frames = rng.integers(0, 4096, nops).astype(np.uint64)
-    pages = (frames << np.uint64(21)) | (rng.integers(0, 512, nops).astype(np.uint64) << np.uint64(12))
-    page2 = (frames << np.uint64(21)) | (rng.integers(0, 512, nops).astype(np.uint64) << np.uint64(12))
+    pages, page2 = ((frames << np.uint64(21))
+                    | (rng.integers(0, 512, nops).astype(np.uint64) << np.uint64(12))
+                    for _ in range(2))
     pv_lock = np.uint64(0xFFFFFE0000000000) + frames * np.uint64(64)
     pmap_lock = np.uint64(0xFFFFF80000100000) + (tid % 16).astype(np.uint64) * np.uint64(0x1000)
     waited = rng.random(nops) < 0.05
@@ -314,8 +315,8 @@ def main() -> None:
             ndesign = 1 if cmd == "replay" else 5
             marginal = (events.height - n_small) / (tb - ts_) if tb > ts_ else float("inf")
             steps_per_record = nsteps / events.height
-            print(f"{' '.join([cmd, *extra[2:]])}: {tb:.2f} s for {events.height:,} records ({ts_:.2f} s for "
-                  f"{n_small:,}); marginal {marginal / 1e6:.2f} M records/s = "
+            print(f"{' '.join([cmd, *extra[2:]])}: {tb:.2f} s for {events.height:,} records "
+                  f"({ts_:.2f} s for {n_small:,}); marginal {marginal / 1e6:.2f} M records/s = "
                   f"{marginal * steps_per_record * ndesign / py_rate:.0f}x plain Python per "
                   f"step; peak RSS {rss / 1024:.0f} MiB = {rss * 1024 / arrow_bytes:.2f}x Arrow")
         print(json.dumps({"records": events.height, "steps": nsteps, "acquisitions": nacq,

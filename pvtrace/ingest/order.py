@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 

@@ -86,7 +86,7 @@ class DesignKeys:
 @dataclass(frozen=True)
 class Acquisitions:
     """What the reports need of a replay's steps once the kernel has run: the per-acquisition
-    and per-thread facts (the per-step arrays, most of the memory, can go)."""
+    and per-thread facts (the step records, most of the memory, can go)."""
 
     cls: np.ndarray           # int16 class code per acquisition
     op: np.ndarray            # int16 op code per acquisition

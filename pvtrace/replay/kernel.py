@@ -1,4 +1,4 @@
-"""The replay kernel: a discrete-event loop over step arrays, compiled with numba.
+"""The replay kernel: a discrete-event loop over step records, compiled with numba.
 
 Every thread has at most one pending step; the next one executed is the pending step with the
 smallest ``(time, priority, tid)`` (releases, page moves and ends before acquisitions at the
@@ -160,9 +160,8 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
 
 
 @nb.njit(cache=True, nogil=True)
-def _run(rec, thread_first, thread_end,
-         thread_start, turnstile, shared_ts, spin_limit, wakeup_ns, bits, tmax,
-         a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):
+def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
+         wakeup_ns, bits, tmax, a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):
     """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
     per-key ones: numpy backs large arrays with transparent huge pages, far cheaper to fault
     in than numba's own allocations. Returns the results and False if a time fell outside
@@ -411,10 +410,10 @@ def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, sh
     tmax = time_limit(nthr)
     nts = int(turnstile.max()) + 1 if len(turnstile) > 0 else 1
     *out, ok = _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts,
-                    spin_limit, wakeup_ns, bits, tmax, np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
-                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int8),
-                    np.zeros(nacq, np.int32), np.empty(4 * nkeys, np.int32),
-                    np.empty(nts, np.int32))
+                    spin_limit, wakeup_ns, bits, tmax, np.zeros(nacq, np.int64),
+                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
+                    np.zeros(nacq, np.int8), np.zeros(nacq, np.int32),
+                    np.empty(4 * nkeys, np.int32), np.empty(nts, np.int32))
     if not ok:
         raise PvtraceError(f"replayed times exceed {tmax:,} ns (about {tmax / 3.6e12:,.0f} h) "
                            f"after the first thread start with {nthr:,} threads (or precede "

@@ -29,7 +29,7 @@ from pvtrace.models.layout import PAGES_PER_FRAME, Layout
 from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps, thread_facts
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
-from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, MODE_R, Timeline
+from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, Timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,7 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
     wait, hold, klass, sib, t_end, forced, _ = run_kernel(
         steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, max(nkeys, 1),
         turnstile, design.shared_turnstiles, nacq, params.spin_limit_ns, params.wakeup_ns)
-    # Keep what the reports need; the per-step arrays are most of the memory.
+    # Keep what the reports need; the step records are most of the memory.
     return DesignRun(design, params, Acquisitions.of(steps), nkeys, wait, hold, klass, sib,
                      t_end, int(forced), unknown)
 
