@@ -76,3 +76,38 @@ def test_dense_ids_match_numpy_unique(values, method, offset):
     assert distinct.tolist() == u.tolist()
     assert ids.tolist() == inv.ravel().tolist()
     assert ids.dtype == np.int32
+
+
+def _group_stats_by_hand(names, codes, waits, extra, holds, spin_limit):
+    """Per group, the obvious way: a boolean mask per code."""
+    out = {}
+    for g, name in enumerate(names):
+        sel = codes == g
+        if not sel.any():
+            continue
+        w, h = waits[sel], holds[sel]
+        spin = int(np.minimum(w, spin_limit).sum()) if spin_limit > 0 else 0
+        out[name] = {
+            "acquisitions": int(sel.sum() + extra[sel].sum()),
+            "contended": int((w > 0).sum()), "wait_ns": int(w.sum()),
+            "spin_ns": spin, "block_ns": int(w.sum()) - spin,
+            "contended_wait_percentiles_ns": metrics.percentiles(w[w > 0]),
+            "hold_percentiles_ns": metrics.percentiles(h[h >= 0]),
+        }
+    return out
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3) | st.integers(0, 10**9),
+                          st.integers(0, 511), st.integers(-1, 10**6)), max_size=200),
+       st.sampled_from([0, 1, 500, 10**6]))
+def test_group_stats_match_masks_per_group(rows, spin_limit):
+    from pvtrace.replay.run import _group_stats
+
+    names = ["pv", "pvc", "pmap", "op_a", "op_b"]
+    codes, waits, extra, holds = (np.array([r[i] for r in rows], dtype)
+                                  for i, dtype in enumerate((np.int16, np.int64, np.int16,
+                                                             np.int64)))
+    got = _group_stats(names, codes, waits, extra, holds, spin_limit)
+    assert got == _group_stats_by_hand(names, codes, waits, extra, holds, spin_limit)
+    assert list(got) == [n for g, n in enumerate(names) if (codes == g).any()]   # code order
