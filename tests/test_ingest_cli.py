@@ -139,11 +139,12 @@ def test_usage_errors_and_help(tmp_path):
 
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     import pvtrace.cli as cli
-    import pvtrace.cli.ingest as ingest_cli
+    import pvtrace.ingest
 
     def exhausted(*args, **kwargs):
         raise MemoryError
-    monkeypatch.setattr(ingest_cli, "run_ingest", exhausted)
+    # The command imports run_ingest when it runs: replace it where it is imported from.
+    monkeypatch.setattr(pvtrace.ingest, "run_ingest", exhausted)
     monkeypatch.setattr(sys, "argv", ["pvtrace", "ingest", "x.log", "-o", str(tmp_path / "b")])
     with pytest.raises(SystemExit) as exit_:
         cli.main()

@@ -7,15 +7,16 @@ and what the user should worry about (drops, malformed or cut-off lines, the lay
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from pvtrace.cli import app, progress
-from pvtrace.ingest import IngestResult, run_ingest
-from pvtrace.ingest.common import ProblemKind
+
+if TYPE_CHECKING:
+    from pvtrace.ingest import IngestResult
 
 SHOWN_PROBLEMS = 10
 SHOWN_VALUES = 6
@@ -40,6 +41,10 @@ def ingest(
         "--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Read captures and write a trace bundle (Parquet tables + metadata.json)."""
+    # Imported here, not above: the ingest pulls in polars, pyarrow and numba (most of a
+    # second), which `pvtrace --help`, `pvtrace dscript` and `pvtrace models` do not need.
+    from pvtrace.ingest import run_ingest
+
     with progress.shown(quiet=quiet):
         result = run_ingest(inputs, output, layout=layout, max_bad=max_bad, force=force)
     if not quiet:
@@ -64,6 +69,8 @@ def _top(counts: dict[str, int]) -> str:
 
 def summary(r: IngestResult) -> list[str]:
     """The lines ``pvtrace ingest`` prints (rich markup)."""
+    from pvtrace.ingest.common import ProblemKind
+
     out = [f"[bold]wrote {escape(str(r.out))}[/bold] "
            f"({', '.join(f'{name} {rows:,} rows' for name, rows in r.tables.items())})"]
     for s in r.inputs:
