@@ -92,9 +92,9 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
     Python heapq loop: FIFO grants, reader/writer keys, key runs, true/false classification of
     pv waits, turnstiles and sibling wakeups, spin limit and wakeup cost, forced grants.
     Returns (steps executed, wait, hold, class, sibling) per acquisition (lists of ``nacq``)."""
-    kind, key, key_hi, mode, gap, flags, page, is2m, acq, acq_n = (
-        a.tolist() for a in (steps.kind, steps.key, steps.key_hi, steps.mode, steps.gap,
-                             steps.flags, steps.page, steps.is2m, steps.acq, steps.acq_n))
+    kind, key, mode, gap, flags, page, is2m, acq, acq_n = (
+        a.tolist() for a in (steps.kind, steps.key, steps.mode, steps.gap, steps.flags,
+                             steps.page, steps.is2m, steps.acq, steps.acq_n))
     first, end, start = (steps.thread_first.tolist(), steps.thread_end.tolist(),
                          steps.thread_start.tolist())
     turnstile = turnstile.tolist()
@@ -184,7 +184,7 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
                 a_rel[acq[s] + j] = now
             if flags[s] & 1:
                 pvlo[t], pvhi[t] = -1, -1
-            for k in range(key[s], key_hi[s] + 1):
+            for k in range(key[s], key[s] + acq_n[s]):
                 st = state[k]
                 st = state[k] = 0 if st <= 1 else st - 1
                 q = queue.get(k)
@@ -213,9 +213,9 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
     return executed, wait, hold, a_class, a_sib
 
 
-def time_cli(args: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS and peak anonymous memory (KiB) of one pvtrace command in a
-    fresh process."""
+def time_cli(args: list[str]) -> tuple[float, int, int, float, float]:
+    """Wall seconds, peak RSS and peak anonymous memory (KiB), user and system CPU seconds of
+    one pvtrace command in a fresh process."""
     # Peak RSS is the process's VmHWM: getrusage's ru_maxrss would include this (big) parent,
     # whose pages the forked child counts until it execs. VmHWM also counts page-cache pages
     # the process maps (a memory-mapped spill file), which the kernel can evict: the peak of
@@ -231,12 +231,14 @@ def time_cli(args: list[str]) -> tuple[float, int, int]:
             "threading.Thread(target=sample, daemon=True).start()\n"
             f"sys.argv = ['pvtrace'] + {args!r}; t = time.perf_counter()\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('@@', time.perf_counter() - t, status('VmHWM'), anon[0], file=sys.stderr)")
+            "c = __import__('os').times()\n"
+            "print('@@', time.perf_counter() - t, status('VmHWM'), anon[0], c.user, c.system,"
+            " file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"pvtrace {' '.join(args)} failed:\n{r.stderr[-2000:]}")
     line = [x for x in r.stderr.splitlines() if x.startswith("@@")][-1].split()
-    return float(line[1]), int(line[2]), int(line[3])
+    return float(line[1]), int(line[2]), int(line[3]), float(line[4]), float(line[5])
 
 
 def main() -> None:
@@ -308,6 +310,10 @@ def main() -> None:
             py_rate = max(py_rate, n_py / t_py)
 
         # End to end, two sizes: marginal rate excludes start-up.
+        touch = first_touch()
+        print(f"this machine: a new process first writes 1 GiB of memory in {min(touch):.2f}-"
+              f"{max(touch):.2f} s (3 runs; the kernel zeroing the pages and, in a VM, the "
+              "host backing them): most of the system CPU time below")
         n_small = len(small_events)
         designs = ["--models", "stock,obm-pvc,obm,obm-rw,ideal"]
         for cmd, extra in (("replay", ["--model", "obm"]), ("compare", designs),
@@ -315,16 +321,29 @@ def main() -> None:
             # The faster of two runs of each (the machine's load varies); RSS of the big one.
             ts_ = min(time_cli([cmd, str(small), *extra, "--json"])[0] for _ in range(2))
             runs = [time_cli([cmd, str(big), *extra, "--json"]) for _ in range(2)]
-            tb, rss = min(r[0] for r in runs), max(r[1] for r in runs)
+            fastest = min(runs)
+            tb, rss = fastest[0], max(r[1] for r in runs)
             ndesign = 1 if cmd == "replay" else 5
             marginal = (events.height - n_small) / (tb - ts_) if tb > ts_ else float("inf")
             steps_per_record = nsteps / events.height
             print(f"{' '.join([cmd, *extra[2:]])}: {tb:.2f} s for {events.height:,} records "
                   f"({ts_:.2f} s for {n_small:,}); marginal {marginal / 1e6:.2f} M records/s = "
                   f"{marginal * steps_per_record * ndesign / py_rate:.0f}x plain Python per "
-                  f"step; peak RSS {rss / 1024:.0f} MiB = {rss * 1024 / arrow_bytes:.2f}x Arrow")
+                  f"step; CPU user {fastest[3]:.2f} s, system {fastest[4]:.2f} s; "
+                  f"peak RSS {rss / 1024:.0f} MiB = {rss * 1024 / arrow_bytes:.2f}x Arrow")
         print(json.dumps({"records": events.height, "steps": nsteps, "acquisitions": nacq,
                           "kernel_s": best}))
+
+
+def first_touch() -> list[float]:
+    """Seconds each of three fresh processes takes to write 1 GiB of newly allocated memory:
+    what each byte of a command's peak memory costs it once. In a VM that hands freed memory
+    back to its host (virtio-balloon free page reporting) this varies with how recently the
+    pages were freed, and is several times what it is on bare metal."""
+    code = ("import time, numpy as np; t = time.perf_counter(); a = np.empty(1 << 27, np.int64);"
+            " a.fill(1); print(time.perf_counter() - t)")
+    return [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout) for _ in range(3)]
 
 
 def _timed(fn, args) -> float:

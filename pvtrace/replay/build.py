@@ -23,16 +23,16 @@ STEP_ACQ, STEP_REL, STEP_PAGE, STEP_END = 0, 1, 2, 3
 FLAG_PV = 1          # a pv-list step (classified true/false, page-tracked)
 FLAG_CONT = 2        # continues a superpage run: extends the held range
 
-# One step, one 40-byte record. The engine reads a thread's steps in order while 64 or more
+# One step, one 32-byte record. The engine reads a thread's steps in order while 64 or more
 # threads interleave: one stream of records per thread stays within what the hardware can
 # prefetch, where ten arrays made ten streams per thread.
 STEP = np.dtype([
     ("gap", np.int64),      # ns of captured work before the step
     ("page", np.uint64),    # pa the thread works on (pv ACQ/PAGE)
     ("key", np.int32),      # ACQ key, REL first key
-    ("key_hi", np.int32),   # REL last key
     ("acq", np.int32),      # ACQ its acquisition id; REL first acquisition released; else -1
-    ("acq_n", np.int32),    # REL number of acquisitions released
+    ("acq_n", np.int32),    # REL number of acquisitions released, one per key: it releases
+                            # keys key .. key + acq_n - 1
     ("kind", np.int8),      # STEP_*
     ("mode", np.int8),      # 0 write, 1 read
     ("flags", np.int8),     # FLAG_*
@@ -162,12 +162,12 @@ def _threads(t_first, t_end, ev, ts, wait, partner):
 
 
 @nb.njit(cache=True, inline="always")
-def _emit_rel(rec, n, lo, hi, a0, count, pv, g):
-    """Append a release of keys lo..hi (acquisitions a0..a0+count-1); returns the new n."""
+def _emit_rel(rec, n, lo, a0, count, pv, g):
+    """Append a release of the ``count`` keys from ``lo`` (acquisitions a0..a0+count-1; a run
+    acquires one key per acquisition); returns the new n."""
     r = rec[n]
     r.kind = STEP_REL
     r.key = lo
-    r.key_hi = hi
     r.flags = FLAG_PV if pv else 0
     r.acq = a0
     r.acq_n = count
@@ -326,7 +326,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     if pv_open:
                         nested += 1
                         if h_lo >= 0:
-                            n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
+                            n = _emit_rel(rec, n, h_lo, h_acq, h_n, True, pending)
                             pending = 0
                     pv_open = True
                     h_lo, h_hi, h_acq = klo(i), khi(i), na
@@ -357,7 +357,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                             and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
-                    n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
+                    n = _emit_rel(rec, n, h_lo, h_acq, h_n, True, pending)
                     pending = 0
                     pv_open = False
                     h_lo = -1
@@ -366,7 +366,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                     a = partner[i] if partner[i] >= 0 else i
                     if ev_acq[a] < 0:
                         continue
-                    n = _emit_rel(rec, n, klo(a), klo(a), ev_acq[a], 1, False, pending)
+                    n = _emit_rel(rec, n, klo(a), ev_acq[a], 1, False, pending)
                     pending = 0
             elif k_ev == 4:                                 # page move
                 if not pv_open or removed(i) or not is_pv(i) or h_lo < 0:
@@ -374,7 +374,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                 if ((klo(i) != h_lo or khi(i) != h_hi or krange(i) != h_range)
                         and keyc(i) == prev_keyc and keyc(i) >= 0):
                     # The captured kernel kept its lock here; this design must switch.
-                    n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
+                    n = _emit_rel(rec, n, h_lo, h_acq, h_n, True, pending)
                     pending = 0
                     h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
@@ -390,10 +390,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
             seg = t_last - prev_e
             pending += seg if seg > 0 else 0
             if pv_open and h_lo >= 0:
-                n = _emit_rel(rec, n, h_lo, h_hi, h_acq, h_n, True, pending)
+                n = _emit_rel(rec, n, h_lo, h_acq, h_n, True, pending)
                 pending = 0
             for m in range(nopen - 1, -1, -1):
-                n = _emit_rel(rec, n, open_keys[m], open_keys[m], open_acq[m], 1, False,
+                n = _emit_rel(rec, n, open_keys[m], open_acq[m], 1, False,
                               pending)
                 pending = 0
         r = rec[n]

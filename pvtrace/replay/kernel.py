@@ -318,7 +318,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             if rec[s].flags & 1:
                 t_pvlo[th] = -1
                 t_pvhi[th] = -1
-            for k in range(rec[s].key, rec[s].key_hi + 1):
+            k0 = rec[s].key
+            for k in range(k0, k0 + rec[s].acq_n):
                 k4 = np.int64(k) << 2
                 st = kr[k4]
                 st = 0 if st <= 1 else st - 1
