@@ -570,6 +570,64 @@ def test_engine_matches_reference(capture):
         assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
 
 
+def with_bystanders(events: pl.DataFrame, n: int = 40) -> pl.DataFrame:
+    """``events`` (shifted 1000 ns later) between ``n`` threads that ran and ended before
+    them and ``n`` that start after them: a capture of many short-lived threads, few of them
+    alive at once (the engine then scans only those, see pvtrace.replay.kernel)."""
+    end = int(events["ts"].max()) + 1000
+    rows = [(t, tid, ev) for i in range(n)
+            for t, tid, ev in ((i, 1000 + i, "E"), (i + 1, 1000 + i, "X"),
+                               (end + 100 + i, 3000 + i, "E"), (end + 101 + i, 3000 + i, "X"))]
+    extra = pl.DataFrame({
+        "ts": [r[0] for r in rows], "cpu": [r[1] % 4 for r in rows],
+        "tid": [r[1] for r in rows], "ev": [r[2] for r in rows], "cls": "-", "lock": 0,
+        "mode": "-", "ns": 0, "pa": 0, "op": "pmap_enter",
+    }, schema=events.schema)
+    shifted = events.with_columns(pl.col("ts") + 1000)
+    return pl.concat([shifted, extra]).sort("ts", maintain_order=True)
+
+
+def _agree(events: pl.DataFrame, params: dict) -> None:
+    replay_events = _engine()
+    for model in MODELS:
+        want = reference_replay(events, model=model, **params)
+        got = replay_events(events, model=model, include_waits=True, **params)
+        assert got["anomalies"]["forced_grants"] == want["forced_grants"], model
+        got, want = _comparable(got), _comparable(want)
+        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
+        assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(captures())
+def test_engine_matches_reference_among_many_threads(capture):
+    events, params = capture
+    _agree(with_bystanders(events), params)
+
+
+@pytest.mark.parametrize("bystanders", [0, 40])
+def test_engine_forced_grants(bystanders):
+    # test_deadlock_forced_grant's two threads, twice on other locks, the second pair holding
+    # longer but requesting at the same times: the oldest waiter is forced first and, at
+    # equal request times, the lower tid (forcing 103 before 101 would change the waits).
+    # Among many threads the engine looks for it among the live ones only.
+    text = "".join(f"""
+1000 0 {101 + d} A pmap {x} w 0 0 pmap_enter
+1100 1 {102 + d} A pmap {y} w 0 0 pmap_enter
+1500 0 {101 + d} A pmap {y} w 0 0 pmap_enter
+1600 1 {102 + d} A pmap {x} w 0 0 pmap_enter
+{1700 + 3 * d} 0 {101 + d} R pmap {y} w 0 0 pmap_enter
+{1700 + 3 * d} 0 {101 + d} R pmap {x} w 0 0 pmap_enter
+{1800 + 7 * d} 1 {102 + d} R pmap {x} w 0 0 pmap_enter
+{1800 + 7 * d} 1 {102 + d} R pmap {y} w 0 0 pmap_enter""" for d, x, y in (
+        (0, h(PMAP[0]), h(PMAP[1])), (2, h(PMAP[0] + 8), h(PMAP[1] + 8))))
+    events = with_bystanders(trace(text), bystanders) if bystanders else trace(text)
+    assert reference_replay(events, captured_layout="superpage", model="stock")[
+        "forced_grants"] == 2
+    _agree(events, {"captured_layout": "superpage"})
+
+
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(captures())
