@@ -35,12 +35,16 @@ import pyarrow.parquet as pq
 from pvtrace.bundle import write_bundle
 
 
-def make_events(nops: int, nthreads: int = 64, seed: int = 1) -> pl.DataFrame:
-    """A pmap_enter-like workload: E, A pmap, A pv (+B sometimes), P, R pv, R pmap, X."""
+def make_events(nops: int, nthreads: int = 64, seed: int = 1,
+                lifetimes: int = 1) -> pl.DataFrame:
+    """A pmap_enter-like workload: E, A pmap, A pv (+B sometimes), P, R pv, R pmap, X. With
+    ``lifetimes`` > 1, each of the ``nthreads`` runs its operations as that many threads one
+    after the other (distinct tids), as a build's short-lived processes do."""
     rng = np.random.default_rng(seed)
     per = nops // nthreads
     nops = per * nthreads
-    tid = np.repeat(np.arange(100, 100 + nthreads), per)
+    thread = np.repeat(np.arange(nthreads), per)
+    tid = 100 + thread * lifetimes + np.tile(np.arange(per) * lifetimes // per, nthreads)
     gaps = rng.integers(200, 4000, nops)
     start = np.concatenate([np.cumsum(g) for g in gaps.reshape(nthreads, per)])
     frames = rng.integers(0, 4096, nops).astype(np.uint64)
@@ -48,7 +52,8 @@ def make_events(nops: int, nthreads: int = 64, seed: int = 1) -> pl.DataFrame:
                     | (rng.integers(0, 512, nops).astype(np.uint64) << np.uint64(12))
                     for _ in range(2))
     pv_lock = np.uint64(0xFFFFFE0000000000) + frames * np.uint64(64)
-    pmap_lock = np.uint64(0xFFFFF80000100000) + (tid % 16).astype(np.uint64) * np.uint64(0x1000)
+    pmap_lock = (np.uint64(0xFFFFF80000100000)
+                 + ((100 + thread) % 16).astype(np.uint64) * np.uint64(0x1000))
     waited = rng.random(nops) < 0.05
     wait_ns = np.where(waited, rng.integers(100, 5000, nops), 0)
     base = start * 8
@@ -68,7 +73,7 @@ def make_events(nops: int, nthreads: int = 64, seed: int = 1) -> pl.DataFrame:
         sel = waited if ev == "B" else np.ones(nops, bool)
         parts.append(pl.DataFrame({
             "ts": (base + off)[sel].astype(np.uint64),
-            "cpu": (tid[sel] % 32).astype(np.int32),
+            "cpu": ((100 + thread[sel]) % 32).astype(np.int32),
             "tid": tid[sel].astype(np.int64),
             "ev": ev, "cls": cls,
             "lock": (lock[sel] if lock is not None else np.zeros(sel.sum(), np.uint64)),
@@ -244,6 +249,9 @@ def time_cli(args: list[str]) -> tuple[float, int, int, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=2_000_000)
+    ap.add_argument("--lifetimes", type=int, default=1, metavar="L",
+                    help="run each of the 64 threads' operations as L short-lived threads one "
+                         "after the other (64 L distinct tids, 64 alive at once)")
     args = ap.parse_args()
     from pvtrace.models import get_design
     from pvtrace.replay.run import _design_keys, make_params
@@ -253,9 +261,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         big, small = Path(tmp, "big"), Path(tmp, "small")
-        events = make_events(args.ops)
+        events = make_events(args.ops, lifetimes=args.lifetimes)
         write(big, events)
-        small_events = make_events(args.ops // 4)
+        small_events = make_events(args.ops // 4, lifetimes=args.lifetimes)
         write(small, small_events)
         # The bundle's Arrow size: its events table as read back (all columns, dictionary
         # encoded as stored), the table a user would otherwise load to work on.
@@ -354,23 +362,32 @@ def _timed(fn, args) -> float:
 
 def _subset(steps, per_thread: int):
     """The first ``per_thread`` steps of every thread (all threads contend, as in the kernel
-    run, over a shorter window), their acquisitions renumbered densely in order."""
+    run, over a shorter window), their acquisitions renumbered densely in order. When there
+    are more threads than the 64 alive at once (``--lifetimes``), the threads that start
+    first, whole, up to about as many steps: cutting each short-lived thread short would leave
+    its locks held for ever."""
     from dataclasses import replace
 
-    parts = [np.arange(f, min(f + per_thread, e)) for f, e in
-             zip(steps.thread_first.tolist(), steps.thread_end.tolist())]
+    first, end = steps.thread_first, steps.thread_end
+    sel = np.arange(len(first))
+    if len(sel) > 64:
+        by_start = np.argsort(steps.thread_start, kind="stable")
+        total = np.cumsum((end - first)[by_start])
+        sel = np.sort(by_start[:int(np.searchsorted(total, 64 * per_thread)) + 1])
+    parts = [np.arange(f, min(f + per_thread, e))
+             for f, e in zip(first[sel].tolist(), end[sel].tolist())]
     idx = np.concatenate(parts)
     lengths = np.array([len(p) for p in parts])
-    first = np.r_[0, np.cumsum(lengths)[:-1]]
+    new_first = np.r_[0, np.cumsum(lengths)[:-1]]
     rec = steps.rec[idx]
     # A thread releases only what it acquired before, so the kept releases refer to kept
     # acquisitions; a run's acquisitions stay contiguous.
     kept = np.unique(rec["acq"][rec["kind"] == 0])
     has = rec["acq"] >= 0
     rec["acq"][has] = np.searchsorted(kept, rec["acq"][has])
-    return replace(steps, rec=rec, thread_first=first, thread_end=first + lengths,
-                   acq_cls=steps.acq_cls[kept], acq_op=steps.acq_op[kept],
-                   acq_extra=steps.acq_extra[kept])
+    return replace(steps, rec=rec, thread_first=new_first, thread_end=new_first + lengths,
+                   thread_start=steps.thread_start[sel], acq_cls=steps.acq_cls[kept],
+                   acq_op=steps.acq_op[kept], acq_extra=steps.acq_extra[kept])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The compiled replay kernel's own limits: packed scheduling keys must not overflow."""
+"""The compiled replay kernel: its limits (packed keys must not overflow) and its scheduler."""
 
 from __future__ import annotations
 
@@ -72,3 +72,21 @@ def test_replay_rejects_absurd_gap():
                     (2**62 + 10, 101, "R", PV)])
     with pytest.raises(PvtraceError, match="replayed times exceed"):
         replay_events(huge, captured_layout="superpage", model="stock")
+
+
+def test_many_threads_alive_at_once():
+    # 150 threads want one lock at 0, 1, 2, ... ns and hold it 10 ns each: FIFO grants at 0,
+    # 10, 20, ..., so thread i waits 10 i - i. Then 150 more, one after the other, wait for
+    # nothing (the live-thread list empties and fills again).
+    from pvtrace.replay.run import replay_events
+
+    n = 150
+    crowd = [row for i in range(n)
+             for row in ((i, 1000 + i, "A", PV), (i + 10, 1000 + i, "R", PV))]
+    later = [row for i in range(n) for row in ((10_000 + 20 * i, 5000 + i, "A", PV),
+                                                (10_005 + 20 * i, 5000 + i, "R", PV))]
+    r = replay_events(_events(crowd + later).sort("ts", maintain_order=True),
+                      captured_layout="superpage", model="stock", include_waits=True)
+    assert r["waits"] == sorted([9 * i for i in range(n)] + [0] * n)
+    assert r["makespan_ns"] == 10_000 + 20 * (n - 1) + 5
+    assert r["anomalies"]["forced_grants"] == 0
