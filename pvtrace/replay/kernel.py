@@ -106,13 +106,6 @@ def _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big):
 
 
 @nb.njit(cache=True, inline="always")
-def _older(o, best, t_wkey, t_req):
-    """Is ``o`` a waiter whose request is older than ``best``'s (ties: lower index)?"""
-    return t_wkey[o] >= 0 and (best < 0 or t_req[o] < t_req[best]
-                               or (t_req[o] == t_req[best] and o < best))
-
-
-@nb.njit(cache=True, inline="always")
 def _set_leaf(tree, leaf0, th, v):
     """Leaf ``th`` becomes ``v``: recompute the mins up to the root (branch-free)."""
     i = leaf0 + th
@@ -210,10 +203,11 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     # The live threads, between their first step and their end: act[0] of them in act[1:],
     # thread o at act_at[o]. A capture can hold tens of thousands of short-lived tids, few
     # alive at once: the scans for who blocks a pv wait and for the oldest waiter go over
-    # the live threads when they are fewer than a sixteenth of all (below that, a sequential
-    # scan of every thread is the faster one).
+    # the live threads when they are fewer than a sixteenth of all, else over ``every``
+    # thread in index order (read in order, the longer list is then the faster one).
     act = np.zeros(nthr + 1, np.int32)
     act_at = np.zeros(nthr, np.int32)
+    every = np.arange(nthr).astype(np.int32)
     # scheduler: winner tree, leaves at leaf0 + tid, root at 1
     shift = bits + 1
     leaf0 = 1 << bits
@@ -242,14 +236,12 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 break
             # Every remaining thread waits: grant the oldest request by force.
             best = -1
-            if act[0] * 16 < nthr:               # waiting threads are active
-                for j in range(1, act[0] + 1):
-                    if _older(act[j], best, t_wkey, t_req):
-                        best = act[j]
-            else:
-                for o in range(nthr):
-                    if _older(o, best, t_wkey, t_req):
-                        best = o
+            who = act[1:act[0] + 1] if act[0] * 16 < nthr else every   # waiters are live
+            for j in range(len(who)):
+                o = who[j]
+                if t_wkey[o] >= 0 and (best < 0 or t_req[o] < t_req[best]
+                                       or (t_req[o] == t_req[best] and o < best)):
+                    best = o
             k = t_wkey[best]
             prev = -1
             k4 = np.int64(k) << 2
@@ -320,41 +312,23 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                         wb = t_big[th]
                     cls = CLS_FALSE
                     unknown = wp == 0
-                    # Written out twice: with the body in a shared inline helper, numba
-                    # compiled these loops four to five times slower.
-                    if act[0] * 16 < nthr:
-                        for j in range(1, act[0] + 1):
-                            o = act[j]
-                            if o == th:
-                                continue
-                            if (t_pvlo[o] >= 0 and t_pvlo[o] <= k and k <= t_pvhi[o]) or \
-                                    (t_wkey[o] == k):
-                                op_ = t_page[o]
-                                ob = t_big[o]
-                                if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
-                                    ws = t_step[o]
-                                    op_ = rec[ws].page if not (rec[ws].flags & 2) else t_page[o]
-                                    ob = rec[ws].is2m if not (rec[ws].flags & 2) else t_big[o]
-                                if op_ == 0:
-                                    unknown = True
-                                if _overlap(wp, wb, op_, ob):
-                                    cls = CLS_TRUE
-                    else:
-                        for o in range(nthr):
-                            if o == th:
-                                continue
-                            if (t_pvlo[o] >= 0 and t_pvlo[o] <= k and k <= t_pvhi[o]) or \
-                                    (t_wkey[o] == k):
-                                op_ = t_page[o]
-                                ob = t_big[o]
-                                if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
-                                    ws = t_step[o]
-                                    op_ = rec[ws].page if not (rec[ws].flags & 2) else t_page[o]
-                                    ob = rec[ws].is2m if not (rec[ws].flags & 2) else t_big[o]
-                                if op_ == 0:
-                                    unknown = True
-                                if _overlap(wp, wb, op_, ob):
-                                    cls = CLS_TRUE
+                    who = act[1:act[0] + 1] if act[0] * 16 < nthr else every
+                    for j in range(len(who)):
+                        o = who[j]
+                        if o == th:
+                            continue
+                        if (t_pvlo[o] >= 0 and t_pvlo[o] <= k and k <= t_pvhi[o]) or \
+                                (t_wkey[o] == k):
+                            op_ = t_page[o]
+                            ob = t_big[o]
+                            if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
+                                ws = t_step[o]
+                                op_ = rec[ws].page if not (rec[ws].flags & 2) else t_page[o]
+                                ob = rec[ws].is2m if not (rec[ws].flags & 2) else t_big[o]
+                            if op_ == 0:
+                                unknown = True
+                            if _overlap(wp, wb, op_, ob):
+                                cls = CLS_TRUE
                     if cls == CLS_TRUE and unknown:
                         cls = CLS_UNKNOWN
                     a_class[a] = cls
