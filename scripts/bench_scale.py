@@ -85,11 +85,12 @@ def main() -> None:
         for name, cmd in (("ingest", ["ingest", str(log), "-o", str(bundle), "--force", "-q"]),
                           ("replay --model obm", ["replay", str(bundle), "--model", "obm",
                                                   "--json"])):
-            secs, rss_kib, anon_kib = time_cli(cmd)
+            secs, rss_kib, anon_kib, user, system = time_cli(cmd)
             rss, anon = rss_kib * 1024, anon_kib * 1024
-            print(f"{name}: {secs:.0f} s = {records / secs / 1e6:.2f} M records/s; peak "
-                  f"anonymous memory {anon / 2**30:.2f} GiB = {anon / records:.0f} B/record "
-                  f"(peak RSS, page cache it maps included, {rss / 2**30:.2f} GiB)")
+            print(f"{name}: {secs:.0f} s = {records / secs / 1e6:.2f} M records/s (CPU user "
+                  f"{user:.0f} s, system {system:.0f} s); peak anonymous memory "
+                  f"{anon / 2**30:.2f} GiB = {anon / records:.0f} B/record (peak RSS, page "
+                  f"cache it maps included, {rss / 2**30:.2f} GiB)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
