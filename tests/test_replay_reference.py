@@ -556,18 +556,24 @@ def _engine():
     return replay_events
 
 
+def _agree(events: pl.DataFrame, params: dict) -> None:
+    """The engine gives the reference's numbers and forced grants on ``events``, every model."""
+    replay_events = _engine()
+    for model in MODELS:
+        want = reference_replay(events, model=model, **params)
+        got = replay_events(events, model=model, include_waits=True, **params)
+        assert got["anomalies"]["forced_grants"] == want["forced_grants"], model
+        got, want = _comparable(got), _comparable(want)
+        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
+        assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
+
+
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(captures())
 def test_engine_matches_reference(capture):
-    replay_events = _engine()
     events, params = capture
-    for model in MODELS:
-        want = reference_replay(events, model=model, **params)
-        got = _comparable(replay_events(events, model=model, include_waits=True, **params))
-        want = _comparable(want)
-        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
-        assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
+    _agree(events, params)
 
 
 def with_bystanders(events: pl.DataFrame, n: int = 40) -> pl.DataFrame:
@@ -585,17 +591,6 @@ def with_bystanders(events: pl.DataFrame, n: int = 40) -> pl.DataFrame:
     }, schema=events.schema)
     shifted = events.with_columns(pl.col("ts") + 1000)
     return pl.concat([shifted, extra]).sort("ts", maintain_order=True)
-
-
-def _agree(events: pl.DataFrame, params: dict) -> None:
-    replay_events = _engine()
-    for model in MODELS:
-        want = reference_replay(events, model=model, **params)
-        got = replay_events(events, model=model, include_waits=True, **params)
-        assert got["anomalies"]["forced_grants"] == want["forced_grants"], model
-        got, want = _comparable(got), _comparable(want)
-        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
-        assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None,
