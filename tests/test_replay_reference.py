@@ -623,6 +623,41 @@ def test_engine_forced_grants(bystanders):
     _agree(events, {"captured_layout": "superpage"})
 
 
+def test_engine_page_move_at_the_instant_of_a_wait():
+    # The engine passes over a page move without giving it a turn of its own (it never
+    # waits) and lets waits classify against it as of their own time. 101 and 201 each take
+    # a frame's lock at 1000 and move to the frame's second page at 2000. 102 asks for 101's
+    # new page at 2000 itself: the move comes first at one instant, so a true block. 202
+    # asks for 201's new page at 1999, while 201 is still on the first page: a false block.
+    # Later 101 takes a third page, which 103 asks for: a true block (the move is done with).
+    lk, lk2 = h(PV_SP + 64), h(PV_SP + 128)
+    events = trace(f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_remove
+2000 0 101 P - 0 4k 0 0x201000 pmap_remove
+5000 0 101 R pv {lk} w 0 0x201000 pmap_remove
+5000 0 101 X - 0 - 0 0x201000 pmap_remove
+7000 0 101 E - 0 - 0 0x202000 pmap_enter
+7000 0 101 A pv {lk} w 0 0x202000 pmap_enter
+9000 0 101 R pv {lk} w 0 0x202000 pmap_enter
+9000 4 103 B pv {lk} w 1000 0x202000 pmap_enter
+9000 4 103 A pv {lk} w 0 0x202000 pmap_enter
+9500 4 103 R pv {lk} w 0 0x202000 pmap_enter
+5000 1 102 B pv {lk} w 3000 0x201000 pmap_enter
+5000 1 102 A pv {lk} w 0 0x201000 pmap_enter
+6000 1 102 R pv {lk} w 0 0x201000 pmap_enter
+1000 2 201 A pv {lk2} w 0 0x400000 pmap_remove
+2000 2 201 P - 0 4k 0 0x401000 pmap_remove
+5000 2 201 R pv {lk2} w 0 0x401000 pmap_remove
+5000 3 202 B pv {lk2} w 3001 0x401000 pmap_enter
+5000 3 202 A pv {lk2} w 0 0x401000 pmap_enter
+6000 3 202 R pv {lk2} w 0 0x401000 pmap_enter
+""")
+    stock = reference_replay(events, captured_layout="superpage", model="stock")
+    assert stock["true_block"] == {"count": 2, "wait_ns": 4000}
+    assert stock["false_block"] == {"count": 1, "wait_ns": 3001}
+    _agree(events, {"captured_layout": "superpage"})
+
+
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(captures())

@@ -9,7 +9,9 @@ threads: leaf ``tid`` holds the thread's packed key (``NONE``, the largest int64
 waits for a lock or after it ended), each inner node the minimum of its two children, so the
 root is the next step. Executing a step rewrites one leaf and the mins on its path to the root
 (branch-free, B levels); granting a lock to a waiter lowers its leaf and stops climbing as soon
-as a node does not change.
+as a node does not change. A page move gets no turn: it never waits, so the thread goes past it
+to its next step, noting the move and its time for the pv-wait classification (below) to read.
+Under the stock design that is one turn fewer per pv-list operation, 12% of the kernel's time.
 
 Locks are keys with a reader count or a writer mark and a FIFO queue threaded through the
 waiting threads; a key's state, queue head and tail and turnstile share one 16-byte record
@@ -131,7 +133,7 @@ def _lower_leaf(tree, leaf0, th, v):
 @nb.njit(cache=True, nogil=True)
 def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
            a_grant, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
-           ts_head, kr, tree, leaf0, base, shift, bits, tmax):
+           t_mvat, t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift, bits, tmax):
     """Hand key ``k`` to waiter ``w`` at time ``t`` and schedule its next step. Returns False
     if the step's time does not fit a packed key."""
     s = t_step[w]
@@ -155,6 +157,13 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
     t_step[w] = s
     if s < thread_end[w]:
         rel = run_at + rec[s].gap - base
+        if rec[s].kind == 2:            # pass over a page move, as _run does
+            t_mvat[w] = rel + base
+            t_mvpage[w] = rec[s].page
+            t_mvbig[w] = rec[s].is2m
+            s += 1
+            rel += rec[s].gap
+            t_step[w] = s
         if rel >= tmax or rel < 0:
             return False
         kd = rec[s].kind
@@ -200,6 +209,10 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     t_pvhi = np.full(nthr, -1, np.int64)
     t_page = np.zeros(nthr, np.uint64)
     t_big = np.zeros(nthr, np.bool_)
+    # a page move passed over (see the end of the loop): its time (-1: none), page, is2m
+    t_mvat = np.full(nthr, -1, np.int64)
+    t_mvpage = np.zeros(nthr, np.uint64)
+    t_mvbig = np.zeros(nthr, np.bool_)
     # The live threads, between their first step and their end: act[0] of them in act[1:],
     # thread o at act_at[o]. A capture can hold tens of thousands of short-lived tids, few
     # alive at once: the scans for who blocks a pv wait and for the oldest waiter go over
@@ -261,8 +274,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             nwaiting -= 1
             if not _grant(best, now, k, rec, thread_end,
                           spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req, t_pvlo,
-                          t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head, kr, tree,
-                          leaf0, base, shift, bits, tmax):
+                          t_pvhi, t_page, t_big, t_tsn, t_tsp, t_mvat, t_mvpage, t_mvbig,
+                          ts_head, kr, tree, leaf0, base, shift, bits, tmax):
                 ok = False
                 break
             continue
@@ -270,6 +283,10 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         t = (top >> shift) + base
         now = t
         s = t_step[th]
+        if t_mvat[th] >= 0:             # a page move passed over on the way here happened
+            t_page[th] = t_mvpage[th]
+            t_big[th] = t_mvbig[th]
+            t_mvat[th] = -1
         if s == thread_first[th]:       # the thread starts
             n_act = act[0] + 1
             act[n_act] = th
@@ -321,6 +338,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                                 (t_wkey[o] == k):
                             op_ = t_page[o]
                             ob = t_big[o]
+                            if 0 <= t_mvat[o] <= t:     # its passed-over move has happened
+                                op_ = t_mvpage[o]
+                                ob = t_mvbig[o]
                             if t_wkey[o] == k and not (t_pvlo[o] <= k <= t_pvhi[o]):
                                 ws = t_step[o]
                                 op_ = rec[ws].page if not (rec[ws].flags & 2) else t_page[o]
@@ -367,8 +387,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                     nwaiting -= 1
                     if not _grant(w, t, k, rec, thread_end,
                                   spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req,
-                                  t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, ts_head,
-                                  kr, tree, leaf0, base, shift, bits, tmax):
+                                  t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, t_mvat,
+                                  t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift,
+                                  bits, tmax):
                         ok = False
                     if wm == 0:
                         break
@@ -398,6 +419,17 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         t_step[th] = s
         if s < thread_end[th]:
             rel = t + rec[s].gap - base
+            if rec[s].kind == 2:
+                # A page move needs no turn of its own: it never waits, and only the
+                # classification of other threads' pv waits reads the page, as of their
+                # time. Note it as pending at its time and go on to the next step, which
+                # applies it (the END step at the latest).
+                t_mvat[th] = rel + base
+                t_mvpage[th] = rec[s].page
+                t_mvbig[th] = rec[s].is2m
+                s += 1
+                rel += rec[s].gap
+                t_step[th] = s
             if rel >= tmax or rel < 0:
                 ok = False
                 break
