@@ -132,7 +132,7 @@ def _lower_leaf(tree, leaf0, th, v):
 
 @nb.njit(cache=True, nogil=True)
 def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
-           a_grant, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
+           a_req, a_rel, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
            t_mvat, t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift, bits, tmax):
     """Hand key ``k`` to waiter ``w`` at time ``t`` and schedule its next step. Returns False
     if the step's time does not fit a packed key."""
@@ -141,7 +141,8 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
     waited = t - t_req[w]
     # The lock is the waiter's from the release; a blocked waiter runs wakeup_ns later.
     run_at = t + (wakeup_ns if waited > spin_limit else 0)
-    a_grant[a] = t
+    a_req[a] = waited
+    a_rel[a] = -1 - t            # granted at t (see the end of _run)
     t_wkey[w] = -1
     tsid = kr[(np.int64(k) << 2) + 3]
     if t_tsp[w] >= 0:
@@ -175,17 +176,18 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
 
 @nb.njit(cache=True, nogil=True)
 def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
-         wakeup_ns, bits, tmax, a_req, a_grant, a_rel, a_class, a_sib, kr, ts_head):
+         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head):
     """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
     per-key ones: numpy backs large arrays with transparent huge pages, far cheaper to fault
     in than numba's own allocations. Returns the results and False if a time fell outside
     ``[0, tmax)`` after the earliest start (the run stops there). On return ``a_req`` holds
-    each acquisition's wait and ``a_rel`` its hold time (-1: never released): converted in
-    place, as request, grant and release times are not needed after the run."""
+    each acquisition's wait and ``a_rel`` its hold time (-1: never released). During the run
+    ``a_req`` holds the request time until the grant, then the wait; ``a_rel`` is 0 until the
+    grant, then ``-1 - grant time``, then the hold plus 1: two arrays, not three, stream
+    through the cache (the loop's other memory traffic is the step records)."""
     nthr = len(thread_first)
     nsteps = len(rec)
     nacq = len(a_req)
-    a_rel[:] = -1
     ts_head[:] = -1
     # per key, one 16-byte record: state (>0 readers, -1 writer, 0 free), FIFO queue head and
     # tail, turnstile
@@ -273,7 +275,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             kr[k4] = -1 if rec[t_step[best]].mode == 0 else max(kr[k4], 0) + 1
             nwaiting -= 1
             if not _grant(best, now, k, rec, thread_end,
-                          spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req, t_pvlo,
+                          spin_limit, wakeup_ns, a_req, a_rel, t_step, t_wkey, t_req, t_pvlo,
                           t_pvhi, t_page, t_big, t_tsn, t_tsp, t_mvat, t_mvpage, t_mvbig,
                           ts_head, kr, tree, leaf0, base, shift, bits, tmax):
                 ok = False
@@ -298,15 +300,16 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             k = rec[s].key
             m = rec[s].mode
             a = rec[s].acq
-            a_req[a] = t
             k4 = np.int64(k) << 2
             st = kr[k4]
             if kr[k4 + 1] < 0 and (st == 0 or (m == 1 and st > 0)):
                 kr[k4] = -1 if m == 0 else st + 1
-                a_grant[a] = t
+                a_req[a] = 0
+                a_rel[a] = -1 - t
                 _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big)
             else:
                 # Join the FIFO queue; classify a pv wait by who stands in the way.
+                a_req[a] = t
                 if kr[k4 + 2] < 0:
                     kr[k4 + 1] = th
                 else:
@@ -357,7 +360,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         elif kd == 1:
             a0 = rec[s].acq
             for j in range(rec[s].acq_n):
-                a_rel[a0 + j] = t
+                a_rel[a0 + j] += t + 2      # hold + 1: 0 stays "never granted"
             if rec[s].flags & 1:
                 t_pvlo[th] = -1
                 t_pvhi[th] = -1
@@ -386,7 +389,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                     t_next[w] = -1
                     nwaiting -= 1
                     if not _grant(w, t, k, rec, thread_end,
-                                  spin_limit, wakeup_ns, a_grant, t_step, t_wkey, t_req,
+                                  spin_limit, wakeup_ns, a_req, a_rel, t_step, t_wkey, t_req,
                                   t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp, t_mvat,
                                   t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift,
                                   bits, tmax):
@@ -446,16 +449,14 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             a_next = rec[s].acq + ACQ_AHEAD
             if 0 <= a_next < nacq:
                 _prefetch(a_req, a_next)
-                _prefetch(a_grant, a_next)
                 _prefetch(a_rel, a_next)
             nxt = (rel << shift) | (np.int64(kd == 0) << bits) | th
         _set_leaf(tree, leaf0, th, nxt)
     for a in range(nacq):
-        g = a_grant[a]
-        w = g - a_req[a]
-        a_req[a] = w if w > 0 else 0
-        if a_rel[a] >= 0:
-            a_rel[a] -= g
+        r = a_rel[a]
+        if r == 0:              # never granted
+            a_req[a] = 0
+        a_rel[a] = r - 1 if r > 0 else -1
     return a_req, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
 
 
@@ -471,7 +472,7 @@ def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, sh
     nts = int(turnstile.max()) + 1 if len(turnstile) > 0 else 1
     *out, ok = _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts,
                     spin_limit, wakeup_ns, bits, tmax, np.zeros(nacq, np.int64),
-                    np.zeros(nacq, np.int64), np.zeros(nacq, np.int64),
+                    np.zeros(nacq, np.int64),
                     np.zeros(nacq, np.int8), np.zeros(nacq, np.int32),
                     np.empty(4 * nkeys, np.int32), np.empty(nts, np.int32))
     if not ok:
