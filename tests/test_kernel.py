@@ -90,3 +90,22 @@ def test_many_threads_alive_at_once():
     assert r["waits"] == sorted([9 * i for i in range(n)] + [0] * n)
     assert r["makespan_ns"] == 10_000 + 20 * (n - 1) + 5
     assert r["anomalies"]["forced_grants"] == 0
+
+
+def test_page_move_as_a_threads_last_step():
+    # The kernel passes over a page move to the step after it, but never past the thread's
+    # own steps: thread 0 ends on a page move (no END step); thread 1's steps follow it.
+    # Thread 0 holds key 0 during 0..10; thread 1 asks at 5, waits 5 ns, holds 10 ns.
+    rec = np.zeros(6, STEP)
+    rec["kind"] = [0, 1, 2, 0, 1, 3]
+    rec["gap"] = [0, 10, 5, 5, 10, 0]
+    rec["acq"] = [0, 0, -1, 1, 1, -1]
+    rec["acq_n"] = [0, 1, 0, 0, 1, 0]
+    rec["flags"] = [1, 1, 1, 1, 1, 0]
+    rec["page"] = [0x200000, 0, 0x201000, 0x201000, 0, 0]
+    wait, hold, klass, _, t_end, forced, _ = run_kernel(
+        rec, np.array([0, 3]), np.array([3, 6]), np.zeros(2, np.int64), 1,
+        np.zeros(1, np.int64), False, 2, 0, 0)
+    assert list(wait) == [0, 5] and list(hold) == [10, 10] and forced == 0
+    assert t_end[1] == 20
+    assert list(klass) == [0, 2]     # on page 0x200000 at 5, before its move at 15: false
