@@ -15,6 +15,7 @@ how well replaying the captured design reproduces them.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba as nb
@@ -225,11 +226,29 @@ def _histograms(waits: np.ndarray, extra_zeros: int, holds: np.ndarray) -> dict:
 
 
 def summarize(run: DesignRun, tl: Timeline) -> dict:
-    """The SPEC section 3 model object for one design."""
+    """The SPEC section 3 model object for one design. The per-class and per-operation
+    groups are counted on a second thread meanwhile (the compiled pass and numpy's partition
+    release the GIL): each half is a few passes over every acquisition."""
     st, p = run.acqs, run.params
     w = run.wait
     extra = st.extra
     holds = run.hold
+    with ThreadPoolExecutor(1) as pool:
+        groups = pool.submit(lambda: (
+            _group_stats(tl.classes, st.cls, w, extra, holds, p.spin_limit_ns),
+            _group_stats(tl.ops, st.op, w, extra, holds, p.spin_limit_ns)))
+        report = _summary(run, tl)
+        report["by_class"], report["by_op"] = groups.result()
+    return report
+
+
+def _summary(run: DesignRun, tl: Timeline) -> dict:
+    """:func:`summarize` but for ``by_class`` and ``by_op``, which it leaves as None (their
+    place in the report's key order)."""
+    st, p = run.acqs, run.params
+    w = run.wait
+    extra = st.extra
+    held = run.hold[run.hold >= 0]
     spin, block = metrics.split_spin(w, p.spin_limit_ns)
     pv_code = tl.class_code("pv")
     pv_cont = (st.cls == pv_code) & (w > 0)
@@ -244,8 +263,6 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
                      np.add.reduceat(w, first).tolist() if len(first) else [],
                      np.add.reduceat((w > 0).astype(np.int64), first).tolist()
                      if len(first) else [])
-    classes = tl.classes
-    ops = tl.ops
     return {
         "model": run.design.name,
         "params": {
@@ -268,10 +285,11 @@ def summarize(run: DesignRun, tl: Timeline) -> dict:
         "makespan_ns": int(run.thread_end.max() - st.thread_start.min()),
         "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
-        "hold_percentiles_ns": metrics.percentiles(holds[holds >= 0], scratch=True),
-        "histograms": _histograms(w, int(extra.sum()), holds[holds >= 0]),
-        "by_class": _group_stats(classes, st.cls, w, extra, holds, p.spin_limit_ns),
-        "by_op": _group_stats(ops, st.op, w, extra, holds, p.spin_limit_ns),
+        # reorders ``held`` in place, which the histogram (counts) does not mind
+        "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
+        "histograms": _histograms(w, int(extra.sum()), held),
+        "by_class": None,
+        "by_op": None,
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
                        for t, ws, c in per_thread},
         "anomalies": {
@@ -291,31 +309,48 @@ def observed(tl: Timeline) -> dict:
     contended = w[w > 0]
     r_idx = tl.partner[a]
     paired = r_idx >= 0
-    holds = tl.ts[np.maximum(r_idx, 0)] - tl.ts[a]
+    t_acq = tl.ts[a]
+    holds = tl.ts[np.maximum(r_idx, 0)] - t_acq
     holds[~paired] = -1
+    # The earliest request: only acquisitions have waits, so no per-record temporary is needed.
+    first = min(int(tl.ts.min()), int((t_acq - w).min())) if len(a) else int(tl.ts.min())
+    del t_acq
     none_extra = np.zeros(len(w), np.int16)
-    by_class = _group_stats(tl.classes, tl.cls[a], w, none_extra, holds, 0)
+    with ThreadPoolExecutor(1) as pool:     # as in summarize
+        groups = pool.submit(lambda: (
+            _group_stats(tl.classes, tl.cls[a], w, none_extra, holds, 0),
+            _group_stats(tl.ops, tl.op[a], w, none_extra, holds, 0)))
+        report = _observed_totals(tl, w, contended, holds, paired, first)
+        by_class, report["by_op"] = groups.result()
     # Spins are sparse (only the acquisitions with S records): sum them per class directly.
     spun_cls = tl.cls[tl.spun_idx]
     spun_by = {c: int(tl.spun_ns[spun_cls == k].sum()) for k, c in enumerate(tl.classes)}
     for name, d in by_class.items():
         d["spin_ns"] = spun_by.get(name, 0)
         d["block_ns"] = d["wait_ns"] - d["spin_ns"]
-    by_op = _group_stats(tl.ops, tl.op[a], w, none_extra, holds, 0)
+    report["by_class"] = by_class
+    return report
+
+
+def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: np.ndarray,
+                     paired: np.ndarray, first: int) -> dict:
+    """:func:`observed` but for ``by_class`` and ``by_op``, left as None."""
     spun = int(tl.spun_ns.sum())
+    held = holds[paired]
     return {
-        "acquisitions": len(a),
+        "acquisitions": len(w),
         "contended": int(len(contended)),
         "wait_ns": int(w.sum()),
         "spin_ns": spun,
         "block_ns": int(w.sum()) - spun,
-        "makespan_ns": int(tl.t_last - (tl.ts - tl.wait).min()),
+        "makespan_ns": int(tl.t_last - first),
         "wait_percentiles_ns": metrics.percentiles(w),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
-        "hold_percentiles_ns": metrics.percentiles(holds[paired], scratch=True),
-        "histograms": _histograms(w, 0, holds[paired]),
-        "by_class": by_class,
-        "by_op": by_op,
+        # reorders ``held`` in place, which the histogram (counts) does not mind
+        "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
+        "histograms": _histograms(w, 0, held),
+        "by_class": None,
+        "by_op": None,
         "unmatched": {
             "orphan_waits": tl.counts.orphan_waits,
             "held_at_start": tl.counts.held_at_start,
