@@ -118,9 +118,15 @@ def test_full_disk_is_one_error_and_leaves_nothing_behind(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_events_written_with_time_statistics_and_delta_encoding(bundle_dir):
+def test_events_written_with_time_statistics_and_per_column_encodings(bundle_dir):
     meta = pq.ParquetFile(bundle_dir / "events.parquet").metadata
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    ts = meta.row_group(0).column(names.index("ts"))
-    assert ts.compression == "ZSTD" and "DELTA_BINARY_PACKED" in ts.encodings
-    assert (ts.statistics.min, ts.statistics.max) == (1000, 11000)
+    col = {name: meta.row_group(0).column(i) for i, name in enumerate(names)}
+    for name in ("ts", "cpu", "tid", "line"):
+        assert "DELTA_BINARY_PACKED" in col[name].encodings, name
+        assert col[name].compression == "UNCOMPRESSED", name
+    for name in ("ev", "cls", "lock", "mode", "op"):
+        assert "RLE_DICTIONARY" in col[name].encodings, name
+    assert col["pa"].compression == "LZ4" and col["ns"].compression == "ZSTD"
+    assert (col["ts"].statistics.min, col["ts"].statistics.max) == (1000, 11000)
+    assert not col["pa"].is_stats_set
