@@ -427,11 +427,16 @@ def test_invalid_utf8_in_a_record_falls_back_to_replacing_it(tmp_path):
 
 
 def _ordered(events, rows=None):
-    from pvtrace.ingest import _ordered_parts
+    from pvtrace.ingest import ROW_GROUP_ROWS, _ordered_parts
 
     parts = _ordered_parts(events, rows)
     tables = list(parts.parts)
     assert sum(t.num_rows for t in tables) == parts.rows == events.height
+    # Parts of at most ``rows`` rows, and a short first one that gets the writer going.
+    limit = rows or ROW_GROUP_ROWS
+    assert all(t.num_rows <= limit for t in tables)
+    if len(tables) > 1:
+        assert tables[0].num_rows == max(limit // 8, 1)
     return pa.concat_tables(tables) if tables else parts.first
 
 

@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 import pvtrace
@@ -240,17 +241,15 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     counts: dict[str, dict[str, int]] = {}
     threads, cpus, first, last = 0, [], None, None
     if events is not None and events.height:
-        frame = events.lazy()
-        *per_col, facts = pl.collect_all(
-            [frame.group_by(col).len().sort(["len", col], descending=[True, False])
-             for col in ("ev", "cls", "op")]
-            + [frame.select(pl.col("tid").n_unique().alias("threads"),
-                            pl.col("cpu").unique().sort().implode().alias("cpus"),
-                            pl.col("ts").min().alias("first"),
-                            pl.col("ts").max().alias("last"))])
-        for col, vc in zip(("ev", "cls", "op"), per_col):
-            counts[col] = {str(k): int(n) for k, n in vc.iter_rows()}
-        threads, cpus, first, last = facts.row(0)
+        # This runs while the events are sorted and written on the other core: cheap
+        # passes only (counting categorical codes, not grouping the strings).
+        for col in ("ev", "cls", "op"):
+            counts[col] = _value_counts(events.get_column(col))
+        threads, cpus, first, last = events.select(
+            pl.col("tid").n_unique().alias("threads"),
+            pl.col("cpu").unique().sort().implode().alias("cpus"),
+            pl.col("ts").min().alias("first"),
+            pl.col("ts").max().alias("last")).row(0)
     drops: dict[int, int] = {}
     other: dict[str, int] = {}
     kinds: dict[str, int] = {}
@@ -272,6 +271,20 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
         layout_effective=effective, layout_detected=detected.layout,
         layout_evidence=detected.evidence, layout_source=source,
         problems=problems, problem_totals=totals)
+
+
+def _value_counts(col: pl.Series) -> dict[str, int]:
+    """Records per value of ``col``, most frequent first (ties by value)."""
+    if col.dtype == pl.Categorical:
+        # Physical codes index the categories: count them with bincount, chunk by chunk.
+        categories = col.dtype.categories.to_series()
+        per_code = sum(np.bincount(chunk.to_numpy(), minlength=categories.len())
+                       for chunk in col.to_physical().get_chunks())
+        used = np.flatnonzero(per_code)
+        pairs = zip(categories.gather(used).to_list(), per_code[used].tolist())
+    else:
+        pairs = col.value_counts().iter_rows()
+    return dict(sorted(((str(k), int(n)) for k, n in pairs), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _effective_layout(override: str | None, detected: layouts.Layout,

@@ -48,6 +48,8 @@ def _gather(out, bases, chunk, local):
         out[i] = _load(bases[chunk[i]] + local[i] * width, zero)
 
 
+FIRST_PART_DIVISOR = 8    # the first part has an eighth of the rows of the others
+
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -78,7 +80,7 @@ def _column_taker(col: pl.Series) -> Callable[[np.ndarray, np.ndarray], pa.Array
         return take
     # Categorical: physical codes index the (process-wide) categories; keep only the values
     # this column uses, renumbered, as the dictionary (the same for every part).
-    codes = [np.ascontiguousarray(c.to_physical().to_numpy()) for c in col.get_chunks()]
+    codes = [np.ascontiguousarray(c.to_numpy()) for c in col.to_physical().get_chunks()]
     categories = col.dtype.categories.to_series()
     used = sum(np.bincount(c, minlength=categories.len()) for c in codes) > 0
     renumber = (np.cumsum(used, dtype=np.uint32) - 1).astype(np.uint32)
@@ -100,11 +102,18 @@ def _rows_of(col: pl.Series) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 def ordered_parts(events: pl.DataFrame, rows: int) -> tuple[Iterator[pa.Table], pa.Table]:
     """``events`` in time order as Arrow tables of ``rows`` rows each (the last one shorter),
     and an empty table of their schema; see the module docstring. Categorical columns become
-    dictionary arrays over the values the column uses. The next part is gathered in a thread
-    (the compiled gather frees the GIL) while the caller writes the current one."""
+    dictionary arrays over the values the column uses. The sort itself happens on the first
+    step of the iterator, in whichever thread consumes it (the ingest's writer thread, while
+    the main thread computes the summary); the next part is gathered in another thread (the
+    compiled gather frees the GIL) while the caller writes the current one."""
     n = events.height
     if n == 0:
         return iter(()), events.head(0).to_arrow()
+    return _parts(events, rows), events.head(0).to_arrow()
+
+
+def _parts(events: pl.DataFrame, rows: int) -> Iterator[pa.Table]:
+    n = events.height
     ts = events.get_column("ts")
     order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
     del ts
@@ -118,8 +127,8 @@ def ordered_parts(events: pl.DataFrame, rows: int) -> tuple[Iterator[pa.Table], 
     starts = [np.cumsum((0,) + lengths) for lengths in chunkings]
     names = events.columns
 
-    def part(lo: int) -> pa.Table:
-        idx = np.arange(lo, min(lo + rows, n)) if order is None else order[lo:lo + rows]
+    def part(lo: int, hi: int) -> pa.Table:
+        idx = np.arange(lo, hi) if order is None else order[lo:hi]
         located = []
         for bounds in starts:
             if len(bounds) == 2:      # one chunk
@@ -129,14 +138,15 @@ def ordered_parts(events: pl.DataFrame, rows: int) -> tuple[Iterator[pa.Table], 
                 located.append((chunk, idx - bounds[chunk]))
         return pa.Table.from_arrays([take(*located[k]) for k, take in takers], names=names)
 
-    def parts() -> Iterator[pa.Table]:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(part, 0)
-            for lo in range(0, n, rows):
-                current = pending.result()
-                if lo + rows < n:
-                    pending = pool.submit(part, lo + rows)
-                yield current
-
-    return parts(), events.head(0).to_arrow()
+    # The writer idles until the first part is gathered, so that one is small: the
+    # gathering of the next part then overlaps its write from the start.
+    cuts = [0, *range(min(max(rows // FIRST_PART_DIVISOR, 1), n), n, rows), n]
+    spans = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(part, *spans[0])
+        for k in range(len(spans)):
+            current = pending.result()
+            if k + 1 < len(spans):
+                pending = pool.submit(part, *spans[k + 1])
+            yield current
 

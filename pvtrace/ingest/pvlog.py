@@ -45,6 +45,7 @@ LOG_MAJOR = 1                        # the event-log major version this module r
 ONE_BATCH_BYTES = 512 * 1024 * 1024  # larger files are streamed in batches ...
 BATCH_ROWS = 1_000_000               # ... of this many lines: text is never all in memory
 MAX_PROBLEMS = 1000                  # Problem objects kept per kind; totals go to meta
+FEW_REFUSED = 64                     # up to this many refused lines in a batch are cut out
 
 EVENTS = ("A", "R", "B", "S", "P", "E", "X")
 LOCK_EVENTS = ("A", "R", "B", "S")
@@ -269,13 +270,29 @@ _EVENT_COLUMNS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "
 def _fast(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """Records among a batch from :func:`_field_batches`, and the 0-based rows it refused."""
     ok = pl.col("ok")
-    tokens = pl.concat([typed["cls"].unique(), typed["op"].unique()]).cast(pl.String)
+    # The categories a categorical column draws from (shared by the process's categoricals,
+    # so a superset of this batch's tokens: free to get, where the batch's own distinct
+    # values would cost a pass over it). Only when one holds a control byte are the rows
+    # checked one by one.
+    tokens = pl.concat([typed[c].dtype.categories.to_series() for c in ("cls", "op")])
     if tokens.str.contains(_CONTROL.pattern).any():
         # A tab or other control byte inside a free-text token (cls, op): slow path.
         ok = ok & ~pl.concat_str("cls", "op").str.contains(_CONTROL.pattern)
         typed = typed.with_columns(ok.alias("ok"))
-    refused = typed.filter(~pl.col("ok")).get_column("line") - 1
-    return typed.filter(pl.col("ok")).select(_EVENT_COLUMNS), refused
+    keep = typed.get_column("ok").fill_null(False)
+    at = keep.not_().arg_true()      # positions of the refused lines
+    refused = typed.get_column("line").gather(at) - 1
+    records = typed.select(_EVENT_COLUMNS)
+    if at.len() > FEW_REFUSED:
+        return records.filter(keep), refused
+    # The usual case: a few header lines. The records between them are zero-copy slices,
+    # where a filter would copy every column of the batch.
+    bounds = [-1, *at.to_list(), records.height]
+    pieces = [records.slice(lo + 1, hi - lo - 1)
+              for lo, hi in zip(bounds, bounds[1:]) if hi > lo + 1]
+    if len(pieces) == 1:
+        return pieces[0], refused
+    return (pl.concat(pieces, rechunk=False) if pieces else records.clear()), refused
 
 
 def _numbered(raw: pl.DataFrame, first_line: int) -> pl.DataFrame:
