@@ -462,6 +462,24 @@ def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
     assert _ordered(events.head(0)).num_rows == 0
 
 
+def test_ordered_parts_sort_on_first_step_with_a_short_first_part(monkeypatch):
+    """The sort runs when the writer asks for the first part (in its thread, while the
+    ingest's main thread counts the summary), and the first part is short."""
+    import numpy as np
+
+    from pvtrace.ingest import order
+
+    sorts, argsort = [], np.argsort
+    monkeypatch.setattr(np, "argsort", lambda *a, **k: sorts.append(1) or argsort(*a, **k))
+    events = pl.DataFrame({"ts": [3, 1, 2], "line": [1, 2, 3]},
+                          schema={"ts": pl.UInt64, "line": pl.UInt64})
+    parts, first = order.ordered_parts(events, 2)
+    assert first.num_rows == 0 and sorts == []
+    assert next(parts).column("ts").to_pylist() == [1]
+    assert sorts == [1]
+    assert [p.column("ts").to_pylist() for p in parts] == [[2, 3]]
+
+
 def test_events_written_in_row_groups_read_back_whole(tmp_path, monkeypatch):
     """The bundle writer takes the time-ordered events part by part (one row group each):
     with tiny parts, the file holds many row groups and the same rows as with one."""
