@@ -294,6 +294,7 @@ def test_batches_give_the_same_result(tmp_path, monkeypatch):
     spilled = pvlog.parse(path, 0, "x", scratch=tmp_path / "scratch")
     assert len(list((tmp_path / "scratch" / "input-0").glob("*.arrow"))) == 7
     assert spilled.tables["events"].equals(batched.tables["events"])
+    assert spilled.tables["events"].schema == batched.tables["events"].schema
     assert spilled.problems == whole.problems
 
 
