@@ -276,10 +276,8 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
 def _value_counts(col: pl.Series) -> dict[str, int]:
     """Records per value of ``col``, most frequent first (ties by value)."""
     if col.dtype == pl.Categorical:
-        # Physical codes index the categories: count them with bincount, chunk by chunk.
         categories = col.dtype.categories.to_series()
-        per_code = sum(np.bincount(chunk.to_numpy(), minlength=categories.len())
-                       for chunk in col.to_physical().get_chunks())
+        per_code = order.code_counts(order.category_codes(col), categories.len())
         used = np.flatnonzero(per_code)
         pairs = zip(categories.gather(used).to_list(), per_code[used].tolist())
     else:

@@ -80,9 +80,9 @@ def _column_taker(col: pl.Series) -> Callable[[np.ndarray, np.ndarray], pa.Array
         return take
     # Categorical: physical codes index the (process-wide) categories; keep only the values
     # this column uses, renumbered, as the dictionary (the same for every part).
-    codes = [np.ascontiguousarray(c.to_numpy()) for c in col.to_physical().get_chunks()]
+    codes = category_codes(col)
     categories = col.dtype.categories.to_series()
-    used = sum(np.bincount(c, minlength=categories.len()) for c in codes) > 0
+    used = code_counts(codes, categories.len()) > 0
     renumber = (np.cumsum(used, dtype=np.uint32) - 1).astype(np.uint32)
     dictionary = categories.filter(pl.Series(used)).cast(pl.String).to_arrow().cast(pa.string())
     bases, bits = _chunk_buffers(codes)
@@ -92,6 +92,18 @@ def _column_taker(col: pl.Series) -> Callable[[np.ndarray, np.ndarray], pa.Array
         _gather(out, bases, chunk, local)
         return pa.DictionaryArray.from_arrays(pa.array(renumber.take(out)), dictionary)
     return take_codes
+
+
+def category_codes(col: pl.Series) -> list[np.ndarray]:
+    """The physical codes of a categorical column, one contiguous array per chunk. They
+    index the process-wide categories, ``col.dtype.categories``."""
+    return [np.ascontiguousarray(c.to_numpy()) for c in col.to_physical().get_chunks()]
+
+
+def code_counts(codes: list[np.ndarray], ncategories: int) -> np.ndarray:
+    """Records per category code over the chunks ``codes`` (see :func:`category_codes`)."""
+    return sum((np.bincount(c, minlength=ncategories) for c in codes),
+               np.zeros(ncategories, np.int64))
 
 
 def _rows_of(col: pl.Series) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

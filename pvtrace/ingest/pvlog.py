@@ -299,8 +299,6 @@ def _fast(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     bounds = [-1, *at.to_list(), records.height]
     pieces = [records.slice(lo + 1, hi - lo - 1)
               for lo, hi in zip(bounds, bounds[1:]) if hi > lo + 1]
-    if len(pieces) == 1:
-        return pieces[0], refused
     return (pl.concat(pieces, rechunk=False) if pieces else records.clear()), refused
 
 
