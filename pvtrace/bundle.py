@@ -73,8 +73,10 @@ STATISTICS_COLUMNS = ("ts",)     # min/max only where a reader would filter: the
 @dataclass(frozen=True)
 class Parts:
     """A table handed to :func:`write_bundle` as consecutive parts (each a ``pa.Table``), one
-    Parquet row group each: the writer never needs the whole table at once. ``rows`` is the
-    total; ``first`` is an empty table with the columns, written when there are no parts."""
+    Parquet row group each: the writer never needs the whole table at once, and is done with
+    a part when it asks for the next (the producer may reuse its memory then). ``rows`` is
+    the total; ``first`` is an empty table with the columns, written when there are no
+    parts."""
 
     parts: Iterable[pa.Table]
     rows: int

@@ -427,11 +427,12 @@ def test_invalid_utf8_in_a_record_falls_back_to_replacing_it(tmp_path):
     assert result.problem_totals == {}
 
 
-def _ordered(events, rows=None):
+def _ordered(events, rows=None, recycle=False):
     from pvtrace.ingest import ROW_GROUP_ROWS, _ordered_parts
 
-    parts = _ordered_parts(events, rows)
-    tables = list(parts.parts)
+    parts = _ordered_parts(events, rows, recycle)
+    # A recycled part is valid until the next one is asked for: keep a copy of each.
+    tables = [t.take(pa.array(range(t.num_rows))) if recycle else t for t in parts.parts]
     assert sum(t.num_rows for t in tables) == parts.rows == events.height
     # Parts of at most ``rows`` rows, and a short first one that gets the writer going.
     limit = rows or ROW_GROUP_ROWS
@@ -456,11 +457,40 @@ def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
     assert chunked.n_chunks() > 10
     for frame in (events, chunked):
         for part_rows in (None, 7, 400, 399):     # one part; many, ragged; exact; two
-            table = _ordered(frame, part_rows)
-            assert rows(pl.from_arrow(table)) == expect
-            assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
+            for recycle in (False, True):
+                table = _ordered(frame, part_rows, recycle)
+                assert rows(pl.from_arrow(table)) == expect
+                assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
     assert rows(pl.from_arrow(_ordered(events.sort("ts"), 64))) == rows(events.sort("ts"))
     assert _ordered(events.head(0)).num_rows == 0
+
+
+def test_recycled_parts_reuse_the_memory_of_the_part_before_last(monkeypatch):
+    """With ``recycle`` the gather writes a part into the buffers of the part two before it
+    (the one the writer finished when it asked for the previous part), where they fit."""
+    from pvtrace.ingest import order
+
+    reused = []
+    take = order._Group.take
+
+    def spy(self, chunk, local, buffer=None):
+        arrays, used = take(self, chunk, local, buffer)
+        reused.append(used is buffer)
+        return arrays, used
+    monkeypatch.setattr(order._Group, "take", spy)
+    n = 100
+    events = pl.DataFrame({"ts": list(range(n, 0, -1)), "cpu": [i % 3 for i in range(n)],
+                           "op": [f"op{i % 4}" for i in range(n)]},
+                          schema={"ts": pl.UInt64, "cpu": pl.Int32, "op": pl.Categorical})
+    for recycle in (False, True):
+        reused.clear()
+        parts, _ = order.ordered_parts(events, 16, recycle)
+        seen = [part.column("ts").to_pylist() for part in parts]
+        assert sum(seen, []) == list(range(1, n + 1))
+        assert len(seen) == 8 and len(reused) == 2 * 8   # two groups: ts; cpu and op codes
+        # Parts of 2, 16, ..., 16, 2 rows: the third does not fit in the first's buffers;
+        # every later part reuses those of the part two before it.
+        assert reused == ([False] * 6 + [True] * 10 if recycle else [False] * 16)
 
 
 def test_ordered_parts_sort_on_first_step_with_a_short_first_part(monkeypatch):

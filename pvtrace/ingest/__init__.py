@@ -172,7 +172,7 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
     if events is not None:
         # Put into time order as Arrow (what the bundle writes), one row group at a time, so
         # that no sorted copy of a big capture ever exists whole ...
-        tables["events"] = _ordered_parts(events)
+        tables["events"] = _ordered_parts(events, recycle=True)
         progress.stage("writing the events in time order", events.height)
     summaries = [s for _, s in parsed]
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -201,9 +201,12 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
 ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order on its own)
 
 
-def _ordered_parts(events: pl.DataFrame, rows: int | None = None) -> bundle.Parts:
-    """``events`` in time order as bundle parts of ``rows`` rows (:mod:`.order`)."""
-    parts, first = order.ordered_parts(events, rows or ROW_GROUP_ROWS)
+def _ordered_parts(events: pl.DataFrame, rows: int | None = None,
+                   recycle: bool = False) -> bundle.Parts:
+    """``events`` in time order as bundle parts of ``rows`` rows (:mod:`.order`; with
+    ``recycle``, a part's memory is reused two parts later: the bundle writer is done with a
+    part when it asks for the next)."""
+    parts, first = order.ordered_parts(events, rows or ROW_GROUP_ROWS, recycle)
     return bundle.Parts(parts, events.height, first)
 
 
