@@ -137,6 +137,17 @@ def test_usage_errors_and_help(tmp_path):
     assert pvtrace("ingest", "--help").returncode == 0
 
 
+@pytest.mark.parametrize("command", ["ingest", "replay", "compare", "models", "synth",
+                                     "dscript", None])
+def test_help_shows_no_value_after_a_flag(command):
+    """Flags take no value, and their help must not suggest one: typer 0.29 prints
+    ``--json <bool>`` (hence the pin in pyproject.toml)."""
+    result = CliRunner().invoke(app, [command, "--help"] if command else ["--help"],
+                                env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output and "<bool>" not in result.output
+
+
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     import pvtrace.cli as cli
     import pvtrace.ingest
