@@ -1,7 +1,8 @@
 """Human-readable replay reports: rich tables a kernel developer reads at a glance.
 
 ``compare_tables`` puts designs side by side (rows = designs) with the change against the
-``stock`` row (or the first row when stock was not replayed); ``class_table`` shows where the
+``stock`` row, or against the capture itself (the ``observed`` row) when stock was not
+replayed, as in ``replay --model obm``; ``class_table`` shows where the
 waits went per lock class, which is how a design that only moves contention to the pmap mutex
 shows itself. All inputs are the SPEC report object, so JSON and text never disagree.
 """
@@ -29,11 +30,13 @@ def fmt_change(value: float, base: float) -> str:
     return f"{pct:+.1f}%"
 
 
-def _baseline(report: dict) -> dict:
+def _baseline(report: dict) -> tuple[str, dict]:
+    """What the designs are compared with: the replayed stock kernel, which differs from the
+    capture only by what a replay cannot reproduce, else the capture itself."""
     for m in report["models"]:
         if m["model"] == "stock":
-            return m
-    return report["models"][0]
+            return "stock", m
+    return "observed", report["observed"]
 
 
 def trace_line(report: dict) -> str:
@@ -43,15 +46,15 @@ def trace_line(report: dict) -> str:
 
 
 def compare_table(report: dict) -> Table:
-    base = _baseline(report)
+    base_name, base = _baseline(report)
     obs = report["observed"]
     table = Table(title="Replayed lock waits per design", title_justify="left")
     for col, just in (("design", "left"), ("acquired", "right"), ("contended", "right"),
                       ("wait", "right"), ("spin", "right"), ("block", "right"),
                       ("false blocks", "right"), ("true blocks", "right"),
                       ("sibling wakeups", "right"), ("p99 wait", "right"),
-                      ("makespan", "right"), (f"wait vs {base['model']}", "right"),
-                      (f"makespan vs {base['model']}", "right")):
+                      ("makespan", "right"), (f"wait vs {base_name}", "right"),
+                      (f"makespan vs {base_name}", "right")):
         table.add_column(col, justify=just, no_wrap=True)
     table.add_row(
         "[dim]observed[/dim]", f"{obs['acquisitions']:,}", f"{obs['contended']:,}",
