@@ -191,7 +191,8 @@ def ordered_parts(events: pl.DataFrame, rows: int, recycle: bool = False
 
     With ``recycle``, a part is valid only until the caller asks for the next one: the part
     after that is gathered into its memory. Fresh memory costs the kernel a page fault and
-    zeroing per page on first write, about as much as the gather itself on a VM."""
+    zeroing per page on first write: on the 5 M-record bench log, writing the events took
+    1.25-1.45 s with recycling and 1.47-2.3 s without."""
     n = events.height
     if n == 0:
         return iter(()), events.head(0).to_arrow()
