@@ -23,19 +23,23 @@ SpinOpt = Annotated[int, typer.Option(
 WakeOpt = Annotated[int, typer.Option(
     "--wakeup-ns", metavar="NS", help="Latency from a release to a blocked waiter running "
                                       "(turnstile wakeup). Default 0: no cost.")]
+CacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither read nor write the bundle's timeline cache (BUNDLE/cache: "
+                       "written by a bundle's first replay, it makes later ones start at "
+                       "once).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the pvtrace-replay/1 JSON report "
                                                       "to stdout and nothing else.")]
 
 
 def _run(trace: str, models: list[str], layout, spin_limit: int, wakeup_ns: int,
-         jobs: int = 1) -> dict:
+         no_cache: bool, jobs: int = 1) -> dict:
     from pvtrace.replay.api import replay_trace
 
     if jobs < 1:
         raise PvtraceError("--jobs must be at least 1")
     with progress.shown():
         return replay_trace(trace, models, layout=layout, spin_limit_ns=spin_limit,
-                            wakeup_ns=wakeup_ns, jobs=jobs)
+                            wakeup_ns=wakeup_ns, jobs=jobs, use_cache=not no_cache)
 
 
 def _render(report: dict, *, detail: bool) -> None:
@@ -59,9 +63,9 @@ def replay(trace: TraceArg,
            model: Annotated[str, typer.Option("--model", "-m", help="Lock design to replay "
                                                                     "(see `pvtrace models`).")] = "obm",
            layout: LayoutOpt = None, spin_limit: SpinOpt = 0, wakeup_ns: WakeOpt = 0,
-           json_out: JsonOpt = False) -> None:
+           no_cache: CacheOpt = False, json_out: JsonOpt = False) -> None:
     """Re-execute a capture under another lock design: same work, recomputed lock waits."""
-    report = _run(trace, [model], layout, spin_limit, wakeup_ns)
+    report = _run(trace, [model], layout, spin_limit, wakeup_ns, no_cache)
     if json_out:
         print(json.dumps(report, indent=2))
     else:
@@ -77,12 +81,12 @@ def compare(trace: TraceArg,
                 "--jobs", "-j", help="Designs replayed at once, one per core. Each holds its "
                                      "own steps: peak memory grows by about 45 bytes per "
                                      "record per extra job.")] = 1,
-            json_out: JsonOpt = False) -> None:
+            no_cache: CacheOpt = False, json_out: JsonOpt = False) -> None:
     """Replay a capture under several designs and show them side by side."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise PvtraceError("--models is empty; name at least one design")
-    report = _run(trace, names, layout, spin_limit, wakeup_ns, jobs)
+    report = _run(trace, names, layout, spin_limit, wakeup_ns, no_cache, jobs)
     if json_out:
         print(json.dumps(report, indent=2))
     else:

@@ -20,6 +20,7 @@ from pvtrace import progress
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
+from pvtrace.replay import cache
 from pvtrace.replay.run import make_params, observed, run_design, summarize, warm_caches
 from pvtrace.timeline import Timeline
 
@@ -36,6 +37,8 @@ class LoadedTrace:
     timeline: Timeline
     nevents: int
     metadata: dict[str, Any]
+    cache: str | None = None     # how the timeline cache served (cache.READ, OFF), if it did
+    cache_todo: tuple[Path, dict] | None = None    # (bundle, events key) to write it for
 
     @property
     def layout_known(self) -> bool:
@@ -53,11 +56,14 @@ class LoadedTrace:
         return lay if self.layout_known else "superpage"
 
 
-def load_trace(path: str) -> LoadedTrace:
+def load_trace(path: str, *, use_cache: bool = True) -> LoadedTrace:
     """The timeline of a bundle, or of a raw capture (file or ``-``) ingested into a temporary
-    bundle. The events table is read one column at a time into the timeline, never whole."""
+    bundle. The events table is read one column at a time into the timeline, never whole.
+    With ``use_cache``, a bundle's cached timeline is used when it is current (see
+    :mod:`pvtrace.replay.cache`); when it is not, the returned trace says so
+    (``cache_todo``) and :func:`write_cache` writes it."""
     if path != "-" and is_bundle(path):
-        return _from_bundle(path, open_bundle(path))
+        return _from_bundle(path, open_bundle(path), use_cache)
     if path != "-" and not Path(path).exists():
         raise PvtraceError("no such file or directory", path=path)
     from pvtrace.ingest import run_ingest
@@ -65,16 +71,21 @@ def load_trace(path: str) -> LoadedTrace:
     with tempfile.TemporaryDirectory(prefix="pvtrace-") as tmp:
         out = Path(tmp) / "bundle"
         run_ingest([path], str(out))
-        return _from_bundle(path, open_bundle(out))
+        return _from_bundle(path, open_bundle(out), False)
 
 
-def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
+def _from_bundle(path: str, bundle: Bundle, use_cache: bool) -> LoadedTrace:
     if not bundle.has("events"):
         raise PvtraceError(NO_EVENTS, path=path)
     nrows = bundle.arrow("events", []).num_rows      # also checks the schema version
     if nrows == 0:
         raise PvtraceError("the trace has no event records to replay", path=path)
     file = bundle.path / "events.parquet"
+    if use_cache:
+        events_key = cache.key(file)
+        tl = cache.read(bundle.path, events_key)
+        if tl is not None:
+            return LoadedTrace(path, tl, nrows, bundle.metadata, cache.READ)
     try:
         parquet = pq.ParquetFile(file)
         missing = set(REPLAY_COLUMNS) - set(parquet.schema_arrow.names)
@@ -89,17 +100,37 @@ def _from_bundle(path: str, bundle: Bundle) -> LoadedTrace:
         tl = Timeline.from_columns(read, nrows)
     except (OSError, pa.ArrowException) as exc:
         raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
-    return LoadedTrace(path, tl, nrows, bundle.metadata)
+    if not use_cache:
+        return LoadedTrace(path, tl, nrows, bundle.metadata, cache.OFF)
+    return LoadedTrace(path, tl, nrows, bundle.metadata, None, (bundle.path, events_key))
+
+
+def write_cache(trace: LoadedTrace) -> str:
+    """Write the timeline cache ``trace`` was loaded without; the cache status to report."""
+    if trace.cache_todo is None:
+        return trace.cache
+    return cache.write(*trace.cache_todo, trace.timeline)
 
 
 def replay_trace(path: str, models: list[str], *, layout: str | None = None,
-                 spin_limit_ns: int = 0, wakeup_ns: int = 0, jobs: int = 1) -> dict:
-    """Replay the trace at ``path`` under each of ``models``; the SPEC report object."""
-    trace = load_trace(path)
+                 spin_limit_ns: int = 0, wakeup_ns: int = 0, jobs: int = 1,
+                 use_cache: bool = True) -> dict:
+    """Replay the trace at ``path`` under each of ``models``; the SPEC report object.
+    ``use_cache``: read and write a bundle's timeline cache (:mod:`pvtrace.replay.cache`)."""
+    trace = load_trace(path, use_cache=use_cache)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
     designs = [get_design(m, params.layout) for m in models]  # validate names first
     tl, nevents, meta, layout_known = (trace.timeline, trace.nevents, trace.metadata,
                                        trace.layout_known)
+    # The cache is written and the captured waits summarized on the second core while the
+    # designs replay: all only read the timeline, and the compiled passes and Arrow's writer
+    # release the GIL.
+    with ThreadPoolExecutor(2) as pool:
+        cached = pool.submit(write_cache, trace)
+        seen = pool.submit(observed, tl)
+        models_ = replay_designs(tl, designs, params, jobs)
+        obs = seen.result()
+        cache_status = cached.result()
     report = {
         "schema": REPORT_SCHEMA,
         "trace": {
@@ -114,9 +145,10 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "classes": tl.classes,
             "capture": meta.get("capture", {}),
             "drops": meta.get("drops", {}),
+            "timeline_cache": cache_status,
         },
-        "observed": _observed(tl),
-        "models": replay_designs(tl, designs, params, jobs),
+        "observed": obs,
+        "models": models_,
     }
     return report
 
@@ -141,7 +173,3 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))
 
-
-def _observed(tl: Timeline) -> dict:
-    progress.stage("summarizing the captured waits")
-    return observed(tl)

@@ -1,0 +1,149 @@
+"""The bundle's timeline cache: a replay writes it, the next one maps it and reports the same
+numbers; a stale, damaged or newer-version cache is rebuilt, never trusted and never fatal;
+``--no-cache`` and raw captures leave the bundle alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+from typer.testing import CliRunner
+
+from pvtrace.cli import app
+from pvtrace.ingest import run_ingest
+from pvtrace.replay import cache
+from pvtrace.replay.api import load_trace, replay_trace
+from tests.test_timeline import ARRAYS, SAMPLE, same
+
+DESIGNS = ["stock", "obm"]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "bundle"
+    run_ingest([str(SAMPLE)], str(out))
+    return out
+
+
+@pytest.fixture
+def bundle(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the sample bundle, without a cache (copy2 keeps the events' mtime)."""
+    return Path(shutil.copytree(pristine, tmp_path / "b"))
+
+
+def _replay(bundle: Path, **kw) -> tuple[dict, str]:
+    report = replay_trace(str(bundle), DESIGNS, spin_limit_ns=5000, **kw)
+    return report, report["trace"].pop("timeline_cache")
+
+
+def test_second_replay_maps_the_cache_and_reports_the_same(bundle: Path) -> None:
+    cold, how = _replay(bundle)
+    assert how == cache.WRITTEN
+    assert sorted(p.name for p in (bundle / cache.CACHE_DIR).iterdir()) == [
+        "timeline.arrow", "timeline_spins.arrow", "timeline_threads.arrow"]
+    warm, how = _replay(bundle)
+    assert how == cache.READ
+    assert warm == cold
+    built = load_trace(str(bundle), use_cache=False).timeline
+    mapped = load_trace(str(bundle)).timeline
+    same(built, mapped)
+    # mapped from the file (copy-on-write, so the compiled passes see the writable arrays
+    # they were compiled for), not copied into the process's memory
+    for name in ("ts", "pa", "partner", "thread_first"):
+        arr = getattr(mapped, name)
+        assert arr.flags.writeable and not arr.flags.owndata
+        assert not np.shares_memory(arr, getattr(built, name))
+
+
+def test_a_changed_events_file_rebuilds_the_cache(bundle: Path) -> None:
+    assert _replay(bundle)[1] == cache.WRITTEN
+    events = bundle / "events.parquet"
+    st = events.stat()
+    os.utime(events, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert _replay(bundle)[1] == cache.WRITTEN
+    assert _replay(bundle)[1] == cache.READ
+
+
+def _rewrite_timeline(bundle: Path, change) -> None:
+    """Rewrite the cache's timeline table with ``change(schema metadata)`` applied."""
+    path = bundle / cache.CACHE_DIR / "timeline.arrow"
+    table = ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()   # not mapped: rewritten
+    meta = dict(table.schema.metadata)
+    change(meta)
+    table = table.replace_schema_metadata(meta)
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing table", "newer version",
+                                    "other events", "not arrow"])
+def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> None:
+    cold, _ = _replay(bundle)
+    where = bundle / cache.CACHE_DIR
+    if damage == "truncated":
+        data = (where / "timeline.arrow").read_bytes()
+        (where / "timeline.arrow").write_bytes(data[:len(data) // 2])
+    elif damage == "empty":
+        (where / "timeline_threads.arrow").write_bytes(b"")
+    elif damage == "missing table":
+        (where / "timeline_spins.arrow").unlink()
+    elif damage == "newer version":
+        _rewrite_timeline(bundle, lambda m: m.update({b"pvtrace.schema_version": b"2.0"}))
+    elif damage == "other events":
+        def other(m):
+            facts = json.loads(m[b"pvtrace.timeline"])
+            facts["key"]["events_size"] += 1
+            m[b"pvtrace.timeline"] = json.dumps(facts).encode()
+        _rewrite_timeline(bundle, other)
+    else:
+        (where / "timeline.arrow").write_text("PAR1 not an Arrow file\n")
+    again, how = _replay(bundle)
+    assert how == cache.WRITTEN and again == cold
+    assert _replay(bundle)[1] == cache.READ
+
+
+def test_an_unwritable_bundle_replays_without_a_cache(bundle: Path, monkeypatch) -> None:
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    report, how = _replay(bundle)
+    assert how == "not written: Permission denied"
+    assert not (bundle / cache.CACHE_DIR).exists()
+    assert report["models"][1]["model"] == "obm"
+
+
+def test_a_full_disk_leaves_no_partial_cache(bundle: Path, monkeypatch) -> None:
+    real = ipc.new_file
+    calls = []
+
+    def fail_on_second(sink, schema):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(sink, schema)
+    monkeypatch.setattr(ipc, "new_file", fail_on_second)
+    assert _replay(bundle)[1] == "not written: No space left on device"
+    assert [p.name for p in bundle.iterdir() if "cache" in p.name] == []
+
+
+def test_no_cache_and_raw_captures_leave_the_bundle_alone(bundle: Path) -> None:
+    result = CliRunner().invoke(app, ["replay", str(bundle), "--no-cache", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["trace"]["timeline_cache"] == cache.OFF
+    assert not (bundle / cache.CACHE_DIR).exists()
+    assert _replay(bundle)[1] == cache.WRITTEN
+    result = CliRunner().invoke(app, ["compare", str(bundle), "--no-cache", "--json"])
+    assert json.loads(result.stdout)["trace"]["timeline_cache"] == cache.OFF
+    assert replay_trace(str(SAMPLE), ["obm"])["trace"]["timeline_cache"] == cache.OFF
+
+
+def test_the_cache_holds_every_timeline_array() -> None:
+    held = {c for columns in cache.TABLES.values() for c in columns}
+    assert held == set(ARRAYS)
