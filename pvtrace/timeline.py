@@ -52,11 +52,11 @@ class Timeline:
     mode: np.ndarray         # uint8 MODE_*
     pa: np.ndarray           # uint64
     op: np.ndarray           # int16 index into ops
-    wait: np.ndarray         # int64: for A, the attached B/S ns (observed wait); else 0
-    spun_idx: np.ndarray     # int32: the A records with attached S ns (spin) ...
-    spun_ns: np.ndarray      # int64: ... and that spin (sparse: most acquisitions never spin)
+    waited_idx: np.ndarray   # int32, ascending: the A records with attached B/S ns ...
+    waited_ns: np.ndarray    # int64: ... and that observed wait (sparse: most never wait)
+    spun_idx: np.ndarray     # int32, ascending: the A records with attached S ns (spin) ...
+    spun_ns: np.ndarray      # int64: ... and that spin
     partner: np.ndarray      # int32: A -> its R, R -> its A, else -1
-    next_rec: np.ndarray     # int32: next record of the thread that is not B/S, or -1
     thread_first: np.ndarray  # int64 per thread: index of its first record
     thread_end: np.ndarray   # int64 per thread: one past its last record
     thread_ids: np.ndarray   # int64 per thread: the kernel tid
@@ -202,11 +202,13 @@ def _build_timeline(read, nrows: int) -> Timeline:
     ns = _scatter_numeric(pos, read("ns"), np.int64)
     del pos
     _release_arrow_memory()
-    wait, spun_idx, spun_ns, partner, next_rec, counts = _link(starts, ends, ev, lock, ns)
+    partner = np.full(nrows, -1, np.int32)  # numpy's, not numba's: see _link
+    waited_idx, waited_ns, spun_idx, spun_ns, counts = _link(starts, ends, ev, lock, ns,
+                                                             partner)
     del ns
     return Timeline(
-        ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=pa_, op=op, wait=wait,
-        spun_idx=spun_idx, spun_ns=spun_ns, partner=partner, next_rec=next_rec,
+        ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=pa_, op=op, waited_idx=waited_idx,
+        waited_ns=waited_ns, spun_idx=spun_idx, spun_ns=spun_ns, partner=partner,
         thread_first=starts, thread_end=ends, thread_ids=thread_ids, nlocks=len(lock_vals),
         classes=classes, ops=ops, t0=t0, t_last=int(ts.max()),
         counts=LinkCounts(*(int(c) for c in counts)))
@@ -296,14 +298,17 @@ def _scatter_sub(pos, off, src, t0, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _link(starts, ends, ev, lock, ns):
-    n = len(ev)
-    wait = np.zeros(n, np.int64)
+def _link(starts, ends, ev, lock, ns, partner):
+    """Attach B/S waits to their A and pair each A with its R (``partner``, filled in place:
+    allocated by numpy, which backs large arrays with transparent huge pages, far cheaper to
+    fault in than numba's own allocations). Returns the waits and spins, sparse, and the
+    unmatched counts."""
+    waited_idx = np.zeros(1024, np.int32)
+    waited_ns = np.zeros(1024, np.int64)
+    nwaited = 0
     spun_idx = np.zeros(1024, np.int32)
     spun_ns = np.zeros(1024, np.int64)
     nspun = 0
-    partner = np.full(n, -1, np.int32)
-    next_rec = np.full(n, -1, np.int32)
     orphan = 0
     held_start = 0
     held_end = 0
@@ -316,7 +321,6 @@ def _link(starts, ends, ev, lock, ns):
         pend_ns = 0
         pend_spin = 0
         pend_n = 0
-        last = -1
         depth = 0
         for i in range(s, e):
             k = ev[i]
@@ -334,7 +338,14 @@ def _link(starts, ends, ev, lock, ns):
                 continue
             if pend_n > 0:
                 if k == 0 and lock[i] == pend_lock:
-                    wait[i] = pend_ns
+                    if pend_ns != 0:
+                        if nwaited == len(waited_idx):
+                            waited_idx = np.concatenate((waited_idx,
+                                                         np.zeros(nwaited, np.int32)))
+                            waited_ns = np.concatenate((waited_ns, np.zeros(nwaited, np.int64)))
+                        waited_idx[nwaited] = i
+                        waited_ns[nwaited] = pend_ns
+                        nwaited += 1
                     if pend_spin > 0:
                         if nspun == len(spun_idx):
                             spun_idx = np.concatenate((spun_idx, np.zeros(nspun, np.int32)))
@@ -347,9 +358,6 @@ def _link(starts, ends, ev, lock, ns):
                 pend_ns = 0
                 pend_spin = 0
                 pend_n = 0
-            if last >= 0:
-                next_rec[last] = i
-            last = i
             if k == 0:
                 if depth == len(stack_lock):
                     stack_lock = np.concatenate((stack_lock, np.zeros(depth, np.int64)))
@@ -372,5 +380,5 @@ def _link(starts, ends, ev, lock, ns):
                     depth -= 1
         orphan += pend_n
         held_end += depth
-    return (wait, spun_idx[:nspun].copy(), spun_ns[:nspun].copy(), partner, next_rec,
-            (orphan, held_start, held_end))
+    return (waited_idx[:nwaited].copy(), waited_ns[:nwaited].copy(), spun_idx[:nspun].copy(),
+            spun_ns[:nspun].copy(), (orphan, held_start, held_end))

@@ -47,7 +47,8 @@ def test_second_replay_maps_the_cache_and_reports_the_same(bundle: Path) -> None
     cold, how = _replay(bundle)
     assert how == cache.WRITTEN
     assert sorted(p.name for p in (bundle / cache.CACHE_DIR).iterdir()) == [
-        "timeline.arrow", "timeline_spins.arrow", "timeline_threads.arrow"]
+        "timeline.arrow", "timeline_spins.arrow", "timeline_threads.arrow",
+        "timeline_waits.arrow"]
     warm, how = _replay(bundle)
     assert how == cache.READ
     assert warm == cold
@@ -95,7 +96,7 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> Non
     elif damage == "missing table":
         (where / "timeline_spins.arrow").unlink()
     elif damage == "newer version":
-        _rewrite_timeline(bundle, lambda m: m.update({b"pvtrace.schema_version": b"2.0"}))
+        _rewrite_timeline(bundle, lambda m: m.update({b"pvtrace.schema_version": b"9.0"}))
     elif damage == "other events":
         def other(m):
             facts = json.loads(m[b"pvtrace.timeline"])

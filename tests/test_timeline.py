@@ -17,8 +17,8 @@ from pvtrace.replay.api import load_trace
 from pvtrace.timeline import Timeline
 
 SAMPLE = sorted((Path(__file__).resolve().parents[1] / "sample_traces").glob("*.log.gz"))[0]
-ARRAYS = ("ts", "ev", "cls", "lock", "mode", "pa", "op", "wait", "spun_idx", "spun_ns",
-          "partner", "next_rec", "thread_first", "thread_end", "thread_ids")
+ARRAYS = ("ts", "ev", "cls", "lock", "mode", "pa", "op", "waited_idx", "waited_ns", "spun_idx",
+          "spun_ns", "partner", "thread_first", "thread_end", "thread_ids")
 
 
 @pytest.fixture(scope="module")

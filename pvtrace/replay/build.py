@@ -108,7 +108,7 @@ def thread_facts(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Design-independent facts of each thread (see :func:`_threads`), cached on ``tl``."""
     if "build_threads" not in tl.cache:
         tl.cache["build_threads"] = _threads(tl.thread_first, tl.thread_end, tl.ev, tl.ts,
-                                             tl.wait, tl.partner)
+                                             tl.waited_idx, tl.waited_ns, tl.partner)
     return tl.cache["build_threads"]
 
 
@@ -125,16 +125,16 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     t_start, held_idx, held_off = thread_facts(tl)
     tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
-        tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts, tl.wait,
-        tl.partner, tl.next_rec, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
-        dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
-        dk.captured_hash, dk.pv_code, rec, acls, aop, aextra)
+        tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts,
+        tl.waited_idx, tl.waited_ns, tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
+        tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed,
+        dk.pv_exclusive, dk.captured_hash, dk.pv_code, rec, acls, aop, aextra)
     return Steps(rec[:nsteps], tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq],
                  aextra[:nacq], int(clamped), int(nested))
 
 
 @nb.njit(cache=True, nogil=True)
-def _threads(t_first, t_end, ev, ts, wait, partner):
+def _threads(t_first, t_end, ev, ts, waited_idx, waited_ns, partner):
     """Design-independent facts of each thread: its start (its first record, or an earlier
     request time), and the releases without an acquire (locks held when the capture began)
     as record indices with per-thread offsets."""
@@ -147,18 +147,31 @@ def _threads(t_first, t_end, ev, ts, wait, partner):
             nheld += 1
     held_idx = np.zeros(nheld, np.int32)
     q = 0
+    wq = 0                       # cursor in the (ascending) waited A records
     for t in range(nthr):
         s0 = ts[t_first[t]]
         for i in range(t_first[t], t_end[t]):
             if ev[i] == 0:
-                if ts[i] - wait[i] < s0:
-                    s0 = ts[i] - wait[i]
+                w, wq = _wait_of(i, waited_idx, waited_ns, wq)
+                if ts[i] - w < s0:
+                    s0 = ts[i] - w
             elif ev[i] == 1 and partner[i] < 0:
                 held_idx[q] = i
                 q += 1
         t_start[t] = s0
         held_off[t + 1] = q
     return t_start, held_idx, held_off
+
+
+@nb.njit(cache=True, inline="always")
+def _wait_of(i, waited_idx, waited_ns, wq):
+    """The observed wait of record ``i`` and the advanced cursor, for a caller that asks in
+    ascending ``i``: the waits are sparse, sorted by record."""
+    while wq < len(waited_idx) and waited_idx[wq] < i:
+        wq += 1
+    if wq < len(waited_idx) and waited_idx[wq] == i:
+        return waited_ns[wq], wq
+    return np.int64(0), wq
 
 
 @nb.njit(cache=True, inline="always")
@@ -212,8 +225,8 @@ def _emit_page(rec, n, pg, big, g):
 
 
 @nb.njit(cache=True, nogil=True)
-def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, next_rec, pa,
-           rmode, cls, op, t_last, lock,
+def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
+           pa, rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
            pv_code, rec, acls, aop, aextra):
     # The design's view of record i (see DesignKeys), computed where needed rather than
@@ -263,6 +276,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
     na = 0
     clamped = 0
     nested = 0
+    wq = 0                               # cursor in the (ascending) waited A records
     open_keys = np.zeros(16, np.int64)   # non-pv keys acquired and not yet released
     open_acq = np.zeros(16, np.int64)
     for t in range(nthr):
@@ -304,7 +318,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
             k_ev = ev[i]
             if k_ev == 2 or k_ev == 3:
                 continue
-            start_i = ts[i] - wait[i] if k_ev == 0 else ts[i]
+            start_i = ts[i]
+            if k_ev == 0:
+                w, wq = _wait_of(i, waited_idx, waited_ns, wq)
+                start_i -= w
             seg = start_i - prev_e
             if seg < 0:
                 clamped += 1
@@ -351,8 +368,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, wait, partner, n
                 if is_pv(i):
                     if not pv_open or h_lo < 0:
                         continue
-                    j = next_rec[i]
-                    if (j >= 0 and ev[j] == 0 and is_pv(j) and not removed(j)
+                    j = i + 1        # the thread's next record but B/S
+                    while j < e and (ev[j] == 2 or ev[j] == 3):
+                        j += 1
+                    if (j < e and ev[j] == 0 and is_pv(j) and not removed(j)
                             and klo(j) == h_lo and khi(j) == h_hi and krange(j) == h_range
                             and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op

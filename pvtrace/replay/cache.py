@@ -13,7 +13,7 @@ The cache is derived data. It is keyed by the size and modification time of
 differs, or a file is unreadable, the timeline is built from the events again and the cache
 rewritten. It is written to a temporary sibling directory and renamed into place, so a reader
 never sees half of one. Deleting ``BUNDLE/cache`` is always safe; ``--no-cache`` neither
-reads nor writes it. It takes about 42 bytes per record (a few times the events file).
+reads nor writes it. It takes about 30 bytes per record (a few times the events file).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pvtrace.timeline import LinkCounts, Timeline
 CACHE_DIR = "cache"
 # table name -> the Timeline arrays it holds (its schema's columns, in order)
 TABLES = {name: tuple(schemas.load(name).arrow.names)
-          for name in ("timeline", "timeline_threads", "timeline_spins")}
+          for name in ("timeline", "timeline_threads", "timeline_waits", "timeline_spins")}
 _META = b"pvtrace.timeline"
 
 # What a replay report says of the cache (``trace.timeline_cache``).

@@ -305,7 +305,8 @@ def _summary(run: DesignRun, tl: Timeline) -> dict:
 def observed(tl: Timeline) -> dict:
     """What the capture itself shows: its acquisitions and recorded B/S waits."""
     a = np.flatnonzero(tl.ev == EV_A)
-    w = tl.wait[a]
+    w = np.zeros(len(a), np.int64)       # the waits are sparse, on A records only
+    w[np.searchsorted(a, tl.waited_idx)] = tl.waited_ns
     contended = w[w > 0]
     r_idx = tl.partner[a]
     paired = r_idx >= 0
