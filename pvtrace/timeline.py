@@ -202,9 +202,8 @@ def _build_timeline(read, nrows: int) -> Timeline:
     ns = _scatter_numeric(pos, read("ns"), np.int64)
     del pos
     _release_arrow_memory()
-    partner = np.full(nrows, -1, np.int32)  # numpy's, not numba's: see _link
-    waited_idx, waited_ns, spun_idx, spun_ns, counts = _link(starts, ends, ev, lock, ns,
-                                                             partner)
+    waited_idx, waited_ns, spun_idx, spun_ns, partner, counts = _linked(starts, ends, ev, lock,
+                                                                        ns)
     del ns
     return Timeline(
         ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=pa_, op=op, waited_idx=waited_idx,
@@ -297,23 +296,37 @@ def _scatter_sub(pos, off, src, t0, out):
         out[pos[off + i]] = np.int64(src[i] - t0)
 
 
+def _linked(starts, ends, ev, lock, ns):
+    """Attach B/S waits to their A and pair each A with its R: the waits and spins (sparse:
+    A record, ns), ``partner`` and the unmatched counts.
+
+    The compiled pass gets its buffers from here, each as large as it could need: numpy's
+    zeros are calloc'ed, so the pages never written never become resident, and a buffer
+    grown inside the loop would cost far more than its memory (numba cannot keep an array
+    reassigned in a loop in registers: the pass ran 13x slower that way).
+    """
+    n_bs = int(np.count_nonzero((ev == EV_B) | (ev == EV_S)))
+    n_s = int(np.count_nonzero(ev == EV_S))
+    longest = int((ends - starts).max()) if len(starts) else 0
+    waited_idx, spun_idx = np.zeros(n_bs, np.int32), np.zeros(n_s, np.int32)
+    waited_ns, spun_ns = np.zeros(n_bs, np.int64), np.zeros(n_s, np.int64)
+    stack_lock, stack_idx = np.zeros(longest, np.int64), np.zeros(longest, np.int64)
+    partner = np.full(len(ev), -1, np.int32)
+    nwaited, nspun, orphan, held_start, held_end = _link(
+        starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
+        stack_lock, stack_idx)
+    return (waited_idx[:nwaited].copy(), waited_ns[:nwaited].copy(), spun_idx[:nspun].copy(),
+            spun_ns[:nspun].copy(), partner, (orphan, held_start, held_end))
+
+
 @nb.njit(cache=True, nogil=True)
-def _link(starts, ends, ev, lock, ns, partner):
-    """Attach B/S waits to their A and pair each A with its R (``partner``, filled in place:
-    allocated by numpy, which backs large arrays with transparent huge pages, far cheaper to
-    fault in than numba's own allocations). Returns the waits and spins, sparse, and the
-    unmatched counts."""
-    waited_idx = np.zeros(1024, np.int32)
-    waited_ns = np.zeros(1024, np.int64)
+def _link(starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
+          stack_lock, stack_idx):
     nwaited = 0
-    spun_idx = np.zeros(1024, np.int32)
-    spun_ns = np.zeros(1024, np.int64)
     nspun = 0
     orphan = 0
     held_start = 0
     held_end = 0
-    stack_lock = np.zeros(64, np.int64)
-    stack_idx = np.zeros(64, np.int64)
     for t in range(len(starts)):
         s, e = starts[t], ends[t]
         # B/S attach to the next A of the same lock if only B/S of that lock stand between.
@@ -339,17 +352,10 @@ def _link(starts, ends, ev, lock, ns, partner):
             if pend_n > 0:
                 if k == 0 and lock[i] == pend_lock:
                     if pend_ns != 0:
-                        if nwaited == len(waited_idx):
-                            waited_idx = np.concatenate((waited_idx,
-                                                         np.zeros(nwaited, np.int32)))
-                            waited_ns = np.concatenate((waited_ns, np.zeros(nwaited, np.int64)))
                         waited_idx[nwaited] = i
                         waited_ns[nwaited] = pend_ns
                         nwaited += 1
                     if pend_spin > 0:
-                        if nspun == len(spun_idx):
-                            spun_idx = np.concatenate((spun_idx, np.zeros(nspun, np.int32)))
-                            spun_ns = np.concatenate((spun_ns, np.zeros(nspun, np.int64)))
                         spun_idx[nspun] = i
                         spun_ns[nspun] = pend_spin
                         nspun += 1
@@ -359,9 +365,6 @@ def _link(starts, ends, ev, lock, ns, partner):
                 pend_spin = 0
                 pend_n = 0
             if k == 0:
-                if depth == len(stack_lock):
-                    stack_lock = np.concatenate((stack_lock, np.zeros(depth, np.int64)))
-                    stack_idx = np.concatenate((stack_idx, np.zeros(depth, np.int64)))
                 stack_lock[depth] = lock[i]
                 stack_idx[depth] = i
                 depth += 1
@@ -380,5 +383,4 @@ def _link(starts, ends, ev, lock, ns, partner):
                     depth -= 1
         orphan += pend_n
         held_end += depth
-    return (waited_idx[:nwaited].copy(), waited_ns[:nwaited].copy(), spun_idx[:nspun].copy(),
-            spun_ns[:nspun].copy(), (orphan, held_start, held_end))
+    return nwaited, nspun, orphan, held_start, held_end

@@ -124,11 +124,19 @@ def build_steps(tl, dk: DesignKeys) -> Steps:
     rec = np.zeros(cap, STEP)
     acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
     t_start, held_idx, held_off = thread_facts(tl)
-    tfirst, tend, tstart, tacq, nsteps, nacq, clamped, nested = _build(
+    # Scratch for _build, allocated here (see timeline._linked): an acquisition's id per
+    # record, and a thread's open non-pv acquisitions (at most its records).
+    ev_acq = np.full(len(tl.ev), -1, np.int32)
+    longest = int((tl.thread_end - tl.thread_first).max()) if tl.nthreads else 0
+    open_keys, open_acq = np.zeros(longest, np.int64), np.zeros(longest, np.int64)
+    # per thread: first step, end, start time, first acquisition
+    tfirst, tend, tstart, tacq = (np.zeros(tl.nthreads, np.int64) for _ in range(4))
+    nsteps, nacq, clamped, nested = _build(
         tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts,
         tl.waited_idx, tl.waited_ns, tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
         tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed,
-        dk.pv_exclusive, dk.captured_hash, dk.pv_code, rec, acls, aop, aextra)
+        dk.pv_exclusive, dk.captured_hash, dk.pv_code, rec, acls, aop, aextra, ev_acq,
+        open_keys, open_acq, tfirst, tend, tstart, tacq)
     return Steps(rec[:nsteps], tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq],
                  aextra[:nacq], int(clamped), int(nested))
 
@@ -147,31 +155,22 @@ def _threads(t_first, t_end, ev, ts, waited_idx, waited_ns, partner):
             nheld += 1
     held_idx = np.zeros(nheld, np.int32)
     q = 0
-    wq = 0                       # cursor in the (ascending) waited A records
     for t in range(nthr):
-        s0 = ts[t_first[t]]
+        t_start[t] = ts[t_first[t]]
         for i in range(t_first[t], t_end[t]):
-            if ev[i] == 0:
-                w, wq = _wait_of(i, waited_idx, waited_ns, wq)
-                if ts[i] - w < s0:
-                    s0 = ts[i] - w
-            elif ev[i] == 1 and partner[i] < 0:
+            if ev[i] == 1 and partner[i] < 0:
                 held_idx[q] = i
                 q += 1
-        t_start[t] = s0
         held_off[t + 1] = q
+    # A thread's records are in time order, so only a waited acquisition can start earlier
+    # than its first record: its request time is the acquisition's minus the wait.
+    t = 0
+    for q in range(len(waited_idx)):
+        i = waited_idx[q]
+        while t_end[t] <= i:
+            t += 1
+        t_start[t] = min(t_start[t], ts[i] - waited_ns[q])
     return t_start, held_idx, held_off
-
-
-@nb.njit(cache=True, inline="always")
-def _wait_of(i, waited_idx, waited_ns, wq):
-    """The observed wait of record ``i`` and the advanced cursor, for a caller that asks in
-    ascending ``i``: the waits are sparse, sorted by record."""
-    while wq < len(waited_idx) and waited_idx[wq] < i:
-        wq += 1
-    if wq < len(waited_idx) and waited_idx[wq] == i:
-        return waited_ns[wq], wq
-    return np.int64(0), wq
 
 
 @nb.njit(cache=True, inline="always")
@@ -224,11 +223,20 @@ def _emit_page(rec, n, pg, big, g):
     return n + 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)   # no reference counting: see _build's doc
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
-           pv_code, rec, acls, aop, aextra):
+           pv_code, rec, acls, aop, aextra, ev_acq, open_keys, open_acq, tfirst, tend, tstart,
+           tacq):
+    """Write each thread's steps under the design into ``rec`` (with the per-acquisition
+    ``acls``/``aop``/``aextra`` and the per-thread arrays); returns the step and acquisition
+    counts, the clamped gaps and the nested pv holds.
+
+    Every array is the caller's, because this is compiled without numba's reference counting
+    (``_nrt=False``), which cannot allocate: with it, each use of an array inside the helper
+    closures below took an atomic increment and decrement, two thirds of the run time (0.53
+    s against 0.16 s on a 14 M-record bench trace)."""
     # The design's view of record i (see DesignKeys), computed where needed rather than
     # stored per record: at tens of millions of records, every per-record array counts.
     def is_pv(i):
@@ -267,18 +275,14 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
         return frame % cap_hash if cap_hash > 0 else frame
 
     nthr = len(t_first)
-    tfirst = np.zeros(nthr, np.int64)
-    tacq = np.zeros(nthr, np.int64)
-    tend = np.zeros(nthr, np.int64)
-    tstart = np.zeros(nthr, np.int64)
-    ev_acq = np.full(len(ev), -1, np.int32)      # acquisition id an A (or start-held R) got
     n = 0
     na = 0
     clamped = 0
     nested = 0
-    wq = 0                               # cursor in the (ascending) waited A records
-    open_keys = np.zeros(16, np.int64)   # non-pv keys acquired and not yet released
-    open_acq = np.zeros(16, np.int64)
+    # The waited acquisitions, ascending: every A record passes below in order.
+    wq = 0
+    nwaited = len(waited_idx)
+    next_w = waited_idx[0] if nwaited else -1
     for t in range(nthr):
         s, e = t_first[t], t_end[t]
         tfirst[t] = n
@@ -319,9 +323,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
             if k_ev == 2 or k_ev == 3:
                 continue
             start_i = ts[i]
-            if k_ev == 0:
-                w, wq = _wait_of(i, waited_idx, waited_ns, wq)
-                start_i -= w
+            if i == next_w:              # a waited acquisition: it asked earlier
+                start_i -= waited_ns[wq]
+                wq += 1
+                next_w = waited_idx[wq] if wq < nwaited else -1
             seg = start_i - prev_e
             if seg < 0:
                 clamped += 1
@@ -354,9 +359,6 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                                   is_pv(i), pa[i], False, cls[i], op[i], krange(i), pending)
                 pending = 0
                 if not is_pv(i) and partner[i] < 0:
-                    if nopen == len(open_keys):
-                        open_keys = np.concatenate((open_keys, np.zeros(nopen, np.int64)))
-                        open_acq = np.concatenate((open_acq, np.zeros(nopen, np.int64)))
                     open_keys[nopen] = klo(i)
                     open_acq[nopen] = ev_acq[i]
                     nopen += 1
@@ -421,4 +423,4 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
         r.gap = pending
         n += 1
         tend[t] = n
-    return tfirst, tend, tstart, tacq, n, na, clamped, nested
+    return n, na, clamped, nested
