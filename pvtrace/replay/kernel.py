@@ -130,7 +130,7 @@ def _lower_leaf(tree, leaf0, th, v):
         i >>= 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
            a_req, a_rel, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
            t_mvat, t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift, bits, tmax):
@@ -176,13 +176,54 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+
+def _state(thread_first: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
+    """The kernel's per-thread state and scheduler tree, allocated (here, not in the compiled
+    loop: see _run) and initialized, in _run's argument order."""
+    nthr = len(thread_first)
+    return (
+        thread_first.astype(np.int64),   # t_step: each thread's next step
+        np.zeros(nthr, np.int64),        # t_end
+        np.full(nthr, -1, np.int32),     # t_next: FIFO queue link
+        np.full(nthr, -1, np.int32),     # t_tsn, t_tsp: turnstile list links
+        np.full(nthr, -1, np.int32),
+        np.full(nthr, -1, np.int64),     # t_wkey: the key waited for
+        np.zeros(nthr, np.int64),        # t_req: its request time
+        np.full(nthr, -1, np.int64),     # t_pvlo, t_pvhi: the pv hold's key run
+        np.full(nthr, -1, np.int64),
+        np.zeros(nthr, np.uint64),       # t_page, t_big: its page
+        np.zeros(nthr, np.bool_),
+        # a page move passed over (see the end of _run's loop): its time (-1: none), page,
+        # is2m
+        np.full(nthr, -1, np.int64),     # t_mvat
+        np.zeros(nthr, np.uint64),       # t_mvpage
+        np.zeros(nthr, np.bool_),        # t_mvbig
+        # The live threads, between their first step and their end: act[0] of them in
+        # act[1:], thread o at act_at[o]. A capture can hold tens of thousands of short-lived
+        # tids, few alive at once: the scans for who blocks a pv wait and for the oldest
+        # waiter go over the live threads when they are fewer than a sixteenth of all, else
+        # over ``every`` thread in index order (read in order, the longer list is then the
+        # faster one).
+        np.zeros(nthr + 1, np.int32),    # act
+        np.zeros(nthr, np.int32),        # act_at
+        np.arange(nthr, dtype=np.int32),  # every
+        # scheduler: winner tree, leaves at leaf0 + tid, root at 1
+        np.full(2 << bits, NONE, np.int64),
+    )
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
-         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head):
-    """The event loop. The caller allocates the per-acquisition arrays (zeroed) and the
-    per-key ones: numpy backs large arrays with transparent huge pages, far cheaper to fault
-    in than numba's own allocations. Returns the results and False if a time fell outside
-    ``[0, tmax)`` after the earliest start (the run stops there). On return ``a_req`` holds
+         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head,
+         t_step, t_end, t_next, t_tsn, t_tsp, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big,
+         t_mvat, t_mvpage, t_mvbig, act, act_at, every, tree):
+    """The event loop. The caller allocates every array: the per-acquisition ones (zeroed),
+    the per-key ones, the threads' state (:func:`_state`). numpy backs large arrays with
+    transparent huge pages, far cheaper to fault in than numba's own allocations, and without
+    allocations the loop compiles without numba's reference counting (``_nrt=False``), whose
+    atomic increments and decrements took an eighth of its time. Returns the forced grants,
+    the sibling wakeups and False if a time fell outside ``[0, tmax)`` after the earliest
+    start (the run stops there). On return ``a_req`` holds
     each acquisition's wait and ``a_rel`` its hold time (-1: never released). During the run
     ``a_req`` holds the request time until the grant, then the wait; ``a_rel`` is 0 until the
     grant, then ``-1 - grant time``, then the hold plus 1: two arrays, not three, stream
@@ -200,36 +241,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         kr[4 * k + 1] = -1
         kr[4 * k + 2] = -1
         kr[4 * k + 3] = turnstile[k] if k < nts_in else 0
-    # per thread
-    t_step = np.empty(nthr, np.int64)
-    t_step[:] = thread_first
-    t_end = np.zeros(nthr, np.int64)
-    t_next = np.full(nthr, -1, np.int32)       # FIFO queue link
-    t_tsn = np.full(nthr, -1, np.int32)        # turnstile list links
-    t_tsp = np.full(nthr, -1, np.int32)
-    t_wkey = np.full(nthr, -1, np.int64)
-    t_req = np.zeros(nthr, np.int64)
-    t_pvlo = np.full(nthr, -1, np.int64)
-    t_pvhi = np.full(nthr, -1, np.int64)
-    t_page = np.zeros(nthr, np.uint64)
-    t_big = np.zeros(nthr, np.bool_)
-    # a page move passed over (see the end of the loop): its time (-1: none), page, is2m
-    t_mvat = np.full(nthr, -1, np.int64)
-    t_mvpage = np.zeros(nthr, np.uint64)
-    t_mvbig = np.zeros(nthr, np.bool_)
-    # The live threads, between their first step and their end: act[0] of them in act[1:],
-    # thread o at act_at[o]. A capture can hold tens of thousands of short-lived tids, few
-    # alive at once: the scans for who blocks a pv wait and for the oldest waiter go over
-    # the live threads when they are fewer than a sixteenth of all, else over ``every``
-    # thread in index order (read in order, the longer list is then the faster one).
-    act = np.zeros(nthr + 1, np.int32)
-    act_at = np.zeros(nthr, np.int32)
-    every = np.arange(nthr).astype(np.int32)
-    # scheduler: winner tree, leaves at leaf0 + tid, root at 1
     shift = bits + 1
     leaf0 = 1 << bits
     tmask = leaf0 - 1
-    tree = np.full(2 * leaf0, NONE, np.int64)
     base = np.int64(0)
     for th in range(nthr):
         t0 = thread_start[th] + rec[thread_first[th]].gap
@@ -239,7 +253,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         s = thread_first[th]
         rel = thread_start[th] + rec[s].gap - base
         if rel >= tmax or rel < 0:
-            return (a_req, a_rel, a_class, a_sib, t_end, 0, 0, False)
+            return 0, 0, False
         _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(rec[s].kind == 0) << bits) | th)
     nwaiting = 0
     forced = 0
@@ -459,7 +473,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         if r == 0:              # never granted
             a_req[a] = 0
         a_rel[a] = r - 1 if r > 0 else -1
-    return a_req, a_rel, a_class, a_sib, t_end, forced, sib_total, ok
+    return forced, sib_total, ok
 
 
 def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, shared_ts,
@@ -472,13 +486,15 @@ def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, sh
     bits = _tid_bits(nthr)
     tmax = time_limit(nthr)
     nts = int(turnstile.max()) + 1 if len(turnstile) > 0 else 1
-    *out, ok = _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts,
-                    spin_limit, wakeup_ns, bits, tmax, np.zeros(nacq, np.int64),
-                    np.zeros(nacq, np.int64),
-                    np.zeros(nacq, np.int8), np.zeros(nacq, np.int32),
-                    np.empty(4 * nkeys, np.int32), np.empty(nts, np.int32))
+    a_req, a_rel = np.zeros(nacq, np.int64), np.zeros(nacq, np.int64)
+    a_class, a_sib = np.zeros(nacq, np.int8), np.zeros(nacq, np.int32)
+    state = _state(thread_first, bits)
+    forced, sib_total, ok = _run(
+        rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
+        wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, np.empty(4 * nkeys, np.int32),
+        np.empty(nts, np.int32), *state)
     if not ok:
         raise PvtraceError(f"replayed times exceed {tmax:,} ns (about {tmax / 3.6e12:,.0f} h) "
                            f"after the first thread start with {nthr:,} threads (or precede "
                            "it): the capture's timestamps or waits are implausible")
-    return tuple(out)
+    return a_req, a_rel, a_class, a_sib, state[1], forced, sib_total
