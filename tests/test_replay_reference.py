@@ -681,3 +681,32 @@ def test_reference_invariants(capture):
         assert r["forced_grants"] == 0          # generated lock orders are consistent
         if model == "ideal":
             assert r["by_class"].keys() <= {"pmap"}
+
+
+def test_engine_deep_nesting_and_locks_held_at_the_end():
+    # 101 nests 100 pmap locks and releases only the inner 50 (in reverse order); 102 spins
+    # 200 ns and blocks 300 ns on the innermost before taking it when 101 lets it go. Deeper
+    # than the linking and step-building buffers ever started out (64 and 16 entries): the
+    # timeline pairs the 51 released locks, leaves 50 held at the end, and attaches the
+    # 500 ns wait and 200 ns spin to 102's acquisition; the engine agrees with the reference.
+    from pvtrace.timeline import Timeline
+
+    lock = [h(PMAP[0] + 64 * k) for k in range(100)]
+    text = "\n".join(
+        [f"{1000 + 10 * k} 0 101 A pmap {lock[k]} w 0 0 pmap_enter" for k in range(100)]
+        + [f"{3000 + 10 * (99 - k)} 0 101 R pmap {lock[k]} w 0 0 pmap_enter"
+           for k in range(99, 49, -1)]
+        + [f"2700 1 102 S pmap {lock[99]} w 200 0 pmap_enter",
+           f"3000 1 102 B pmap {lock[99]} w 300 0 pmap_enter",
+           f"3000 1 102 A pmap {lock[99]} w 0 0 pmap_enter",
+           f"3100 1 102 R pmap {lock[99]} w 0 0 pmap_enter"])
+    events = trace(text)
+    tl = Timeline.from_events(events)
+    assert (tl.counts.orphan_waits, tl.counts.held_at_start, tl.counts.held_at_end) == (0, 0, 50)
+    assert int((tl.partner >= 0).sum()) == 2 * 51
+    a102 = int(tl.thread_first[1]) + 2          # 102's records: S, B, A, R
+    assert tl.waited_idx.tolist() == [a102] and tl.waited_ns.tolist() == [500]
+    assert tl.spun_idx.tolist() == [a102] and tl.spun_ns.tolist() == [200]
+    want = reference_replay(events, captured_layout="superpage", model="stock")
+    assert want["acquisitions"] == 101 and want["contended"] == 1
+    _agree(events, {"captured_layout": "superpage"})
