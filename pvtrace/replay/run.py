@@ -64,15 +64,28 @@ def _pv_records(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
     """The page-keyed records (pv-list lock records with a known page, and page moves) and,
     per record, its index among them (-1 for the others). Design-independent: cached."""
     if "pv_records" not in tl.cache:
-        is_lock = tl.ev <= EV_S
-        pv_known = (is_lock & (tl.cls == tl.class_code("pv")) & (tl.pa != 0)) | (
-            (tl.ev == EV_P) & (tl.pa != 0))
-        idx = np.flatnonzero(pv_known).astype(np.int32)
-        del pv_known, is_lock
-        pvpos = np.full(len(tl.ev), -1, np.int32)
-        pvpos[idx] = np.arange(len(idx), dtype=np.int32)
-        tl.cache["pv_records"] = (idx, pvpos)
+        n = len(tl.ev)
+        # numpy's allocations: idx is sized for the worst case, and only the pages written
+        # become resident before the copy of its used part.
+        idx, pvpos = np.empty(n, np.int32), np.empty(n, np.int32)
+        npv = _pv_positions(tl.ev, tl.cls, tl.pa, tl.class_code("pv"), idx, pvpos)
+        tl.cache["pv_records"] = (idx[:npv].copy(), pvpos)
     return tl.cache["pv_records"]
+
+
+@nb.njit(cache=True, nogil=True)
+def _pv_positions(ev, cls, pa, pv_code, idx, pvpos):
+    """One pass for :func:`_pv_records` (eight numpy passes took 0.2 s at 14 M records)."""
+    n = 0
+    for i in range(len(ev)):
+        e = ev[i]
+        if pa[i] != 0 and ((e <= EV_S and cls[i] == pv_code) or e == EV_P):
+            idx[n] = i
+            pvpos[i] = n
+            n += 1
+        else:
+            pvpos[i] = -1
+    return n
 
 
 def _page_keys(tl: Timeline, design: Design, params: ReplayParams) -> dict:
