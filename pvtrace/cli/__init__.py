@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
 
-from pvtrace.errors import PvtraceError
+from pvtrace.errors import PvtraceError  # noqa: E402
 
 app = typer.Typer(
     name="pvtrace",

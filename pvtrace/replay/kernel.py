@@ -176,7 +176,6 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
     return True
 
 
-
 def _state(thread_first: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
     """The kernel's per-thread state and scheduler tree, allocated (here, not in the compiled
     loop: see _run) and initialized, in _run's argument order."""

@@ -402,4 +402,3 @@ def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
 def observed_events(events: pl.DataFrame) -> dict:
     """The ``observed`` object of an ``events`` table."""
     return observed(Timeline.from_events(events))
-
