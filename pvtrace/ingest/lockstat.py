@@ -65,6 +65,7 @@ _PCT = re.compile(r"(\d+)%")
 _FLOAT = re.compile(r"\d+\.\d+")
 _COLUMNS = [f.name for f in schemas.load("lockstat").arrow]
 
+
 @dataclass
 class _Header:
     """What the current column header says about the rows under it."""

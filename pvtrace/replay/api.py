@@ -172,4 +172,3 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
     warm_caches(tl, designs, params)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))
-
