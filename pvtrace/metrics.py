@@ -13,11 +13,11 @@ never wait (the untouched pages of a superpage run), counted without materializi
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 from hdrh.histogram import HdrHistogram
-# numba's own count-leading-zeros intrinsic (LLVM ctlz): a bit length in one instruction
-from numba.cpython.unsafe.numbers import leading_zeros
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 HDR_LOWEST = 1
@@ -72,7 +72,7 @@ def _hdr_counts(values, extra_zeros, mask, unit, half_mag, half, high, counts_le
             v = high
         vmin = min(vmin, v)
         vmax = max(vmax, v)
-        bits = 64 - np.int64(leading_zeros(np.uint64(v | mask)))    # bit length (lzcnt)
+        bits = np.int64(math.frexp(np.float64(v | mask))[1])   # bit length; exact below 2^53
         bucket = bits - unit - (half_mag + 1)
         counts[((bucket + 1) << half_mag) + (v >> (bucket + unit)) - half] += 1
     if extra_zeros:
