@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from pvtrace.replay.jit import NO_REFCOUNT
+
 STEP_ACQ, STEP_REL, STEP_PAGE, STEP_END = 0, 1, 2, 3
 FLAG_PV = 1          # a pv-list step (classified true/false, page-tracked)
 FLAG_CONT = 2        # continues a superpage run: extends the held range
@@ -223,7 +225,7 @@ def _emit_page(rec, n, pg, big, g):
     return n + 1
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)   # no reference counting: see _build's doc
+@nb.njit(cache=True, nogil=True, **NO_REFCOUNT)   # see _build's doc
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
@@ -234,9 +236,9 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
     counts, the clamped gaps and the nested pv holds.
 
     Every array is the caller's, because this is compiled without numba's reference counting
-    (``_nrt=False``), which cannot allocate: with it, each use of an array inside the helper
-    closures below took an atomic increment and decrement, two thirds of the run time (0.53
-    s against 0.16 s on a 14 M-record bench trace)."""
+    (:data:`~pvtrace.replay.jit.NO_REFCOUNT`), which cannot allocate: with it, each use of an
+    array inside the helper closures below took an atomic increment and decrement, two thirds
+    of the run time (0.53 s against 0.16 s on a 14 M-record bench trace)."""
     # The design's view of record i (see DesignKeys), computed where needed rather than
     # stored per record: at tens of millions of records, every per-record array counts.
     def is_pv(i):

@@ -40,6 +40,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from pvtrace.errors import PvtraceError
+from pvtrace.replay.jit import NO_REFCOUNT
 
 CLS_NONE, CLS_TRUE, CLS_FALSE, CLS_UNKNOWN = 0, 1, 2, 3
 FRAME_SHIFT = 21
@@ -137,7 +138,7 @@ def _lower_leaf(tree, leaf0, th, v):
         i >>= 1
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(cache=True, nogil=True, **NO_REFCOUNT)
 def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
            a_req, a_rel, t_step, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big, t_tsn, t_tsp,
            t_mvat, t_mvpage, t_mvbig, ts_head, kr, tree, leaf0, base, shift, bits, tmax):
@@ -218,7 +219,7 @@ def _state(thread_first: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
     )
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(cache=True, nogil=True, **NO_REFCOUNT)
 def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
          wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head,
          t_step, t_end, t_next, t_tsn, t_tsp, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big,
@@ -226,7 +227,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     """The event loop. The caller allocates every array: the per-acquisition ones (zeroed),
     the per-key ones, the threads' state (:func:`_state`). numpy backs large arrays with
     transparent huge pages, far cheaper to fault in than numba's own allocations, and without
-    allocations the loop compiles without numba's reference counting (``_nrt=False``), whose
+    allocations the loop compiles without numba's reference counting (jit.NO_REFCOUNT), whose
     atomic increments and decrements took an eighth of its time. Returns the forced grants,
     the sibling wakeups and False if a time fell outside ``[0, tmax)`` after the earliest
     start (the run stops there). On return ``a_req`` holds
@@ -277,7 +278,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             for j in range(len(who)):
                 o = who[_u(j)]
                 if t_wkey[_u(o)] >= 0 and (best < 0 or t_req[_u(o)] < t_req[_u(best)]
-                                       or (t_req[_u(o)] == t_req[_u(best)] and o < best)):
+                                           or (t_req[_u(o)] == t_req[_u(best)] and o < best)):
                     best = o
             k = t_wkey[_u(best)]
             prev = -1
