@@ -48,12 +48,12 @@ NONE = np.iinfo(np.int64).max   # leaf of a thread with no pending step
 # Prefetch distances: a thread's step whose lock record, its step whose step-array entries, its
 # acquisition whose result entries are requested when the thread advances.
 KEY_AHEAD, STEP_AHEAD, ACQ_AHEAD = 5, 16, 8
-# Every index into an array in the compiled loop goes through _u (unsigned). numba gives a
-# signed index Python's negative-index meaning, two or three more instructions on every access
-# that LLVM can rarely drop; an unsigned one it takes as is. No index here is ever negative
-# (``NUMBA_BOUNDSCHECK=1`` in the tests would catch one: it becomes out of bounds). The kernel
-# ran 10-13% faster. Only as an index: unsigned and signed integers in numba arithmetic give
-# floats.
+# Every computed index into an array in the compiled loop goes through _u (unsigned). numba
+# gives a signed index Python's negative-index meaning, two or three more instructions on every
+# access that LLVM can rarely drop; an unsigned one it takes as is. No index here is ever
+# negative: under NUMBA_BOUNDSCHECK=1 one would show as out of bounds, and the kernel and
+# reference tests pass so. The kernel ran 10-13% faster. Only as an index: unsigned and signed
+# integers in numba arithmetic give floats.
 _u = np.uint64
 
 
@@ -268,13 +268,13 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     now = base
     ok = True
     while True:
-        top = tree[_u(1)]
+        top = tree[1]
         if top == NONE:
             if nwaiting == 0:
                 break
             # Every remaining thread waits: grant the oldest request by force.
             best = -1
-            who = act[1:act[_u(0)] + 1] if act[_u(0)] * 16 < nthr else every   # waiters are live
+            who = act[1:act[0] + 1] if act[0] * 16 < nthr else every   # waiters are live
             for j in range(len(who)):
                 o = who[_u(j)]
                 if t_wkey[_u(o)] >= 0 and (best < 0 or t_req[_u(o)] < t_req[_u(best)]
@@ -313,10 +313,10 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             t_big[_u(th)] = t_mvbig[_u(th)]
             t_mvat[_u(th)] = -1
         if s == thread_first[_u(th)]:       # the thread starts
-            n_act = act[_u(0)] + 1
+            n_act = act[0] + 1
             act[_u(n_act)] = th
             act_at[_u(th)] = n_act
-            act[_u(0)] = n_act
+            act[0] = n_act
         kd = rec[_u(s)].kind
         nxt = NONE          # the thread's next packed key
         if kd == 0:
@@ -355,7 +355,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                         wb = t_big[_u(th)]
                     cls = CLS_FALSE
                     unknown = wp == 0
-                    who = act[1:act[_u(0)] + 1] if act[_u(0)] * 16 < nthr else every
+                    who = act[1:act[0] + 1] if act[0] * 16 < nthr else every
                     for j in range(len(who)):
                         o = who[_u(j)]
                         if o == th:
@@ -435,10 +435,10 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             t_big[_u(th)] = rec[_u(s)].is2m
         else:
             t_end[_u(th)] = t
-            last = act[_u(act[_u(0)])]           # the thread ends
+            last = act[_u(act[0])]           # the thread ends
             act[_u(act_at[_u(th)])] = last
             act_at[_u(last)] = act_at[_u(th)]
-            act[_u(0)] -= 1
+            act[0] -= 1
             _set_leaf(tree, leaf0, th, NONE)
             continue
         # Advance this thread to its next step.
