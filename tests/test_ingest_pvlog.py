@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pvtrace.errors import PvtraceError
-from pvtrace.ingest import pvlog, run_ingest
+from pvtrace.ingest import hexfield, pvlog, run_ingest
 from pvtrace.ingest.common import ProblemKind
 from spec_example import SPEC_LOG
 
@@ -532,3 +532,35 @@ def test_events_written_in_row_groups_read_back_whole(tmp_path, monkeypatch):
     assert result.tables["events"] == one.metadata.num_rows
     meta = json.loads((tmp_path / "many" / "metadata.json").read_text())
     assert meta["tables"]["events"]["rows"] == one.metadata.num_rows
+
+
+# The fast path's compiled address decoder and the slow path's polars expression must agree
+# on every string: valid hex of either case, leading zeros, overflow, signs, odd prefixes.
+hex_tokens = st.one_of(
+    st.integers(0, 2**64 - 1).map(hex),
+    st.integers(0, 2**64 - 1).map(lambda v: hex(v).upper().replace("0X", "0x")),
+    st.tuples(st.integers(0, 12), st.integers(0, 2**64 - 1))
+    .map(lambda zv: "0x" + "0" * zv[0] + format(zv[1], "x")),
+    st.integers(2**64, 2**80).map(hex),
+    st.text("0x+-Xfg9 ", max_size=24),
+    st.text(max_size=30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), hex_tokens), max_size=40))
+def test_property_hex_decoder_matches_the_slow_path(tokens):
+    col = pl.Series("a", tokens, dtype=pl.String)
+    # Two chunks, one sliced: views at an offset, a validity bitmap or none.
+    col = pl.concat([col.slice(0, len(tokens) // 2), col.slice(len(tokens) // 2)],
+                    rechunk=False)
+    expected = col.to_frame().select(pvlog.hex_expr(pl.col("a"))).to_series()
+    assert hexfield.decode(col).to_list() == expected.to_list()
+
+
+def test_hex_decoder_exact_values():
+    tokens = ["0", "0x0", "0x1F", "0xfffff80001000040", "0x" + "0" * 20 + "1",
+              "0xffffffffffffffff", "0x10000000000000000", "0x", "0X1", "00", "0x+1",
+              "0x1 ", "", None]
+    assert hexfield.decode(pl.Series("a", tokens)).to_list() == [
+        0, 0, 31, 0xFFFFF80001000040, 1, 2**64 - 1, None, None, None, None, None, None,
+        None, None]

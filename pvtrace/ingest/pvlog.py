@@ -6,7 +6,9 @@ hold millions of lines, so nothing here loops over lines in Python:
 
 - Fast path: polars' native CSV reader splits the lines on single spaces and types the
   fields on the way in (an 11th column catches lines with too many fields; whatever it cannot
-  type becomes null). Checks are polars expressions; a line passing them all is a record.
+  type becomes null); the two address fields, read as strings, are decoded in a compiled
+  pass over the reader's buffers (:mod:`.hexfield`). Checks are polars expressions; a line
+  passing them all is a record.
   It reads strict UTF-8 (replacing invalid bytes would first decode the whole file into a
   copy, a large share of the read); only a file with invalid bytes is read again lossily.
 - The reader also reads each line as ONE string column (the separator is the unit separator
@@ -40,6 +42,7 @@ import pyarrow as pa
 
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
+from pvtrace.ingest import hexfield
 from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
 
 LOG_MAJOR = 1                        # the event-log major version this module reads
@@ -150,26 +153,21 @@ def _read_error(exc: Exception, name: str) -> PvtraceError:
 
 
 def _field_batches(path: Path, encoding: str):
-    """Fast-read lines, typed and checked in one polars query, with an ``ok`` column: one
-    batch for files up to ONE_BATCH_BYTES, else streamed in batches of about BATCH_ROWS.
-    Raises PolarsError when the reader fails (invalid UTF-8 under ``encoding="utf8"``)."""
-    hex_cols = pl.col("lock", "pa")
+    """Fast-read lines, typed and checked, with an ``ok`` column: one batch for files up to
+    ONE_BATCH_BYTES, else streamed in batches of about BATCH_ROWS. The addresses are decoded
+    by :mod:`.hexfield` (null where not valid hex). Raises PolarsError when the reader fails
+    (invalid UTF-8 under ``encoding="utf8"``)."""
     query = (pl.scan_csv(path, **_FIELD_READER, encoding=encoding)
              .with_row_index("line")
-             .with_columns(
-                 hex_cols.str.strip_prefix("0x").str.to_integer(
-                     base=16, dtype=pl.UInt64, strict=False).name.suffix("_int"),
-                 pl.all_horizontal(hex_cols.str.starts_with("0x") | (hex_cols == "0"))
-                 .alias("hex_ok"),
-                 (pl.col("line").cast(pl.UInt64) + 1).alias("line"))
-             .drop("lock", "pa")
-             .rename({"lock_int": "lock", "pa_int": "pa"})
-             .with_columns((_valid() & pl.col("extra").is_null() & pl.col("hex_ok"))
-                           .alias("ok")))
+             .with_columns(pl.col("line").cast(pl.UInt64) + 1))
     if os.path.getsize(path) <= ONE_BATCH_BYTES:
-        yield query.collect()   # one batch: about a tenth faster than streaming
+        batches = iter([query.collect()])   # one batch: about a tenth faster than streaming
     else:
-        yield from query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
+        batches = query.collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)
+    for batch in batches:
+        typed = hexfield.decode_columns(batch, ("lock", "pa"))
+        del batch
+        yield typed.with_columns((_valid() & pl.col("extra").is_null()).alias("ok"))
 
 
 def _spilled(events: pl.DataFrame, file: Path) -> pl.DataFrame:
@@ -248,10 +246,13 @@ class _Batch:
         self.events, self.bad, self.meta, self.diag = events, bad, meta, diag
 
 
-def _hex(field: pl.Expr) -> pl.Expr:
-    """``0x``-prefixed hex (or a bare ``0``) as UInt64; null when it is neither."""
-    value = field.str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-    return pl.when(field.str.starts_with("0x") | (field == "0")).then(value)
+def hex_expr(field: pl.Expr) -> pl.Expr:
+    """``0x``-prefixed hex (or a bare ``0``) as UInt64; null when it is neither, or when it
+    does not fit 64 bits. The slow path's version of :func:`.hexfield.decode`."""
+    digits = field.str.strip_prefix("0x")
+    value = digits.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    # to_integer alone would also take a sign ("0x+1f")
+    return pl.when((field == "0") | field.str.contains(r"^0x[0-9a-fA-F]+$")).then(value)
 
 
 def _valid() -> pl.Expr:
@@ -336,9 +337,9 @@ def _slow(df: pl.DataFrame) -> _Batch:
                      f[0].cast(pl.UInt64, strict=False).alias("ts"),
                      f[1].cast(pl.Int32, strict=False).alias("cpu"),
                      f[2].cast(pl.Int64, strict=False).alias("tid"),
-                     f[3].alias("ev"), f[4].alias("cls"), _hex(f[5]).alias("lock"),
+                     f[3].alias("ev"), f[4].alias("cls"), hex_expr(f[5]).alias("lock"),
                      f[6].alias("mode"), f[7].cast(pl.Int64, strict=False).alias("ns"),
-                     _hex(f[8]).alias("pa"), f[9].alias("op"))
+                     hex_expr(f[8]).alias("pa"), f[9].alias("op"))
              .with_columns((pl.col("ok_n") & _valid()).alias("ok"))
              .collect())
     events = typed.filter(pl.col("ok")).select(
