@@ -232,9 +232,11 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     the sibling wakeups and False if a time fell outside ``[0, tmax)`` after the earliest
     start (the run stops there). On return ``a_req`` holds
     each acquisition's wait and ``a_rel`` its hold time (-1: never released). During the run
-    ``a_req`` holds the request time until the grant, then the wait; ``a_rel`` is 0 until the
-    grant, then ``-1 - grant time``, then the hold plus 1: two arrays, not three, stream
-    through the cache (the loop's other memory traffic is the step records)."""
+    ``a_req`` holds the request time until the grant, then the wait; ``a_rel`` holds
+    ``-1 - grant time`` from the grant, and adding ``release time + 1`` makes it the hold: two
+    arrays, not three, stream through the cache (the loop's other memory traffic is the step
+    records), and no pass over them is needed at the end. Every acquisition is granted by the
+    end of a run (the oldest waiter is granted by force when all wait)."""
     nthr = len(thread_first)
     nsteps = len(rec)
     nacq = len(a_req)
@@ -265,6 +267,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     nwaiting = 0
     forced = 0
     sib_total = 0
+    released = 0
     now = base
     ok = True
     while True:
@@ -384,7 +387,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         elif kd == 1:
             a0 = rec[_u(s)].acq
             for j in range(rec[_u(s)].acq_n):
-                a_rel[_u(a0 + j)] += t + 2      # hold + 1: 0 stays "never granted"
+                a_rel[_u(a0 + j)] += t + 1      # -1 - grant time becomes the hold
+            released += rec[_u(s)].acq_n
             if rec[_u(s)].flags & 1:
                 t_pvlo[_u(th)] = -1
                 t_pvhi[_u(th)] = -1
@@ -476,11 +480,13 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 _prefetch(a_rel, a_next)
             nxt = (rel << shift) | (np.int64(kd == 0) << bits) | th
         _set_leaf(tree, leaf0, th, nxt)
-    for a in range(nacq):
-        r = a_rel[_u(a)]
-        if r == 0:              # never granted
-            a_req[_u(a)] = 0
-        a_rel[_u(a)] = r - 1 if r > 0 else -1
+    if ok and released < nacq:
+        # Not every acquisition was released (the step builder releases every lock still held
+        # at the end of the capture, so this does not happen; when all are, as usual, this
+        # pass over the results is not needed).
+        for a in range(nacq):
+            if a_rel[_u(a)] < 0:
+                a_rel[_u(a)] = -1
     return forced, sib_total, ok
 
 
