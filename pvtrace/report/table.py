@@ -52,7 +52,7 @@ def compare_table(report: dict) -> Table:
     for col, just in (("design", "left"), ("acquired", "right"), ("contended", "right"),
                       ("wait", "right"), ("spin", "right"), ("block", "right"),
                       ("false blocks", "right"), ("true blocks", "right"),
-                      ("sibling wakeups", "right"), ("p99 wait", "right"),
+                      ("sibling wakeups", "right"), ("p99 cont. wait", "right"),
                       ("makespan", "right"), (f"wait vs {base_name}", "right"),
                       (f"makespan vs {base_name}", "right")):
         table.add_column(col, justify=just, no_wrap=True)
@@ -96,7 +96,7 @@ def class_table(report: dict) -> Table:
 def op_table(model: dict, limit: int = 12) -> Table:
     """The pmap operations that waited most under one design."""
     table = Table(title=f"{model['model']}: pmap operations by wait", title_justify="left")
-    for col in ("op", "acquisitions", "contended", "wait", "p99 wait", "p99 hold"):
+    for col in ("op", "acquisitions", "contended", "wait", "p99 cont. wait", "p99 hold"):
         table.add_column(col, justify="left" if col == "op" else "right", no_wrap=True)
     ops = sorted(model["by_op"].items(), key=lambda kv: -kv[1]["wait_ns"])[:limit]
     for name, d in ops:
