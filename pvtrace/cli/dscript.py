@@ -22,19 +22,22 @@ SCRIPT_NAME = "pvtrace.d"
 
 RUN_HELP = """Print the DTrace capture script pvtrace.d (to stdout or --output).
 
-Run it as root on the FreeBSD machine (kldload dtraceall first), e.g.
+Run it as root on the FreeBSD machine (kldload dtraceall first), with
+dtrace's stderr (drops) kept in the log and the workload's output sent
+elsewhere, e.g.
 
 \b
   dtrace -Z -q -x temporal -x bufsize=64m -x switchrate=10hz \\
-    -s pvtrace.d -o capture.log -c 'make -j32 buildkernel'
+    -x dynvarsize=32m -s pvtrace.d \\
+    -c "sh -c 'make -j32 buildkernel > /var/tmp/build.log 2>&1'" \\
+    > capture.log 2>&1
 
-or for a fixed window while a workload runs, with dtrace's stderr (drops)
-kept in the log:
+or for a fixed window while a workload runs:
 
 \b
   pvtrace dscript --duration 60 -o pvtrace.d
   dtrace -Z -q -x temporal -x bufsize=64m -x switchrate=10hz \\
-    -s pvtrace.d > capture.log 2>&1
+    -x dynvarsize=32m -s pvtrace.d > capture.log 2>&1
 
 -Z is required: static helpers such as pmap_pv_promote_pde may be inlined
 and then have no fbt probe. Afterwards: pvtrace ingest capture.log -o

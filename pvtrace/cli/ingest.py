@@ -25,7 +25,7 @@ SHOWN_VALUES = 6
 @app.command()
 def ingest(
     inputs: Annotated[list[str], typer.Argument(
-        metavar="INPUT",
+        metavar="INPUT...",
         help="Capture files: pvtrace event logs, lockstat(1) reports, lockstat -p output or "
              "debug.lock.prof.stats dumps; gzip/zstd are read transparently; - is stdin.")],
     output: Annotated[str, typer.Option("-o", "--output", metavar="DIR",

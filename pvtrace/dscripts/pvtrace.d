@@ -4,11 +4,15 @@
  * Run (as root, after `kldload dtraceall`):
  *
  *   dtrace -Z -q -x temporal -x bufsize=64m -x switchrate=10hz -x dynvarsize=32m \
- *       -s pvtrace.d -o capture.log -c 'make -j32 buildkernel'
+ *       -s pvtrace.d -c "sh -c 'make -j32 buildkernel > /var/tmp/build.log 2>&1'" \
+ *       > capture.log 2>&1
+ *
+ * (stderr in the log keeps dtrace's drop messages, which ingest reports per CPU).
  *
  * then `pvtrace ingest capture.log -o bundle`.  docs/CAPTURE.md explains the options.
  *
- * Every record is ONE printf of the 10 blank-separated fields of the event log (SPEC 1):
+ * Every record is ONE printf of the 10 blank-separated fields of the event log
+ * (docs/FORMATS.md, section 1):
  *
  *   ts cpu tid ev cls lock mode ns pa op
  *
