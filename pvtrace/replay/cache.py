@@ -2,7 +2,8 @@
 
 Loading a bundle for a replay (:func:`pvtrace.timeline.build_timeline`: decode the events'
 columns, regroup them by thread, link waits and releases) is design-independent and costs
-more than replaying a design: 2.1-2.5 s of a 5-6 s ``replay`` of 14 M records. A user replays
+as much as replaying a design: 1.2-1.3 s of a 3.6 s ``replay`` of 14 M records (2.1-2.5 s of
+5-6 s when the cache was introduced; a replay from the cache takes 2.0 s). A user replays
 the same capture again and again (other designs, layouts, spin limits, batch sweeps), so the
 first replay of a bundle writes the timeline's arrays to ``BUNDLE/cache/`` as uncompressed
 Arrow IPC files, and later replays memory-map them: no decoding, no copy, and the arrays live
