@@ -38,7 +38,7 @@ def rows(df: pl.DataFrame) -> list[tuple]:
 
 
 def bundle_events(out: Path) -> list[tuple]:
-    return rows(pl.read_parquet(out / "events.parquet"))
+    return rows(pl.read_parquet(out / "events.parquet", glob=False))
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -564,3 +564,16 @@ def test_hex_decoder_exact_values():
     assert hexfield.decode(pl.Series("a", tokens)).to_list() == [
         0, 0, 31, 0xFFFFF80001000040, 1, 2**64 - 1, None, None, None, None, None, None,
         None, None]
+
+
+def test_paths_with_glob_characters_are_file_names(tmp_path):
+    # polars reads a path as a glob pattern unless told not to: "cap[1].log" would read
+    # cap1.log, and "run[1]/cap.log" nothing at all (0 records, exit 0).
+    (tmp_path / "cap1.log").write_text(SPEC_LOG + SPEC_LOG.split("\n", 4)[4])
+    (tmp_path / "cap[1].log").write_text(SPEC_LOG)
+    (tmp_path / "run[1]").mkdir()
+    (tmp_path / "run[1]" / "cap.log.gz").write_bytes(gzip.compress(SPEC_LOG.encode()))
+    for name in ("cap[1].log", "run[1]/cap.log.gz"):
+        result = run_ingest([str(tmp_path / name)], str(tmp_path / "run[1]" / "b"), force=True)
+        assert result.records == 6 and result.inputs[0].lines == 9
+        assert bundle_events(tmp_path / "run[1]" / "b") == SPEC_ROWS

@@ -135,12 +135,14 @@ _FIELD_SCHEMA = {
     "cls": pl.Categorical, "lock": pl.String, "mode": pl.Categorical, "ns": pl.Int64,
     "pa": pl.String, "op": pl.Categorical, "extra": pl.String,
 }
+# glob=False: a path is a file name, never a pattern (polars would read "cap1.log" for
+# "cap[1].log", or nothing at all for "run[1]/cap.log").
 _FIELD_READER: dict[str, Any] = dict(
     has_header=False, separator=" ", quote_char=None, schema=_FIELD_SCHEMA, ignore_errors=True,
-    truncate_ragged_lines=True, missing_columns="insert", raise_if_empty=False)
+    truncate_ragged_lines=True, missing_columns="insert", raise_if_empty=False, glob=False)
 _LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char=None,
                                     schema={"l": pl.String}, encoding="utf8-lossy",
-                                    raise_if_empty=False)
+                                    raise_if_empty=False, glob=False)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 
