@@ -30,6 +30,9 @@ EV_CODES = {"A": 0, "R": 1, "B": 2, "S": 3, "P": 4, "E": 5, "X": 6}
 EV_A, EV_R, EV_B, EV_S, EV_P, EV_E, EV_X = range(7)
 MODE_CODES = {"w": 0, "r": 1, "4k": 2, "2m": 3, "-": 4}
 MODE_W, MODE_R, MODE_4K, MODE_2M, MODE_NONE = range(5)
+# Longest time span a trace may have (about 146 years): relative times must fit an int64, and
+# the replay has bits to spare for its packed scheduling keys.
+MAX_SPAN_NS = (1 << 62) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +194,17 @@ def _build_timeline(read, nrows: int) -> Timeline:
     op = _scatter_codes(pos, op_parts, np.int16)
     del op_parts
     col = read("ts")
-    t0 = int(pc.min(col).as_py())
-    ts = _scatter_numeric(pos, col, np.int64, t0)
+    t0, t_max = int(pc.min(col).as_py()), int(pc.max(col).as_py())
+    if t_max - t0 > MAX_SPAN_NS:
+        # Relative times are int64 (and the replay packs them with a thread index): a span
+        # this long is a corrupt ts, which would otherwise wrap and skew every number.
+        raise PvtraceError(f"the events' timestamps span {t_max - t0:,} ns ({t0:,} .. "
+                           f"{t_max:,}), more than {MAX_SPAN_NS:,} ns: a corrupt ts field?")
+    ts, unsorted = _scatter_numeric(pos, col, np.int64, t0)
+    if unsorted:
+        raise PvtraceError(f"the events table is not in time order ({unsorted:,} records "
+                           "earlier than the one before them): not as pvtrace ingest writes "
+                           "it; ingest the capture again")
     col = _numeric(read("lock"))
     lock_ids, lock_vals = dense_ids(col)
     del col
@@ -213,19 +225,26 @@ def _build_timeline(read, nrows: int) -> Timeline:
         counts=LinkCounts(*(int(c) for c in counts)))
 
 
-def _scatter_numeric(pos: np.ndarray, arr, dtype, t0: int = 0) -> np.ndarray:
-    """Scatter a numeric column chunk by chunk (no concatenated copy); ``t0`` is subtracted."""
+def _scatter_numeric(pos: np.ndarray, arr, dtype, t0: int | None = None):
+    """Scatter a numeric column chunk by chunk (no concatenated copy). With ``t0`` (the
+    time column), ``t0`` is subtracted and the records found out of time order are counted:
+    returns (array, that count)."""
     out = np.empty(len(pos), dtype)
     off = 0
+    unsorted = 0
+    prev = np.uint64(t0 or 0)
     for c in _chunks(arr):
         src = c.to_numpy()
-        if t0:
+        if t0 is not None:
             # unsigned, as the schema has it: mixing signed and unsigned would go via float
-            _scatter_sub(pos, off, src.astype(np.uint64, copy=False), np.uint64(t0), out)
+            src = src.astype(np.uint64, copy=False)
+            unsorted += _scatter_sub(pos, off, src, np.uint64(t0), prev, out)
+            if len(src):
+                prev = src[-1]
         else:
             _scatter(pos, off, src, out)
         off += len(src)
-    return out
+    return out if t0 is None else (out, unsorted)
 
 
 def _scatter_codes(pos: np.ndarray, parts, dtype) -> np.ndarray:
@@ -291,9 +310,16 @@ def _scatter_lut(pos, off, idx, lut, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scatter_sub(pos, off, src, t0, out):
+def _scatter_sub(pos, off, src, t0, prev, out):
+    """Scatter ``src - t0``; returns how many values are below the one before them (the
+    first compared with ``prev``)."""
+    unsorted = 0
     for i in range(len(src)):
-        out[pos[off + i]] = np.int64(src[i] - t0)
+        v = src[i]
+        unsorted += v < prev
+        prev = v
+        out[pos[off + i]] = np.int64(v - t0)
+    return unsorted
 
 
 def _linked(starts, ends, ev, lock, ns):

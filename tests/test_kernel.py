@@ -68,10 +68,32 @@ def test_replay_rejects_absurd_gap():
 
     ok = _events([(0, 101, "A", PV), (1000, 101, "R", PV)])
     assert replay_events(ok, captured_layout="superpage", model="stock")["makespan_ns"] == 1000
-    huge = _events([(0, 101, "A", PV), (1000, 101, "R", PV), (2**62, 101, "A", PV),
-                    (2**62 + 10, 101, "R", PV)])
+    # Within the timeline's span but past the kernel's packed-key limit (2^61 - 1 here).
+    huge = _events([(0, 101, "A", PV), (1000, 101, "R", PV), (2**61, 101, "A", PV),
+                    (2**61 + 10, 101, "R", PV)])
     with pytest.raises(PvtraceError, match="replayed times exceed"):
         replay_events(huge, captured_layout="superpage", model="stock")
+
+
+@pytest.mark.parametrize("ts", [2**62, 2**63 + 5, 2**64 - 1])
+def test_replay_refuses_a_timestamp_span_that_would_wrap(ts):
+    # One corrupt ts (a bit flip, garbage digits) in a capture: at 2^63 or more it wrapped to a
+    # negative relative time and every number was silently wrong.
+    from pvtrace.replay.run import replay_events
+
+    events = _events([(0, 101, "A", PV), (10, 101, "R", PV), (ts, 102, "A", PV)])
+    with pytest.raises(PvtraceError, match=f"timestamps span {ts:,} ns .*corrupt ts"):
+        replay_events(events, captured_layout="superpage", model="stock")
+
+
+def test_replay_refuses_events_out_of_time_order():
+    from pvtrace.replay.run import replay_events
+
+    events = _events([(0, 101, "A", PV), (20, 102, "A", PV), (50, 101, "R", PV),
+                      (60, 102, "R", PV)])
+    events = pl.concat([events[1:2], events[0:1], events[2:]])    # 20 before 0
+    with pytest.raises(PvtraceError, match=r"not in time order \(1 records"):
+        replay_events(events, captured_layout="superpage", model="stock")
 
 
 def test_many_threads_alive_at_once():
