@@ -83,8 +83,24 @@ def _rewrite_timeline(bundle: Path, change) -> None:
         w.write_table(table)
 
 
+def _poke(bundle: Path, table: str, column: str, rows: slice, value: int) -> None:
+    """Overwrite ``rows`` of ``column`` in the cache file in place (the file's structure,
+    schema and key stay intact: only values change, as a disk error or a hand edit would)."""
+    path = bundle / cache.CACHE_DIR / f"{table}.arrow"
+    chunk = ipc.open_file(pa.py_buffer(path.read_bytes())).read_all().column(column).chunk(0)
+    data = bytearray(path.read_bytes())
+    buf = pa.py_buffer(bytes(data))
+    where = ipc.open_file(buf).read_all().column(column).chunk(0).buffers()[1].address
+    start = where - buf.address
+    values = np.frombuffer(data, chunk.type.to_pandas_dtype(), len(chunk), start)
+    values[rows] = value
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "missing table", "newer version",
-                                    "other events", "not arrow"])
+                                    "other events", "not arrow", "thread index out of range",
+                                    "partner out of range", "lock out of range",
+                                    "values zeroed", "wait index out of range"])
 def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> None:
     cold, _ = _replay(bundle)
     where = bundle / cache.CACHE_DIR
@@ -103,8 +119,20 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> Non
             facts["key"]["events_size"] += 1
             m[b"pvtrace.timeline"] = json.dumps(facts).encode()
         _rewrite_timeline(bundle, other)
-    else:
+    elif damage == "not arrow":
         (where / "timeline.arrow").write_text("PAR1 not an Arrow file\n")
+    # Values only: each of these crashed the replay (segmentation fault) or changed every
+    # number with the cache reported as read, before the cache had a digest.
+    elif damage == "thread index out of range":
+        _poke(bundle, "timeline_threads", "thread_first", slice(0, 3), 10**9)
+    elif damage == "partner out of range":
+        _poke(bundle, "timeline", "partner", slice(5, 6), 2 * 10**9)
+    elif damage == "lock out of range":
+        _poke(bundle, "timeline", "lock", slice(5, 6), 2 * 10**9)
+    elif damage == "values zeroed":     # in range, but not what was written
+        _poke(bundle, "timeline", "ev", slice(100, 200), 0)
+    else:
+        _poke(bundle, "timeline_waits", "waited_idx", slice(0, 1), 2 * 10**9)
     again, how = _replay(bundle)
     assert how == cache.WRITTEN and again == cold
     assert _replay(bundle)[1] == cache.READ
