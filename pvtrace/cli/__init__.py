@@ -7,6 +7,7 @@ A :class:`~pvtrace.errors.PvtraceError` becomes one line on stderr and exit stat
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 # pvtrace calls no BLAS routine, but numpy starts OpenBLAS's worker threads when imported, and
@@ -41,12 +42,23 @@ from pvtrace.cli import ingest as _ingest  # noqa: E402,F401
 from pvtrace.cli import dscript as _dscript  # noqa: E402,F401
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout(1), a batch scheduler), raised in the main thread like Ctrl-C so
+    that the same cleanup runs: no scratch copy of a capture, no half-written bundle left."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # Without standalone mode, an Exit raised by a command comes back as a return value.
         status = app(standalone_mode=False)
         if isinstance(status, int) and status:
             sys.exit(status)
+        sys.stdout.flush()      # a full disk or a closed pipe shows here, not at exit
     except PvtraceError as exc:
         print(f"pvtrace: {exc.one_line()}", file=sys.stderr)
         sys.exit(2)
@@ -55,14 +67,32 @@ def main() -> None:
     except typer.Abort:
         print("pvtrace: aborted", file=sys.stderr)
         sys.exit(130)
+    except _Terminated:
+        print("pvtrace: terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("pvtrace: interrupted", file=sys.stderr)
         sys.exit(130)
     except MemoryError:
         print("pvtrace: out of memory: an ingest needs about 25 bytes per record and a replay "
-              "about 100 (README, \"Memory and big captures\"); capture a shorter window",
+              "about 100 (README, section \"Performance\"); capture a shorter window",
               file=sys.stderr)
         sys.exit(2)
-    except typer.TyperException as exc:  # click (vendored by typer) usage errors, --help
-        exc.show()
+    except BrokenPipeError:
+        # The reader went away (`pvtrace compare B | head -1`): nothing more to say. Point
+        # stdout at /dev/null so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except typer.TyperException as exc:  # click (vendored by typer) usage errors
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message.strip():       # (no arguments at all: the help was shown instead)
+            print(f"pvtrace: {' '.join(message.split())}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # Not the user's input (that is a PvtraceError): the output or the machine, e.g.
+        # stdout on a full disk. One line, as for any error the user must act on.
+        print(f"pvtrace: {exc.strerror or exc}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(2)

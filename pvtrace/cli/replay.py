@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pvtrace.cli import app, progress
 from pvtrace.errors import PvtraceError
@@ -55,7 +56,7 @@ def _render(report: dict, *, detail: bool) -> None:
         for m in report["models"]:
             console.print(table.op_table(m))
     for note in table.notes(report):
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 @app.command()

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from pvtrace.errors import PvtraceError
+from pvtrace.models.layout import MAX_HASH_LOCKS
 
 FIT_FRACTION = 0.95
 HASH_SIZES = tuple(2 ** k for k in range(4, 15))   # 16 .. 16384
@@ -48,9 +49,10 @@ class Layout:
 def validate(layout: str) -> str:
     """Check a ``--layout`` value: ``superpage`` or ``hash:N`` with N a power of two."""
     m = _LAYOUT_RE.match(layout.strip())
-    if not m or (m.group(2) and int(m.group(2)) & (int(m.group(2)) - 1)):
-        raise PvtraceError(f"bad --layout {layout!r}: use superpage or hash:N "
-                           "(N a power of two, e.g. hash:256)")
+    if not m or (m.group(2) and (int(m.group(2)) & (int(m.group(2)) - 1)
+                                 or int(m.group(2)) > MAX_HASH_LOCKS)):
+        raise PvtraceError(f"bad --layout {layout[:40]!r}: use superpage or hash:N "
+                           f"(N a power of two up to {MAX_HASH_LOCKS:,}, e.g. hash:256)")
     return m.group(0)
 
 

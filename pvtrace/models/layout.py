@@ -23,6 +23,9 @@ from pvtrace.errors import PvtraceError
 PAGE_SHIFT = 12          # 4 KiB pages
 PDR_SHIFT = 21           # 2 MiB superpages
 PAGES_PER_FRAME = 1 << (PDR_SHIFT - PAGE_SHIFT)   # 512
+# The most pv-list locks a hash layout may have (the kernel's is MAXCPU, 256 or 1024): the
+# replay keeps per-lock state, and a bigger N is a typo.
+MAX_HASH_LOCKS = 1 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +40,11 @@ class Layout:
         text = text.strip().lower()
         if text in ("superpage", "numa", "pv_table"):
             return Layout("superpage")
-        m = re.fullmatch(r"hash:(\d+)", text)
-        if m and int(m.group(1)) > 0:
+        m = re.fullmatch(r"hash:(\d{1,12})", text)
+        if m and 0 < int(m.group(1)) <= MAX_HASH_LOCKS:
             return Layout("hash", int(m.group(1)))
-        raise PvtraceError(f"bad layout {text!r}: use superpage or hash:N (e.g. hash:256)")
+        raise PvtraceError(f"bad layout {text[:40]!r}: use superpage or hash:N with N from 1 to "
+                           f"{MAX_HASH_LOCKS:,} (e.g. hash:256)")
 
     def __str__(self) -> str:
         return "superpage" if self.kind == "superpage" else f"hash:{self.nlocks}"

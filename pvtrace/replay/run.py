@@ -373,10 +373,21 @@ def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: 
     }
 
 
+MAX_SPIN_LIMIT_NS = (1 << 62) - 1
+MAX_WAKEUP_NS = 10**12
+
+
 def make_params(captured_layout: str, layout: str | None, spin_limit_ns: int,
                 wakeup_ns: int) -> ReplayParams:
     if spin_limit_ns < 0 or wakeup_ns < 0:
         raise PvtraceError("--spin-limit and --wakeup-ns must be >= 0")
+    # Both go into int64 arithmetic in the compiled loops, and a wakeup is added to replayed
+    # times: a bigger spin limit means "never block" anyway, a longer wakeup is no kernel's.
+    if spin_limit_ns > MAX_SPIN_LIMIT_NS:
+        raise PvtraceError(f"--spin-limit must be at most {MAX_SPIN_LIMIT_NS:,} ns (any limit "
+                           "longer than the capture already means: never block)")
+    if wakeup_ns > MAX_WAKEUP_NS:
+        raise PvtraceError(f"--wakeup-ns must be at most {MAX_WAKEUP_NS:,} ns (1000 s)")
     cap = Layout.parse(captured_layout if captured_layout not in (None, "", "unknown")
                        else "superpage")
     return ReplayParams(Layout.parse(layout) if layout else cap, cap, spin_limit_ns, wakeup_ns)

@@ -9,6 +9,7 @@ shows itself. All inputs are the SPEC report object, so JSON and text never disa
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 CLASS_NAMES = {"pv": "pv list", "pvc": "pv chunk list", "pmap": "pmap mutex"}
@@ -41,7 +42,9 @@ def _baseline(report: dict) -> tuple[str, dict]:
 
 def trace_line(report: dict) -> str:
     t = report["trace"]
-    return (f"{t['path']}: {t['events']:,} events, {t['threads']} threads, "
+    # Paths, lock classes and op names are the user's text: "[/x]" is a legal op name, and
+    # rich would read it as markup (and fail, or hide it).
+    return (f"{escape(t['path'])}: {t['events']:,} events, {t['threads']} threads, "
             f"{fmt_ns(t['span_ns'])} span, captured layout {t['layout']}")
 
 
@@ -81,7 +84,7 @@ def class_table(report: dict) -> Table:
                   caption="contended acquisitions / total wait", caption_justify="left")
     table.add_column("design", no_wrap=True)
     for c in classes:
-        table.add_column(CLASS_NAMES.get(c, c), justify="right", no_wrap=True)
+        table.add_column(CLASS_NAMES.get(c, escape(c)), justify="right", no_wrap=True)
     rows = [("[dim]observed[/dim]", report["observed"]["by_class"])]
     rows += [(m["model"], m["by_class"]) for m in report["models"]]
     for name, by in rows:
@@ -100,7 +103,7 @@ def op_table(model: dict, limit: int = 12) -> Table:
         table.add_column(col, justify="left" if col == "op" else "right", no_wrap=True)
     ops = sorted(model["by_op"].items(), key=lambda kv: -kv[1]["wait_ns"])[:limit]
     for name, d in ops:
-        table.add_row(name, f"{d['acquisitions']:,}", f"{d['contended']:,}",
+        table.add_row(escape(name), f"{d['acquisitions']:,}", f"{d['contended']:,}",
                       fmt_ns(d["wait_ns"]), fmt_ns(d["contended_wait_percentiles_ns"]["p99"]),
                       fmt_ns(d["hold_percentiles_ns"]["p99"]))
     return table
