@@ -154,6 +154,42 @@ def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
     assert parsed.tables["lockprof"].height == 1
 
 
+def test_numbers_past_the_column_types_are_malformed_lines(tmp_path):
+    """A source line past int32 (the kernel prints it with %d) or a drop line's CPU past int32
+    is a malformed line naming the column, not a crash building the table."""
+    p = Point("a.c", 1, "rw", "x", 1000, 1000, 1000, 1000, 1, 0)
+    text = (print_stats([p])                                                      # 1-3
+            + "       1 2 3 4 5 6 7 8 9 a.c:99999999999 (rw:x)\n"                 # 4
+            + "dtrace: 5 drops on CPU 4294967296\n"                               # 5
+            + "dtrace: 5 drops on CPU 3\n")                                       # 6
+    parsed = parse_text(tmp_path, text)
+    assert [(q.line, q.kind, q.reason) for q in parsed.problems] == [
+        (4, ProblemKind.MALFORMED, "LOCK_PROFILING row: 99999999999 does not fit column "
+                                   "lockprof.line (int32: -2147483648..2147483647; corrupt line?)"),
+        (5, ProblemKind.MALFORMED, "dtrace: 5 drops on CPU 4294967296: 4294967296 does not fit "
+                                   "column diagnostics.cpu (int32: -2147483648..2147483647; "
+                                   "corrupt line?)"),
+        (6, ProblemKind.WARNING, "dtrace: 5 drops on CPU 3")]
+    assert parsed.tables["lockprof"]["line_no"].to_list() == [3]
+    assert parsed.tables["diagnostics"].select("line", "cpu", "count").rows() == [(6, 3, 5)]
+
+
+def test_totals_past_64_bits_are_summed_exactly(tmp_path):
+    """Each number fits int64, their sums do not: the summary and metadata must not wrap."""
+    m = 2**63 - 1
+    p = Point("a.c", 1, "rw", "pmap pv list", 0, 0, 0, 0, m, m)
+    parsed = parse_text(tmp_path, print_stats([p, p]))
+    assert parsed.problems == []
+    assert (parsed.meta["acquisitions"], parsed.meta["contested"]) == (2 * m, 2 * m)
+    assert lockprof.summary_lines(parsed.tables) == [
+        f"lock profiling: {2 * m} acquisitions, {2 * m} contested, wait 0 ns, hold 0 ns "
+        "(all locks)",
+        f"  pv list: wait 0 ns (n/a), {2 * m} acquisitions (100.0%), {2 * m} contested "
+        "(100.0%), hold 0 ns (n/a)",
+        "  pv chunk list: wait 0 ns (n/a), 0 acquisitions (0.0%), 0 contested (0.0%), "
+        "hold 0 ns (n/a)"]
+
+
 def test_wrong_number_of_columns_for_header(tmp_path):
     p = Point("a.c", 1, "rw", "x", 1000, 1000, 1000, 1000, 1, 0)
     text = print_stats([p]) + print_stats([p], old=True).splitlines(keepends=True)[2]

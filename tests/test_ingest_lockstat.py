@@ -446,6 +446,119 @@ def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
     assert parsed.records == 1
 
 
+TITLE = "\nR/W writer blocked by writer: 12000 events in 5.011 seconds (2395 events/sec)\n\n"
+HDR = "Count indv cuml rcnt     nsec Lock                   Caller\n"
+ROW = " 6000  50%  50% 0.00     5230 pmap pv list           pmap_enter+0x2f1\n"
+HIST_HDR = "      nsec ------ Time Distribution ------ count     Stack\n"
+MAL = ProblemKind.MALFORMED
+
+
+def test_numbers_past_the_column_types_are_malformed_lines(tmp_path):
+    """Numbers within 64 bits but past a narrower column (int32 percentages and CPUs, the -p
+    event index) make malformed lines naming the column, not a crash building the table."""
+    text = (TITLE + HDR + SEP + ROW                                                  # 1-6
+            + " 6000  99999999999%  50% 0.00   5230 pmap pv list  pmap_enter+0x2f1\n"  # 7
+            + " 6000  50%  4294967296% 0.00    5230 pmap pv list  pmap_enter+0x2f1\n"  # 8
+            + SEP                                                                     # 9
+            + "99999 6000 pmap pv list pmap_enter+0x2f1 0.000000 31380000\n"        # 10
+            + "64 6000 pmap pv list pmap_enter+0x2f1 0.000000 31380000\n"           # 11
+            + "lockstat: warning: 12 drops on CPU 99999999999\n"                    # 12
+            + "lockstat: warning: 99999999999999999999 drops on CPU 1\n"            # 13
+            + "lockstat: warning: 3 drops on CPU 2\n")                              # 14
+    parsed = parse_text(tmp_path, text)
+    assert [(p.line, p.kind, p.reason) for p in parsed.problems] == [
+        (7, MAL, "99999999999 does not fit column lockstat.indv "
+                 "(int32: -2147483648..2147483647; corrupt line?)"),
+        (8, MAL, "4294967296 does not fit column lockstat.cuml "
+                 "(int32: -2147483648..2147483647; corrupt line?)"),
+        (10, MAL, "lockstat -p line: event index 99999 is not a lockstat event (0-63)"),
+        (11, MAL, "lockstat -p line: event index 64 is not a lockstat event (0-63)"),
+        (12, MAL, "lockstat: 12 drops on CPU 99999999999: 99999999999 does not fit column "
+                  "diagnostics.cpu (int32: -2147483648..2147483647; corrupt line?)"),
+        (13, MAL, "lockstat: 99999999999999999999 drops on CPU 1: 99999999999999999999 does "
+                  "not fit column diagnostics.count (int64: -9223372036854775808.."
+                  "9223372036854775807; corrupt line?)"),
+        (14, ProblemKind.WARNING, "lockstat: 3 drops on CPU 2")]
+    assert rows_of(parsed, "line", "report", "count") == [(6, 1, 6000)]
+    assert parsed.tables["diagnostics"].select("line", "cpu", "count").rows() == [(14, 2, 3)]
+
+
+def test_title_events_per_sec_that_int_refuses(tmp_path):
+    """"²³" passes str.isdigit but not int(): the title keeps no events/sec, no crash."""
+    parsed = parse_text(tmp_path, TITLE.replace("(2395 ", "(\u00b2\u00b3 ") + HDR + SEP + ROW)
+    assert parsed.problems == []
+    assert rows_of(parsed, "line", "events_total", "events_per_sec") == [(6, 12000, None)]
+
+
+def test_histogram_lines_of_a_row_not_kept_are_not_the_previous_rows(tmp_path):
+    text = (TITLE + HDR + SEP + ROW                                                   # 1-6
+            + " 6000  50%  4294967296% 0.00    5230 pmap pv list  pmap_enter+0x2f1\n"   # 7
+            + "\n" + HIST_HDR + "      1024 |@@@@@@@@                       11\n")    # 8-10
+    parsed = parse_text(tmp_path, text)
+    assert [(p.line, p.kind) for p in parsed.problems] == [(7, MAL), (9, MAL), (10, MAL)]
+    assert parsed.problems[1].reason == "histogram header without a report row before it"
+    assert rows_of(parsed, "line", "hist_buckets") == [(6, 0)]
+    assert parsed.tables["lockstat_hist"].is_empty()
+
+
+def test_a_65th_histogram_bucket_line_is_malformed(tmp_path):
+    """lockstat has 64 buckets: bucket lines past them are reported, one by one."""
+    buckets = "".join("%10d |@  1\n" % (1 << j) for j in range(62)) + "      1024 |@  1\n" * 4
+    parsed = parse_text(tmp_path, TITLE + SEP + HDR + ROW + "\n" + HIST_HDR + buckets + SEP)
+    reason = "histogram bucket line past the 64 buckets lockstat has, for the row of line 6"
+    assert [(p.line, p.kind, p.reason) for p in parsed.problems] == [
+        (73, MAL, reason), (74, MAL, reason)]
+    assert rows_of(parsed, "hist_buckets", "stack_depth") == [(64, 0)]
+    assert parsed.tables["lockstat_hist"]["bucket_line"].to_list() == list(range(9, 73))
+
+
+def test_stack_frames_past_the_stack_depth_column_are_malformed(tmp_path, monkeypatch):
+    """A row holds as many frames as lockstat.stack_depth (int16) counts; the cap is lowered
+    to 3 here to keep the input tiny."""
+    assert lockstat._MAX_FRAMES == 32767
+    monkeypatch.setattr(lockstat, "_MAX_FRAMES", 3)
+    text = (TITLE + SEP + HDR + ROW + "\n" + HIST_HDR                              # 1-8
+            + "      1024 |@@@@@@@@                       11        f0\n"          # 9
+            + "      2048 |@@@@@@@@                       11        f1\n"          # 10
+            + " " * 53 + "f2\n" + " " * 53 + "f3\n"                                # 11-12
+            + "      4096 |@                              1         f4\n"          # 13
+            + SEP                                                                  # 14
+            + print_p(5, [Rec(2, "pv", "f", 2, hist={1: 2}, frames=["a", "b", "c"])], "s")
+            + print_p(5, [Rec(2, "pv", "f", 2, hist={1: 2}, frames=["a", "b", "c", "d"])],
+                      "s"))                                                        # 15-16
+    parsed = parse_text(tmp_path, text)
+    reason = "stack frame past the 3 a row can hold, for the row of line 6 (corrupt report?)"
+    assert [(p.line, p.kind, p.reason) for p in parsed.problems] == [
+        (12, MAL, reason), (13, MAL, reason),
+        (16, MAL, "lockstat -p line with 4 stack frames, more than the 3 a row can hold "
+                  "(corrupt line?)")]
+    assert rows_of(parsed, "line", "hist_buckets", "stack_depth") == [(6, 2, 3), (15, 1, 3)]
+    assert parsed.tables["lockstat_stack"].select("line", "depth", "frame").rows() == [
+        (9, 0, "f0"), (10, 1, "f1"), (11, 2, "f2"), (15, 0, "a"), (15, 1, "b"), (15, 2, "c")]
+
+
+def test_totals_past_64_bits_are_summed_exactly(tmp_path):
+    """Each count and total fits int64, their sums do not: the summary must not wrap."""
+    m = 2**63 - 1
+    parsed = parse_text(tmp_path, f"4 {m} pmap pv list pmap_enter+0x2f1 0.000000 {m}\n" * 2)
+    assert parsed.problems == []
+    assert parsed.meta["events_total"] == 2 * m
+    assert lockstat.summary_lines(parsed.tables) == [
+        f"lockstat R/W writer blocked by writer: {2 * m} events, 18446744073.710 s in the rows "
+        "listed",
+        f"  pv list: {2 * m} events (100.0% of all locks), 18446744073.710 s (100.0% of the "
+        "time listed)",
+        "  pv chunk list: 0 events (0.0% of all locks), 0 ns (0.0% of the time listed)"]
+    row = f" {m}  50%  50% 0.00     1 pmap pv list           pmap_enter+0x2f1\n"
+    parsed = parse_text(tmp_path, TITLE + HDR + SEP + row * 2 + SEP)
+    assert parsed.problems == []
+    assert lockstat.summary_lines(parsed.tables)[:2] == [
+        "lockstat R/W writer blocked by writer: 12000 events, est. 18446744073.710 s in the "
+        "rows listed",
+        f"  pv list: {2 * m} events (153722867280912928.0% of all locks), est. "
+        "18446744073.710 s (100.0% of the time listed)"]
+
+
 def test_several_runs_and_crlf(tmp_path):
     one = print_report("Adaptive mutex spin", PV[:2], total=8500, elapsed_ns=E)
     parsed = parse_text(tmp_path, (one + "\n\n" + one).replace("\n", "\r\n"))

@@ -275,6 +275,28 @@ def test_cli_writes_gzip(tmp_path):
     assert "# kernel=synth-obm" in text and "# truth_wait_ns=" in text
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--duration-ms", "nan"], "--duration-ms must be a finite number, not nan"),
+    (["--duration-ms", "inf"], "--duration-ms must be a finite number, not inf"),
+    (["--mem-gb", "nan"], "--mem-gb must be a finite number, not nan"),
+    (["--mem-gb", "inf"], "--mem-gb must be a finite number, not inf"),
+    (["--mem-gb", "1e300"], "--mem-gb 1e+300 is too large: use at most 16384"),
+    (["--seed", "-1"], "--seed -1: use a seed >= 0"),
+])
+def test_cli_option_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    import sys
+
+    import pvtrace.cli as cli
+
+    out = tmp_path / "s.log"
+    monkeypatch.setattr(sys, "argv", ["pvtrace", "synth", "-o", str(out), *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"pvtrace: {message}\n"
+    assert not out.exists()
+
+
 def small_text(kernel, layout, threads, ms, seed):
     return synthesize(kernel=kernel, layout=layout, threads=threads, duration_ms=ms,
                       seed=seed).text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,9 @@ import typer
 
 from pvtrace.cli import app
 from pvtrace.errors import PvtraceError
+
+
+_MAX_MEM_GB = 16384
 
 
 @app.command()
@@ -38,6 +42,17 @@ def synth(
 
     if ndomains < 0:
         raise PvtraceError("--ndomains must be >= 0")
+    # Checked here because the generator turns these into integers (nan and inf do not convert)
+    # and numpy takes only non-negative seeds; the other bounds are checked where they are used.
+    for option, value in (("--duration-ms", duration_ms), ("--mem-gb", mem_gb)):
+        if not math.isfinite(value):
+            raise PvtraceError(f"{option} must be a finite number, not {value}")
+    # The machine's 2 MiB frames are listed one by one (with 1e300 the list cannot even be
+    # allocated): 16 TiB, more than any machine worth simulating, keeps it to a few hundred MB.
+    if mem_gb > _MAX_MEM_GB:
+        raise PvtraceError(f"--mem-gb {mem_gb:g} is too large: use at most {_MAX_MEM_GB}")
+    if seed < 0:
+        raise PvtraceError(f"--seed {seed}: use a seed >= 0")
     t0 = time.perf_counter()
     cap = synthesize(kernel=kernel, layout=layout, threads=threads, duration_ms=duration_ms,
                      seed=seed, mem_gb=mem_gb, workload=workload, spin_limit_ns=spin_limit,

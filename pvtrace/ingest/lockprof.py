@@ -31,7 +31,7 @@ import polars as pl
 
 from pvtrace.ingest.common import Format, Parsed, Problem
 from pvtrace.ingest.lockstat_parse import (Diagnostics, family_expr, fmt_ns, frame,
-                                           line_problem, read_lines, too_big)
+                                           line_problem, out_of_range, read_lines, too_big)
 
 _PREFIX = re.compile(r"^debug\.lock\.prof\.stats:\s*$")
 _HEADER = re.compile(r"^(?:debug\.lock\.prof\.stats:)?\s*max\s+(?P<wm>wait_max\s+)?total\s+"
@@ -56,16 +56,17 @@ def parse(path: Path, src: int, name: str) -> Parsed:
             dump, wide = dump + 1, m["wm"] is not None
             continue
         reason = too_big(text) or _row(rows, src, no, max(dump, 1), wide, text)
-        if reason is not None and not diags.take(no, text):
+        if reason is not None:
+            reason = diags.take(no, text, reason)
+        if reason is not None:
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
     problems.sort(key=lambda p: p.line or 0)
     df = frame(rows, "lockprof")
     meta = {
         "format": Format.LOCKPROF.value, "dumps": dump, "rows": len(df),
-        "acquisitions": int(df["count"].sum() or 0),
-        "contested": int(df["cnt_lock"].sum() or 0),
-        "wait_total_us": int(df["wait_total"].sum() or 0),
+        "acquisitions": _sum(df["count"]), "contested": _sum(df["cnt_lock"]),
+        "wait_total_us": _sum(df["wait_total"]),
     }
     return Parsed(format=Format.LOCKPROF, tables={"lockprof": df, "diagnostics": diags.frame()},
                   problems=problems, meta=meta, records=len(df), lines=len(lines))
@@ -87,10 +88,21 @@ def _row(rows: list[dict[str, Any]], src: int, no: int, dump: int, wide: bool | 
     n = _NAME.match(m["name"])
     if n is None:
         return "LOCK_PROFILING row: name is not file:line (class:name)"
-    rows.append({"src": src, "line_no": no, "dump": dump, **dict(zip(_NUM_COLS, nums)),
-                 "name": m["name"], "file": n["file"], "line": int(n["line"]),
-                 "lock_class": n["cls"], "lock_name": n["lock"]})
+    row = {"src": src, "line_no": no, "dump": dump, **dict(zip(_NUM_COLS, nums)),
+           "name": m["name"], "file": n["file"], "line": int(n["line"]),
+           "lock_class": n["cls"], "lock_name": n["lock"]}
+    # The kernel prints the source line as %d: a bigger one is a corrupt line, like any number
+    # past its column's type.
+    if (why := out_of_range("lockprof", row)) is not None:
+        return f"LOCK_PROFILING row: {why}"
+    rows.append(row)
     return None
+
+
+def _sum(col: pl.Series) -> int:
+    """Exact sum of an int64 column: summed in 128 bits, since every value fits int64 but
+    their sum need not, and int64 sums wrap negative."""
+    return int(col.cast(pl.Int128).sum() or 0)
 
 
 def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
@@ -99,14 +111,12 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
     if df is None or df.is_empty():
         return []
     df = df.with_columns(family=family_expr(pl.col("lock_name")))
-    tot = df.select(pl.col("wait_total").sum(), pl.col("count").sum(), pl.col("cnt_lock").sum(),
-                    pl.col("total").sum()).row(0)
+    tot = [_sum(df[c]) for c in ("wait_total", "count", "cnt_lock", "total")]
     out = [f"lock profiling: {tot[1]} acquisitions, {tot[2]} contested, "
            f"wait {fmt_ns(tot[0] * 1000)}, hold {fmt_ns(tot[3] * 1000)} (all locks)"]
     for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
-        f = df.filter(pl.col("family") == fam).select(
-            pl.col("wait_total").sum(), pl.col("count").sum(), pl.col("cnt_lock").sum(),
-            pl.col("total").sum()).row(0)
+        fd = df.filter(pl.col("family") == fam)
+        f = [_sum(fd[c]) for c in ("wait_total", "count", "cnt_lock", "total")]
         out.append(f"  {label}: wait {fmt_ns((f[0] or 0) * 1000)} ({_pct(f[0], tot[0])}), "
                    f"{f[1] or 0} acquisitions ({_pct(f[1], tot[1])}), "
                    f"{f[2] or 0} contested ({_pct(f[2], tot[2])}), "

@@ -43,9 +43,10 @@ import polars as pl
 
 from pvtrace import schemas
 from pvtrace.ingest.common import Format, Parsed, Problem
-from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, INT64_MAX, Diagnostics,
-                                           PLine, family_expr, fmt_ns, frame, line_problem,
-                                           looks_parsable, parse_p_line, read_lines, too_big)
+from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, HIST_BUCKETS, INT64_MAX,
+                                           Diagnostics, PLine, family_expr, fmt_ns, frame,
+                                           int_range, line_problem, looks_parsable,
+                                           out_of_range, parse_p_line, read_lines, too_big)
 
 _TITLE = re.compile(r"^(?P<desc>\S.*?): (?P<n>\d+) events in (?P<sec>\d+(?:\.\d+)?) seconds "
                     r"\((?P<eps>\S+) events/sec\)\s*$")
@@ -64,6 +65,10 @@ _INT = re.compile(r"\d+")
 _PCT = re.compile(r"(\d+)%")
 _FLOAT = re.compile(r"\d+\.\d+")
 _COLUMNS = [f.name for f in schemas.load("lockstat").arrow]
+# Frames of one row: as many as lockstat.stack_depth holds. lockstat -s records a few dozen
+# frames at most, so only a corrupt report (or lines glued on from elsewhere) gets here; the
+# frames past it are malformed lines, each reported, not a count that wraps or fails.
+_MAX_FRAMES = int_range("lockstat", "stack_depth")[1]
 
 
 @dataclass
@@ -109,7 +114,9 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     problems: list[Problem] = []
     for no, text in enumerate(lines, start=1):
         reason = too_big(text) or _line(st, no, text)
-        if reason is not None and not diags.take(no, text):
+        if reason is not None:
+            reason = diags.take(no, text, reason)
+        if reason is not None:
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
     problems.sort(key=lambda p: p.line or 0)
@@ -138,18 +145,14 @@ def _line(st: _State, no: int, text: str) -> str | None:
         return None
     if st.in_hist:
         if (m := _BUCKET.match(text)) is not None:
-            _add_bucket(st, no, int(m["b"]), int(m["n"]))
-            if m["frame"] is not None:
-                _add_frame(st, no, m["frame"])
-            return None
+            return _hist_line(st, no, (int(m["b"]), int(m["n"])), m["frame"])
         if (m := _CONTINUATION.match(text)) is not None:
-            _add_frame(st, no, m["frame"])
-            return None
+            return _hist_line(st, no, None, m["frame"])
         st.in_hist = False
     if (m := _TITLE.match(text)) is not None:
-        eps = m["eps"]
+        eps = m["eps"]   # isdecimal, not isdigit: int() refuses digits such as "²"
         st.report = _Report(st.report.number + 1, m["desc"], int(m["n"]), float(m["sec"]),
-                            int(eps) if eps.isdigit() else None)
+                            int(eps) if eps.isdecimal() else None)
         st.header = _Header()
         st.hist_row = None
         return None
@@ -163,19 +166,22 @@ def _line(st: _State, no: int, text: str) -> str | None:
         st.in_hist = True
         return None
     if (m := _SUMMARY.match(text)) is not None:
-        _summary(st, no, int(m["n"]), m["desc"])
-        return None
+        return _summary(st, no, int(m["n"]), m["desc"])
     if looks_parsable(text):
         p = parse_p_line(text)
         if isinstance(p, str):
             return p
-        _p_row(st, no, p)
-        return None
+        return _p_row(st, no, p)
     if _BUCKET.match(text) or (st.hist_row is None and _CONTINUATION.match(text)):
         return "histogram or stack line without a row and histogram header before it"
     if _TRACE_HEADER.match(text):
         return "lockstat -T (trace) output is not supported; run lockstat without -T"
-    return _row(st, no, text)
+    reason = _row(st, no, text)
+    if reason is not None:
+        # The histogram and stack lines after a row that is not kept are not the previous
+        # row's: with no row to attach to, they are reported too.
+        st.hist_row = None
+    return reason
 
 
 def _header(st: _State, m: re.Match[str]) -> str | None:
@@ -220,42 +226,52 @@ def _row(st: _State, no: int, text: str) -> str | None:
     h = st.header
     if nsec is not None and count * nsec > INT64_MAX:
         return "lockstat row: count x nsec is beyond 64 bits (corrupt line?)"
-    _append(st, no, summary=False, count=count, indv=int(indv[1]),
-            cuml=int(cuml_m[1]) if cuml_m else None, rcnt=float(rcnt), nsec=nsec,
-            total_ns=count * nsec if nsec is not None and not h.rate else None,
-            total_ns_exact=False, lock=text[toks[first][1]:toks[-2][2]], caller=toks[-1][0],
-            parsable=False, basic=basic)
+    row = _append(st, no, st.report, h, summary=False, count=count, indv=int(indv[1]),
+                  cuml=int(cuml_m[1]) if cuml_m else None, rcnt=float(rcnt), nsec=nsec,
+                  total_ns=count * nsec if nsec is not None and not h.rate else None,
+                  total_ns_exact=False, lock=text[toks[first][1]:toks[-2][2]],
+                  caller=toks[-1][0], parsable=False, basic=basic)
+    return row if isinstance(row, str) else None
+
+
+def _summary(st: _State, no: int, n: int, desc: str) -> str | None:
+    row = _append(st, no, _Report(st.report.number + 1, desc, n), _Header(), summary=True,
+                  count=n, parsable=False, basic=False, total_ns_exact=False)
+    if isinstance(row, str):
+        return row
+    st.hist_row = None
     return None
 
 
-def _summary(st: _State, no: int, n: int, desc: str) -> None:
-    st.report = _Report(st.report.number + 1, desc, n)
-    st.header = _Header()
-    _append(st, no, summary=True, count=n, parsable=False, basic=False, total_ns_exact=False)
-    st.hist_row = None
-
-
-def _p_row(st: _State, no: int, p: PLine) -> None:
-    rep = st.report
+def _p_row(st: _State, no: int, p: PLine) -> str | None:
+    if len(p.frames) > _MAX_FRAMES:
+        return f"lockstat -p line with {len(p.frames)} stack frames, more than the " \
+               f"{_MAX_FRAMES} a row can hold (corrupt line?)"
+    rep, h = st.report, st.header
     if rep.parsable_event != p.event_index:
-        st.report = _Report(rep.number + 1, EVENT_NAMES.get(p.event_index),
-                            parsable_event=p.event_index)
-        st.header = _Header(basic=p.total_ns is None)
-    row = _append(st, no, summary=False, count=p.count, rcnt=p.rcnt,
+        rep = _Report(rep.number + 1, EVENT_NAMES.get(p.event_index),
+                      parsable_event=p.event_index)
+        h = _Header(basic=p.total_ns is None)
+    row = _append(st, no, rep, h, summary=False, count=p.count, rcnt=p.rcnt,
                   nsec=p.total_ns // p.count if p.total_ns is not None and p.count else None,
                   total_ns=p.total_ns, total_ns_exact=p.total_ns is not None, lock=p.lock,
                   caller=p.caller, parsable=True, basic=p.total_ns is None,
                   event_index=p.event_index)
+    if isinstance(row, str):
+        return row
     for j, n in enumerate(p.buckets):
         if n:
             _add_bucket(st, no, 1 << j, n)
     for f in p.frames:
         _add_frame(st, no, f)
     st.hist_row = row
+    return None
 
 
-def _append(st: _State, no: int, **values: Any) -> dict[str, Any]:
-    rep, h = st.report, st.header
+def _append(st: _State, no: int, rep: _Report, h: _Header,
+            **values: Any) -> dict[str, Any] | str:
+    """Add a row under report ``rep`` and header ``h`` (which become the current ones), or
+    return why its numbers do not fit the table (the state is then left as it was)."""
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(src=st.src, line=no, report=rep.number, row_id=len(st.rows), event=rep.event,
                event_index=EVENT_INDEX.get(rep.event or ""), events_total=rep.events_total,
@@ -265,10 +281,34 @@ def _append(st: _State, no: int, **values: Any) -> dict[str, Any]:
     row.update(values)
     if row["summary"]:
         row.update(rate=False, genr=False, hottest_lock=False, hottest_caller=False)
+    if (why := out_of_range("lockstat", row)) is not None:
+        return why
+    st.report, st.header = rep, h
     st.rows.append(row)
     st.hist_row = row
     st.in_hist = False
     return row
+
+
+def _hist_line(st: _State, no: int, bucket: tuple[int, int] | None,
+               frame: str | None) -> str | None:
+    """A human report's bucket line (``bucket``: lower bound and count) and/or stack frame for
+    the current row, or why the line cannot be one."""
+    row = st.hist_row
+    assert row is not None
+    # lockstat has 64 buckets and prints those from the first to the last non-empty one: a
+    # 65th bucket line is no part of this row's histogram (a corrupt or spliced report).
+    if bucket is not None and row["hist_buckets"] >= HIST_BUCKETS:
+        return f"histogram bucket line past the {HIST_BUCKETS} buckets lockstat has, for " \
+               f"the row of line {row['line']}"
+    if frame is not None and row["stack_depth"] >= _MAX_FRAMES:
+        return f"stack frame past the {_MAX_FRAMES} a row can hold, for the row of line " \
+               f"{row['line']} (corrupt report?)"
+    if bucket is not None:
+        _add_bucket(st, no, *bucket)
+    if frame is not None:
+        _add_frame(st, no, frame)
+    return None
 
 
 def _add_bucket(st: _State, no: int, bucket: int, n: int) -> None:
@@ -292,8 +332,10 @@ def _events_total(rows: pl.DataFrame) -> int:
     """Events of all reports: the titles' totals, or the rows' counts where there is no title."""
     if rows.is_empty():
         return 0
+    # Summed in 128 bits, here and in summary_lines: every count fits int64, but their sum need
+    # not (two rows of 2^63-1 passed the per-line checks), and int64 sums wrap negative.
     per_report = rows.filter(~pl.col("rate")).group_by("src", "report").agg(
-        pl.col("events_total").first(), pl.col("count").sum())
+        pl.col("events_total").first(), pl.col("count").cast(pl.Int128).sum())
     return int(per_report.select(
         pl.coalesce("events_total", "count").sum()).item() or 0)
 
@@ -317,10 +359,11 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
         ev = rows.filter(pl.col("event").eq_missing(event) & (pl.col("rate") == rate))
         unit = "ops/s" if rate else "events"
         title = "events_per_sec" if rate else "events_total"   # -R: the title's events/sec
-        reports = ev.group_by("src", "report").agg(pl.col(title).first(), pl.col("count").sum())
+        reports = ev.group_by("src", "report").agg(pl.col(title).first(),
+                                                   pl.col("count").cast(pl.Int128).sum())
         total = int(reports.select(pl.coalesce(title, "count").sum()).item() or 0)
         listed = ev.filter(~pl.col("summary"))
-        all_ns = int(listed["total_ns"].sum() or 0)
+        all_ns = int(listed["total_ns"].cast(pl.Int128).sum() or 0)
         est = "" if len(listed) and listed["total_ns_exact"].all() else "est. "
         head = f"lockstat {event or '(no title)'}{' (-R rates)' if rate else ''}: {total} {unit}"
         if all_ns:
@@ -331,10 +374,10 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
             continue
         for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
             f = listed.filter(pl.col("family") == fam)
-            n = int(f["count"].sum() or 0)
+            n = int(f["count"].cast(pl.Int128).sum() or 0)
             line = f"  {label}: {n} {unit} ({_pct(n, total)} of all locks)"
             if all_ns:
-                ns = int(f["total_ns"].sum() or 0)
+                ns = int(f["total_ns"].cast(pl.Int128).sum() or 0)
                 line += f", {est}{fmt_ns(ns)} ({_pct(ns, all_ns)} of the time listed)"
             out.append(line)
     return out

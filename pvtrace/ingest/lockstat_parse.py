@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from pvtrace import schemas
 from pvtrace.ingest.common import Problem, ProblemKind
@@ -128,6 +129,11 @@ def parse_p_line(line: str) -> PLine | str:
                "(event count lock caller rcnt)"
     if not (_INT.fullmatch(toks[0][0]) and _INT.fullmatch(toks[1][0])):
         return "lockstat -p line does not start with the event index and count"
+    if int(toks[0][0]) >= LS_MAX_EVENTS:
+        # -p prints the event's slot in g_event_info[LS_MAX_EVENTS]: nothing else is a lockstat
+        # event, and a bigger number is a corrupt line (it would not fit event_index either).
+        return f"lockstat -p line: event index {toks[0][0][:30]} is not a lockstat event " \
+               f"(0-{LS_MAX_EVENTS - 1})"
     j = len(toks)
     while j > 4 and not _INT.fullmatch(toks[j - 1][0]) and not _FLOAT.fullmatch(toks[j - 1][0]):
         j -= 1
@@ -176,6 +182,43 @@ def _polars_schema(table: str) -> dict[str, pl.DataType]:
             for c, t in empty.schema.items()}
 
 
+@cache
+def _int_ranges(table: str) -> dict[str, tuple[int, int, str]]:
+    """Lowest and highest value, and type name, of each integer column of a table."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for f in schemas.load(table).arrow:
+        if pa.types.is_integer(f.type):
+            bits = f.type.bit_width
+            signed = pa.types.is_signed_integer(f.type)
+            out[f.name] = ((-(1 << bits - 1), (1 << bits - 1) - 1) if signed
+                           else (0, (1 << bits) - 1)) + (str(f.type),)
+    return out
+
+
+def int_range(table: str, column: str) -> tuple[int, int]:
+    """The values ``table.column`` can hold (an integer column of the schema)."""
+    lo, hi, _ = _int_ranges(table)[column]
+    return lo, hi
+
+
+def out_of_range(table: str, row: dict[str, Any]) -> str | None:
+    """Why ``row`` cannot become a row of ``table``: a number its column's type cannot hold.
+
+    A corrupt line can carry any number, and the schema's columns are narrower than Python's
+    ints (int16 event indexes, int32 percentages and CPUs, ...). Checked per line, such a line
+    becomes a malformed line with its number and line number, instead of failing the whole
+    table when it is built.
+    """
+    ranges = _int_ranges(table)
+    for column, value in row.items():
+        if column in ranges and isinstance(value, int):
+            lo, hi, kind = ranges[column]
+            if not lo <= value <= hi:
+                return f"{str(value)[:30]} does not fit column {table}.{column} ({kind}: " \
+                       f"{lo}..{hi}; corrupt line?)"
+    return None
+
+
 def frame(rows: list[dict[str, Any]], table: str) -> pl.DataFrame:
     """``rows`` (dicts with the table's columns) as a DataFrame of the schema's types."""
     return pl.DataFrame(rows, schema=_polars_schema(table), orient="row")
@@ -202,11 +245,13 @@ class Diagnostics:
     rows: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def take(self, no: int, text: str) -> bool:
-        """Record ``text`` if it is a ``lockstat:``/``dtrace:`` line; say whether it was."""
+    def take(self, no: int, text: str, reason: str) -> str | None:
+        """Record ``text`` if it is a ``lockstat:``/``dtrace:`` line and return None; otherwise
+        return why the line is a problem: the parser's ``reason`` when it is no such line, or
+        why the numbers of one that is cannot be recorded."""
         m = _DIAG.match(text)
         if m is None:
-            return False
+            return reason
         kind, n, cpu = "other", None, None
         for pattern, k in _DIAG_KINDS:
             if (d := pattern.match(m["msg"])) is not None:
@@ -215,12 +260,16 @@ class Diagnostics:
                 n = int(groups["n"]) if groups.get("n") else None
                 cpu = int(groups["cpu"]) if groups.get("cpu") else None
                 break
-        self.rows.append({"src": self.src, "line": no, "kind": kind, "cpu": cpu, "count": n,
-                          "text": text})
+        row = {"src": self.src, "line": no, "kind": kind, "cpu": cpu, "count": n, "text": text}
+        # dtrace prints a CPU as %d and counts as 64-bit numbers: one past the column's type
+        # is a corrupt line, counted as malformed rather than recorded as a wrong number.
+        if (why := out_of_range("diagnostics", row)) is not None:
+            return f"{m['tool']}: {m['msg']}: {why}"
+        self.rows.append(row)
         if kind != "matched":
             self.problems.append(Problem(self.src, self.name, no, ProblemKind.WARNING,
                                          f"{m['tool']}: {m['msg']}"))
-        return True
+        return None
 
     def frame(self) -> pl.DataFrame:
         return frame(self.rows, "diagnostics")
