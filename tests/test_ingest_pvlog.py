@@ -577,3 +577,23 @@ def test_paths_with_glob_characters_are_file_names(tmp_path):
         result = run_ingest([str(tmp_path / name)], str(tmp_path / "run[1]" / "b"), force=True)
         assert result.records == 6 and result.inputs[0].lines == 9
         assert bundle_events(tmp_path / "run[1]" / "b") == SPEC_ROWS
+
+
+def test_a_named_pipe_is_read_like_standard_input(tmp_path):
+    # `pvtrace ingest <(ssh box cat capture.log)`: a pipe has size 0 and was refused as
+    # "empty input".
+    import os
+    import threading
+
+    fifo = tmp_path / "capture.pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(SPEC_LOG))
+    writer.start()
+    result = run_ingest([str(fifo)], str(tmp_path / "b"))
+    writer.join()
+    assert result.records == 6 and bundle_events(tmp_path / "b") == SPEC_ROWS
+
+
+def test_an_endless_binary_stream_is_refused_before_it_is_copied(tmp_path):
+    with pytest.raises(PvtraceError, match="binary data"):
+        run_ingest(["/dev/zero"], str(tmp_path / "b"))

@@ -78,7 +78,9 @@ def open_source(arg: str, tmpdir: Path) -> Iterator[Source]:
     except OSError as exc:
         raise PvtraceError(f"cannot open: {exc.strerror or exc}", path=name) from None
     with f:
-        yield _decompress_to(f, name, tmpdir, copy_plain=False, path=path)
+        # A named pipe or a process substitution (`ingest <(ssh box cat capture.log)`) has no
+        # size and can be read once: copy it, as standard input is.
+        yield _decompress_to(f, name, tmpdir, copy_plain=not path.is_file(), path=path)
 
 
 def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: bool,
@@ -94,8 +96,17 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
         source = Source(name, path, None, False, path.stat().st_size)
     else:
         progress.stage(f"{'decompressing' if compression else 'reading'} {name}",
-                       path.stat().st_size if path is not None else None)
+                       path.stat().st_size if path is not None and path.is_file() else None)
         out = Path(tmpdir) / f"input-{len(os.listdir(tmpdir))}.txt"
+        if compression is None:
+            # Look before copying a stream of unknown length: /dev/zero would fill the disk.
+            try:
+                magic += _peek(stream, SNIFF_BYTES - len(magic))
+            except OSError as exc:
+                raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
+            if b"\x00" in magic:
+                raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
+                                   "transparently; other formats are not)", path=name)
         with open(out, "wb") as sink:
             try:
                 if compression is None:
