@@ -190,3 +190,22 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
     if proc.returncode == 143:
         assert err.strip().splitlines()[-1] == "pvtrace: terminated"
         assert not (tmp_path / "out" / "b").exists()
+
+
+def test_a_raw_capture_reports_the_lines_its_ingest_skipped(tmp_path: Path) -> None:
+    # Replaying a raw log ingests it into a temporary bundle: its malformed and cut-off lines
+    # were not mentioned anywhere, and the --max-bad the error suggested did not exist here.
+    log = tmp_path / "bad.log"
+    log.write_text("junk line\n" + SPEC_LOG + "1 2 3\n" + SPEC_LOG.splitlines()[-1][:20])
+    r = run_cli("replay", str(log), "--model", "stock", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["trace"]["skipped_lines"] == {"malformed": 2, "cut_off": 1}
+    r = run_cli("replay", str(log), "--model", "stock")
+    assert "note: ingest skipped 2 malformed and 1 cut-off lines" in r.stdout
+    r = run_cli("compare", str(log), "--max-bad", "1")
+    assert r.returncode == 2 and "2 malformed lines, more than --max-bad 1" in r.stderr
+
+
+def test_an_unknown_model_is_refused_before_the_capture_is_read(tmp_path: Path) -> None:
+    r = run_cli("compare", str(tmp_path / "missing.log"), "--models", "stock,obmm")
+    assert r.returncode == 2 and "unknown model 'obmm'" in r.stderr

@@ -28,19 +28,25 @@ CacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write the bundle's timeline cache (BUNDLE/cache: "
                        "written by a bundle's first replay, it makes later ones start at "
                        "once).")]
+MaxBadOpt = Annotated[int, typer.Option(
+    "--max-bad", metavar="N", help="For a raw capture: malformed lines skipped (and reported) "
+                                   "before the capture is refused, as in `pvtrace ingest`.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the pvtrace-replay/1 JSON report "
                                                       "to stdout and nothing else.")]
 
 
 def _run(trace: str, models: list[str], layout, spin_limit: int, wakeup_ns: int,
-         no_cache: bool, jobs: int = 1) -> dict:
+         no_cache: bool, max_bad: int, jobs: int = 1) -> dict:
     from pvtrace.replay.api import replay_trace
 
     if jobs < 1:
         raise PvtraceError("--jobs must be at least 1")
+    if max_bad < 0:
+        raise PvtraceError(f"--max-bad must be 0 or more, got {max_bad}")
     with progress.shown():
         return replay_trace(trace, models, layout=layout, spin_limit_ns=spin_limit,
-                            wakeup_ns=wakeup_ns, jobs=jobs, use_cache=not no_cache)
+                            wakeup_ns=wakeup_ns, jobs=jobs, use_cache=not no_cache,
+                            max_bad=max_bad)
 
 
 def _render(report: dict, *, detail: bool) -> None:
@@ -64,9 +70,10 @@ def replay(trace: TraceArg,
            model: Annotated[str, typer.Option("--model", "-m", help="Lock design to replay "
                                                                     "(see `pvtrace models`).")] = "obm",
            layout: LayoutOpt = None, spin_limit: SpinOpt = 0, wakeup_ns: WakeOpt = 0,
-           no_cache: CacheOpt = False, json_out: JsonOpt = False) -> None:
+           no_cache: CacheOpt = False, max_bad: MaxBadOpt = 10,
+           json_out: JsonOpt = False) -> None:
     """Re-execute a capture under another lock design: same work, recomputed lock waits."""
-    report = _run(trace, [model], layout, spin_limit, wakeup_ns, no_cache)
+    report = _run(trace, [model], layout, spin_limit, wakeup_ns, no_cache, max_bad)
     if json_out:
         print(json.dumps(report, indent=2))
     else:
@@ -82,12 +89,13 @@ def compare(trace: TraceArg,
                 "--jobs", "-j", help="Designs replayed at once, one per core. Each holds its "
                                      "own steps: peak memory grows by about 45 bytes per "
                                      "record per extra job.")] = 1,
-            no_cache: CacheOpt = False, json_out: JsonOpt = False) -> None:
+            no_cache: CacheOpt = False, max_bad: MaxBadOpt = 10,
+            json_out: JsonOpt = False) -> None:
     """Replay a capture under several designs and show them side by side."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise PvtraceError("--models is empty; name at least one design")
-    report = _run(trace, names, layout, spin_limit, wakeup_ns, no_cache, jobs)
+    report = _run(trace, names, layout, spin_limit, wakeup_ns, no_cache, max_bad, jobs)
     if json_out:
         print(json.dumps(report, indent=2))
     else:

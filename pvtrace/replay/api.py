@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from pvtrace import progress
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
-from pvtrace.models import get_design
+from pvtrace.models import DESIGNS, get_design
+from pvtrace.models.layout import Layout
 from pvtrace.replay import cache
 from pvtrace.replay.run import make_params, observed, run_design, summarize, warm_caches
 from pvtrace.timeline import Timeline
@@ -56,7 +57,7 @@ class LoadedTrace:
         return lay if self.layout_known else "superpage"
 
 
-def load_trace(path: str, *, use_cache: bool = True) -> LoadedTrace:
+def load_trace(path: str, *, use_cache: bool = True, max_bad: int = 10) -> LoadedTrace:
     """The timeline of a bundle, or of a raw capture (file or ``-``) ingested into a temporary
     bundle. The events table is read one column at a time into the timeline, never whole.
     With ``use_cache``, a bundle's cached timeline is used when it is current (see
@@ -70,7 +71,7 @@ def load_trace(path: str, *, use_cache: bool = True) -> LoadedTrace:
 
     with tempfile.TemporaryDirectory(prefix="pvtrace-") as tmp:
         out = Path(tmp) / "bundle"
-        run_ingest([path], str(out))
+        run_ingest([path], str(out), max_bad=max_bad)
         return _from_bundle(path, open_bundle(out), False)
 
 
@@ -114,10 +115,14 @@ def write_cache(trace: LoadedTrace) -> str:
 
 def replay_trace(path: str, models: list[str], *, layout: str | None = None,
                  spin_limit_ns: int = 0, wakeup_ns: int = 0, jobs: int = 1,
-                 use_cache: bool = True) -> dict:
+                 use_cache: bool = True, max_bad: int = 10) -> dict:
     """Replay the trace at ``path`` under each of ``models``; the SPEC report object.
-    ``use_cache``: read and write a bundle's timeline cache (:mod:`pvtrace.replay.cache`)."""
-    trace = load_trace(path, use_cache=use_cache)
+    ``use_cache``: read and write a bundle's timeline cache (:mod:`pvtrace.replay.cache`);
+    ``max_bad``: malformed lines a raw capture may have (as ``pvtrace ingest --max-bad``)."""
+    for m in models:    # before a raw capture is ingested, which can take minutes
+        if m not in DESIGNS:
+            get_design(m, Layout("superpage"))   # raises the one-line error
+    trace = load_trace(path, use_cache=use_cache, max_bad=max_bad)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
     designs = [get_design(m, params.layout) for m in models]  # validate names first
     tl, nevents, meta, layout_known = (trace.timeline, trace.nevents, trace.metadata,
@@ -145,6 +150,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "classes": tl.classes,
             "capture": meta.get("capture", {}),
             "drops": meta.get("drops", {}),
+            "skipped_lines": _skipped_lines(meta),
             "timeline_cache": cache_status,
         },
         "observed": obs,
@@ -172,3 +178,14 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[d
     warm_caches(tl, designs, params)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))
+
+
+def _skipped_lines(meta: dict) -> dict[str, int]:
+    """Lines ingest skipped (malformed, cut off), from the bundle's metadata."""
+    problems = meta.get("problems")
+    totals = problems.get("totals", {}) if isinstance(problems, dict) else {}
+    out = {}
+    for kind in ("malformed", "cut_off"):
+        n = totals.get(kind, 0) if isinstance(totals, dict) else 0
+        out[kind] = n if isinstance(n, int) and n >= 0 else 0
+    return out

@@ -120,6 +120,11 @@ def notes(report: dict) -> list[str]:
         out.append(f"unmatched records: {um['orphan_waits']} waits without acquisition, "
                    f"{um['held_at_start']} locks held at capture start, "
                    f"{um['held_at_end']} held at capture end (docs/REPLAY.md section 1)")
+    skipped = report["trace"].get("skipped_lines") or {}
+    if any(skipped.values()):
+        out.append(f"ingest skipped {skipped.get('malformed', 0):,} malformed and "
+                   f"{skipped.get('cut_off', 0):,} cut-off lines of the capture (their records "
+                   "are missing; `pvtrace ingest` of the capture lists them, with their line numbers)")
     drops = report["trace"].get("drops") or {}
     per_cpu = drops.get("per_cpu", {}) if isinstance(drops, dict) else {}
     if per_cpu:
