@@ -597,3 +597,15 @@ def test_a_named_pipe_is_read_like_standard_input(tmp_path):
 def test_an_endless_binary_stream_is_refused_before_it_is_copied(tmp_path):
     with pytest.raises(PvtraceError, match="binary data"):
         run_ingest(["/dev/zero"], str(tmp_path / "b"))
+
+
+def test_the_same_capture_twice_is_refused(tmp_path):
+    # `pvtrace ingest capture.log capture*.log` gave every record twice, with no warning (the
+    # two share their timestamp0), and every replayed number was wrong.
+    a = write(tmp_path, "a.log", SPEC_LOG)
+    b = write(tmp_path, "copy.log", SPEC_LOG)
+    for inputs in ([a, a], [a, b]):
+        with pytest.raises(PvtraceError, match="same content as .*a.log: its records would be "
+                                               "counted twice"):
+            run_ingest([str(p) for p in inputs], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

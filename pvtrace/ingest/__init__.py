@@ -130,8 +130,10 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             force: bool, started: datetime) -> IngestResult:
     parsed: list[tuple[Parsed, InputSummary]] = []
     extra_problems: list[Problem] = []
+    seen: dict[tuple[int, bytes, bytes], str] = {}
     for src, arg in enumerate(inputs):
         with open_source(arg, scratch) as source:
+            _refuse_repeat(source.path, source.name, seen)
             fmt = detect.sniff(source.head(), source.name)
             if fmt is not Format.PVLOG:   # the event-log parser announces its line count
                 progress.stage(f"parsing {source.name}")
@@ -196,6 +198,22 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
     result.tables = {name: t.rows if isinstance(t, bundle.Parts) else t.height
                      for name, t in tables.items()}
     return result
+
+
+def _refuse_repeat(path: Path, name: str, seen: dict[tuple[int, bytes, bytes], str]) -> None:
+    """Refuse an input whose content another input already had (the same file given twice,
+    or a shell glob that matched a copy): its records would be counted twice and every
+    replayed number would be wrong. Compared by size and the bytes at both ends."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        f.seek(max(size - (1 << 16), 0))
+        tail = f.read()
+    key = (size, head, tail)
+    if key in seen:
+        raise PvtraceError(f"same content as {seen[key]}: its records would be counted twice; "
+                           "give each capture once", path=name)
+    seen[key] = name
 
 
 ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order on its own)
