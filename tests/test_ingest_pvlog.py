@@ -609,3 +609,11 @@ def test_the_same_capture_twice_is_refused(tmp_path):
                                                "counted twice"):
             run_ingest([str(p) for p in inputs], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_log_after_pages_of_dtrace_messages_is_recognised(tmp_path):
+    # `cat capture.err capture.log`, or heavy early drops with 2>&1: format detection looked at
+    # the first 64 KiB only, all of them dtrace lines, and refused the input.
+    text = "dtrace: 12 drops on CPU 3\n" * 3000 + SPEC_LOG
+    result, out, meta = ingest(tmp_path, text)
+    assert result.records == 6 and result.drops_per_cpu == {3: 36000}

@@ -52,8 +52,19 @@ class Source:
     size: int                 # bytes of plain text
 
     def head(self) -> str:
-        """The first 64 KiB, decoded (invalid UTF-8 replaced), for format detection."""
+        """64 KiB from the first line that is not blank or a ``dtrace:`` line, decoded
+        (invalid UTF-8 replaced), for format detection. A log taken with ``2>&1`` can start
+        with pages of drop messages (``cat capture.err capture.log``): the first 64 KiB alone
+        held nothing to recognise."""
         with open(self.path, "rb") as f:
+            at = 0
+            for line in iter(lambda: f.readline(4096), b""):
+                if line.strip() and not line.startswith(b"dtrace:"):
+                    break
+                at = f.tell()
+            else:
+                at = 0      # only dtrace lines (or nothing): show them as they are
+            f.seek(at)
             return f.read(SNIFF_BYTES).decode("utf-8", errors="replace")
 
 
