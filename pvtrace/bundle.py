@@ -13,14 +13,18 @@ A bundle is what ``pvtrace ingest`` writes and what every later stage reads (SPE
 
 Bundles are written atomically: everything goes to a temporary sibling directory which is then
 renamed into place, so an interrupted ingest never leaves a half-written bundle behind.
+
+``metadata.json`` may have been edited by hand or damaged; :func:`open_bundle` checks the shape
+of every key a reader uses, so that damage is one error naming the file, not a crash later.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +39,54 @@ from pvtrace.errors import PvtraceError
 
 BUNDLE_FORMAT = "pvtrace-bundle/1"
 META_FILE = "metadata.json"
+# "pvtrace-bundle/MAJOR" or ".../MAJOR.MINOR"; ASCII digits only (int() would take others)
+_FORMAT = re.compile(r"pvtrace-bundle/(\d+)(?:\.\d+)?", re.ASCII)
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
-    return Path(path, META_FILE).is_file()
+    try:
+        return Path(path, META_FILE).is_file()
+    except OSError:     # is_file() raises EACCES: what cannot be looked at is not a bundle
+        return False
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new empty directory in ``parent``, named ``prefix`` and a random suffix.
+
+    Unlike ``tempfile.mkdtemp`` (mode 0700, for a shared /tmp) it gets the mode a plain
+    ``mkdir`` gives, 0777 less the umask: it is renamed into place as a bundle (or its cache),
+    which colleagues on a shared machine should be able to read as they can the user's other
+    files. The umask applies in ``mkdir`` itself, so it is never changed (other threads run).
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(17, "no unused temporary directory name", str(parent / prefix))
 
 
 def check_target(out_dir: str | os.PathLike, *, force: bool = False) -> None:
     """Refuse an output that :func:`write_bundle` would refuse (callers check before work)."""
     out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not is_bundle(out)):
-            raise PvtraceError("exists and is not a pvtrace bundle; choose another -o",
-                               path=str(out))
-        if is_bundle(out) and not force:
-            raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+    try:
+        # A file among the parents would make write_bundle's mkdir fail with "File exists".
+        for parent in out.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise PvtraceError(f"cannot write there: {parent} is not a directory",
+                                       path=str(out))
+                break
+        if out.exists():
+            if not out.is_dir() or (any(out.iterdir()) and not is_bundle(out)):
+                raise PvtraceError("exists and is not a pvtrace bundle; choose another -o",
+                                   path=str(out))
+            if is_bundle(out) and not force:
+                raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+    except OSError as exc:      # exists() and iterdir() raise in a directory we may not read
+        raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=str(out)) from None
 
 
 # Parquet writing. The events table is most of an ingest's write time and, read back, of a
@@ -95,13 +132,17 @@ def write_bundle(out_dir: str | os.PathLike,
     ``metadata`` may be a callable, called once the tables are written (so a caller can
     compute it in another thread meanwhile); when it raises, nothing is left behind.
     An existing bundle is replaced only with ``force``; an existing directory that is not a
-    bundle is never touched.
+    bundle is never touched. When ``out_dir`` is a symbolic link, the bundle it points to is
+    written (or replaced) and the link is kept, as a shell's ``>`` or ``cp`` would do:
+    renaming onto the link itself would replace the link and leave the old bundle untouched.
     """
     out = Path(out_dir)
     check_target(out, force=force)
+    # The renames below work on what a link points to; errors name out_dir as given.
+    dest = Path(os.path.realpath(out)) if out.is_symlink() else out
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(dest.parent, f".{dest.name}.")
     except OSError as exc:
         raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=str(out)) from None
     try:
@@ -118,13 +159,13 @@ def write_bundle(out_dir: str | os.PathLike,
         facts = metadata() if callable(metadata) else metadata
         meta = {"format": BUNDLE_FORMAT, **facts, "tables": written}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            dest.rename(old)
+            tmp.rename(dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(out)
+            tmp.rename(dest)
     except OSError as exc:      # a full disk, a quota, a vanished directory: not a crash
         shutil.rmtree(tmp, ignore_errors=True)
         raise PvtraceError(f"cannot write the bundle: {exc.strerror or exc}; nothing was "
@@ -186,11 +227,25 @@ class Bundle:
     _cache: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     def has(self, name: str) -> bool:
-        return (self.path / f"{name}.parquet").is_file()
+        """Whether the bundle has table ``name``. When ``metadata.json`` lists the table but
+        its file is gone, the bundle is damaged and this raises: the user must hear of the
+        missing file, not of a bundle without that table (as a lockstat-only bundle is
+        without events)."""
+        if (self.path / f"{name}.parquet").is_file():
+            return True
+        self._check_listed(name)
+        return False
+
+    def _check_listed(self, name: str) -> None:
+        if name in self.metadata.get("tables", {}):
+            raise PvtraceError(f"missing from the bundle, though {META_FILE} lists the {name} "
+                               "table; ingest the capture again",
+                               path=str(self.path / f"{name}.parquet"))
 
     def arrow(self, name: str, columns: list[str] | None = None) -> pa.Table:
         file = self.path / f"{name}.parquet"
         if not file.is_file():
+            self._check_listed(name)
             raise PvtraceError(f"bundle has no {name} table", path=str(self.path))
         try:
             table = pq.read_table(file, columns=columns)
@@ -209,20 +264,76 @@ class Bundle:
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Open a bundle directory, refusing a bundle format newer than this pvtrace."""
+    """Open a bundle directory, refusing a bundle format newer than this pvtrace and a
+    ``metadata.json`` whose keys readers use do not have the shape this pvtrace writes."""
     p = Path(path)
-    if not p.exists():
-        raise PvtraceError("no such file or directory", path=str(p))
+    file = p / META_FILE
+    try:
+        if not p.exists():
+            raise PvtraceError("no such file or directory", path=str(p))
+    except OSError as exc:
+        raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=str(p)) from None
     if not is_bundle(p):
         raise PvtraceError(f"not a pvtrace bundle (no {META_FILE})", path=str(p))
     try:
-        meta = json.loads((p / META_FILE).read_text())
+        meta = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
-        raise PvtraceError(f"unreadable bundle metadata: {exc}", path=str(p / META_FILE)) from None
-    fmt = str(meta.get("format", ""))
-    if not fmt.startswith("pvtrace-bundle/"):
-        raise PvtraceError("not a pvtrace bundle metadata file", path=str(p / META_FILE))
-    if int(fmt.split("/")[1].split(".")[0]) > int(BUNDLE_FORMAT.split("/")[1]):
+        raise PvtraceError(f"unreadable bundle metadata: {exc}", path=str(file)) from None
+    except RecursionError:      # json recurses once per nesting level: "[" * 100000
+        raise PvtraceError("unreadable bundle metadata: nested too deeply",
+                           path=str(file)) from None
+    if not isinstance(meta, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+            type(meta), "number")
+        raise PvtraceError(f"not a pvtrace bundle metadata file (a JSON {kind}, not an object)",
+                           path=str(file))
+    fmt = meta.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith("pvtrace-bundle/"):
+        raise PvtraceError("not a pvtrace bundle metadata file", path=str(file))
+    version = _FORMAT.fullmatch(fmt)
+    if version is None:
+        raise PvtraceError(f"damaged bundle metadata: format {fmt!r} is not "
+                           "pvtrace-bundle/MAJOR[.MINOR]", path=str(file))
+    if int(version.group(1)) > int(BUNDLE_FORMAT.split("/")[1]):
         raise PvtraceError(f"bundle format {fmt} is newer than this pvtrace ({BUNDLE_FORMAT}); "
                            "upgrade pvtrace", path=str(p))
+    problem = _metadata_problem(meta)
+    if problem:
+        raise PvtraceError(f"damaged bundle metadata: {problem}", path=str(file))
     return Bundle(p, meta)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of ``metadata.json`` that readers use (the replay report
+    copies them, its text notes add the drops up), or None. Each may be missing (older
+    bundles lack some), but when present it must have the shape :func:`write_bundle`'s
+    callers write; keys readers do not use are not checked."""
+    tables = meta.get("tables", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        return "'tables' must be an object of objects"
+    layout = meta.get("layout")
+    if isinstance(layout, dict):
+        for key in ("effective", "detected"):
+            if not isinstance(layout.get(key), (str, type(None))):
+                return f"'layout.{key}' must be a string"
+    elif not isinstance(layout, (str, type(None))):
+        return "'layout' must be a string or an object"
+    if not isinstance(meta.get("capture", {}), dict):
+        return "'capture' must be an object"
+    drops = meta.get("drops", {})
+    if not isinstance(drops, dict):
+        return "'drops' must be an object"
+    per_cpu = drops.get("per_cpu", {})
+    if not isinstance(per_cpu, dict):
+        return "'drops.per_cpu' must be an object"
+    for cpu, n in per_cpu.items():
+        if not _is_count(n):
+            return f"'drops.per_cpu.{cpu}' must be a count (an integer >= 0)"
+    for key in ("total", "dynvar_drops", "aggregation_drops"):
+        if key in drops and not _is_count(drops[key]):
+            return f"'drops.{key}' must be a count (an integer >= 0)"
+    return None

@@ -14,6 +14,7 @@ Types are ``int8``..``int64``, ``uint8``..``uint64``, ``float64``, ``bool``, ``s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,9 @@ import pyarrow as pa
 from pvtrace.errors import PvtraceError
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# A table's pvtrace.schema_version as readers accept it: "MAJOR.MINOR" (ASCII digits; a bare
+# MAJOR or a third part was always accepted, and still is)
+_VERSION = re.compile(r"(\d+)(?:\.\d+)*", re.ASCII)
 
 _SCALARS = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -107,8 +111,14 @@ def check_version(metadata: dict[bytes, bytes] | None, name: str, where: str) ->
     if theirs is None:
         raise PvtraceError(f"table {name} has no pvtrace schema version; not a pvtrace bundle",
                            path=where)
-    major = int(theirs.decode().split(".")[0])
-    if major > ours.major:
+    # The version is whatever bytes the file holds: a damaged or hand-made file may hold
+    # anything, which is an error naming the file, not a crash.
+    text = theirs.decode("utf-8", "replace")
+    version = _VERSION.fullmatch(text)
+    if version is None:
+        raise PvtraceError(f"table {name} has a damaged schema version {text!r} (not "
+                           "MAJOR.MINOR)", path=where)
+    if int(version.group(1)) > ours.major:
         raise PvtraceError(
-            f"table {name} has schema version {theirs.decode()}, newer than this pvtrace "
+            f"table {name} has schema version {version.group(0)}, newer than this pvtrace "
             f"understands ({ours.version}); upgrade pvtrace to read it", path=where)

@@ -80,6 +80,22 @@ def test_newer_minor_table_version_accepted(bundle_dir):
     assert open_bundle(bundle_dir).table("events").height == 4
 
 
+@pytest.mark.parametrize("version", [b"1", b"1.0", b"1.7", b"1.0.3"])
+def test_same_major_version_forms_accepted(version):
+    schemas.check_version({b"pvtrace.schema_version": version}, "events", "x.parquet")
+
+
+@pytest.mark.parametrize("version, shown", [
+    (b"abc", "'abc'"), (b"", "''"), (b"1.", "'1.'"), (b"-1.0", "'-1.0'"), (b" 1.0", "' 1.0'"),
+    (b"\xff", "'\ufffd'"), ("\u0661.0".encode(), "'\u0661.0'"),   # int() reads that as 1
+])
+def test_damaged_table_version_is_an_error_naming_the_file(version, shown):
+    with pytest.raises(PvtraceError) as err:
+        schemas.check_version({b"pvtrace.schema_version": version}, "events", "x.parquet")
+    assert err.value.one_line() == (f"x.parquet: table events has a damaged schema version "
+                                    f"{shown} (not MAJOR.MINOR)")
+
+
 def test_newer_bundle_format_refused(bundle_dir):
     meta_file = bundle_dir / "metadata.json"
     meta = json.loads(meta_file.read_text())
