@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +140,7 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> Non
 def test_an_unwritable_bundle_replays_without_a_cache(bundle: Path, monkeypatch) -> None:
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(cache, "temp_dir", refuse)
     report, how = _replay(bundle)
     assert how == "not written: Permission denied"
     assert not (bundle / cache.CACHE_DIR).exists()
@@ -176,3 +175,12 @@ def test_no_cache_and_raw_captures_leave_the_bundle_alone(bundle: Path) -> None:
 def test_the_cache_holds_every_timeline_array() -> None:
     held = {c for columns in cache.TABLES.values() for c in columns}
     assert held == set(ARRAYS)
+
+
+def test_the_cache_gets_the_bundles_mode_not_0700(bundle: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _replay(bundle)
+    finally:
+        os.umask(old)
+    assert (bundle / cache.CACHE_DIR).stat().st_mode & 0o777 == 0o755

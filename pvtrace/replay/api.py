@@ -63,7 +63,8 @@ def load_trace(path: str, *, use_cache: bool = True, max_bad: int = 10) -> Loade
     With ``use_cache``, a bundle's cached timeline is used when it is current (see
     :mod:`pvtrace.replay.cache`); when it is not, the returned trace says so
     (``cache_todo``) and :func:`write_cache` writes it."""
-    if path != "-" and is_bundle(path):
+    if path != "-" and (is_bundle(path) or Path(path).is_dir()):
+        # a directory that is not a bundle gets open_bundle's "not a pvtrace bundle"
         return _from_bundle(path, open_bundle(path), use_cache)
     if path != "-" and not Path(path).exists():
         raise PvtraceError("no such file or directory", path=path)

@@ -30,7 +30,6 @@ import json
 import mmap
 import os
 import shutil
-import tempfile
 from dataclasses import astuple
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from pvtrace import schemas
+from pvtrace.bundle import temp_dir
 from pvtrace.timeline import LinkCounts, Timeline
 
 CACHE_DIR = "cache"
@@ -188,7 +188,7 @@ def write(bundle: Path, events_key: dict, tl: Timeline) -> str:
                         "counts": list(astuple(tl.counts)), "digest": digest(tl)}).encode()
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIR}.", dir=bundle))
+        tmp = temp_dir(bundle, f".{CACHE_DIR}.")   # the bundle's mode, not 0700
         for name, columns in TABLES.items():
             table = schemas.conform(pa.table({c: getattr(tl, c) for c in columns}), name)
             if name == "timeline":
