@@ -177,9 +177,10 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
     body = "".join(SPEC_LOG.splitlines(keepends=True)[3:])
     big = tmp_path / "big.log.gz"
     big.write_bytes(gzip.compress((SPEC_LOG + body * 300_000).encode(), compresslevel=1))
+    (tmp_path / "out").mkdir()      # scratch goes beside the output when its parent exists
     proc = subprocess.Popen([sys.executable, "-m", "pvtrace", "ingest", str(big), "-o",
                              str(tmp_path / "out" / "b")], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while not any((tmp_path / "out").glob(".pvtrace-ingest-*")) and time.monotonic() < deadline:
         time.sleep(0.05)        # wait until the scratch directory exists
     proc.send_signal(signal.SIGTERM)

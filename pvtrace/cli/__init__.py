@@ -47,8 +47,21 @@ class _Terminated(KeyboardInterrupt):
     that the same cleanup runs: no scratch copy of a capture, no half-written bundle left."""
 
 
+_terminated = False
+
+
 def _on_sigterm(signum, frame) -> None:
+    global _terminated
+    _terminated = True      # typer turns the interrupt into exit status 130: say which it was
     raise _Terminated()
+
+
+def _interrupted() -> None:
+    if _terminated:
+        print("pvtrace: terminated", file=sys.stderr)
+        sys.exit(143)
+    print("pvtrace: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def main() -> None:
@@ -56,6 +69,8 @@ def main() -> None:
     try:
         # Without standalone mode, an Exit raised by a command comes back as a return value.
         status = app(standalone_mode=False)
+        if status == 130:       # typer's answer to a KeyboardInterrupt in a command
+            _interrupted()
         if isinstance(status, int) and status:
             sys.exit(status)
         sys.stdout.flush()      # a full disk or a closed pipe shows here, not at exit
@@ -67,12 +82,8 @@ def main() -> None:
     except typer.Abort:
         print("pvtrace: aborted", file=sys.stderr)
         sys.exit(130)
-    except _Terminated:
-        print("pvtrace: terminated", file=sys.stderr)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        print("pvtrace: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt:       # outside a command (while the CLI starts)
+        _interrupted()
     except MemoryError:
         print("pvtrace: out of memory: an ingest needs about 25 bytes per record and a replay "
               "about 100 (README, section \"Performance\"); capture a shorter window",
