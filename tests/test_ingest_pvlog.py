@@ -617,3 +617,18 @@ def test_a_log_after_pages_of_dtrace_messages_is_recognised(tmp_path):
     text = "dtrace: 12 drops on CPU 3\n" * 3000 + SPEC_LOG
     result, out, meta = ingest(tmp_path, text)
     assert result.records == 6 and result.drops_per_cpu == {3: 36000}
+
+
+def test_what_dtrace_said_besides_drops_reaches_the_user(tmp_path):
+    # The deadman aborting a capture early was only a row of the diagnostics table.
+    text = SPEC_LOG + ("dtrace: processing aborted: Abort due to systemic unresponsiveness\n"
+                       "dtrace: 2 speculative drops\n")
+    result, out, meta = ingest(tmp_path, text)
+    said = ["dtrace: processing aborted: Abort due to systemic unresponsiveness",
+            "dtrace: 2 speculative drops"]
+    assert result.dtrace_messages == said and meta["dtrace_messages"] == said
+    from pvtrace.replay.api import replay_trace
+    from pvtrace.report.table import notes
+    report = replay_trace(str(out), ["stock"])
+    assert report["trace"]["dtrace_messages"] == said
+    assert f"during the capture, {said[0]}" in notes(report)

@@ -100,6 +100,8 @@ def summary(r: IngestResult) -> list[str]:
     if r.diagnostics.get("error"):
         out.append(f"[yellow]dtrace errors: {r.diagnostics['error']:,} lines "
                    "(see the diagnostics table)[/yellow]")
+    for text in r.dtrace_messages[:SHOWN_PROBLEMS]:
+        out.append(f"[yellow]{escape(text)}[/yellow]")
     totals = r.problem_totals
     bad = totals.get(ProblemKind.MALFORMED.value, 0)
     cut = totals.get(ProblemKind.CUT_OFF.value, 0)

@@ -54,6 +54,7 @@ PARSERS: dict[Format, str] = {
     Format.LOCKPROF: "pvtrace.ingest.lockprof",
 }
 MAX_PROBLEMS_IN_METADATA = 100
+MAX_DTRACE_MESSAGES = 20
 SHOWN_IN_ERROR = 5
 
 
@@ -84,6 +85,7 @@ class IngestResult:
     drops_per_cpu: dict[int, int]              # dtrace "N drops on CPU M", summed
     other_drops: dict[str, int]                # dynvar_drops / aggregation_drops totals
     diagnostics: dict[str, int]                # diagnostic kind -> lines
+    dtrace_messages: list[str]                 # the first distinct other/error dtrace lines
     layout_effective: str
     layout_detected: str
     layout_evidence: str
@@ -274,9 +276,15 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     drops: dict[int, int] = {}
     other: dict[str, int] = {}
     kinds: dict[str, int] = {}
+    messages: list[str] = []
     diag = tables.get("diagnostics")
     if diag is not None and diag.height:
         kinds = dict(diag.group_by("kind").len().sort("kind").iter_rows())
+        # What dtrace said besides drops and probe counts ("processing aborted: ...", the
+        # deadman stopping a capture early) must reach the user, not only the table.
+        messages = (diag.filter(pl.col("kind").is_in(["other", "error"]))
+                    .get_column("text").unique(maintain_order=True)
+                    .head(MAX_DTRACE_MESSAGES).to_list())
         per_cpu = (diag.filter((pl.col("kind") == "drops") & pl.col("cpu").is_not_null())
                    .group_by("cpu").agg(pl.col("count").sum()).sort("cpu"))
         drops = {int(c): int(n) for c, n in per_cpu.iter_rows()}
@@ -288,7 +296,7 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     return IngestResult(
         out=out, inputs=inputs, records=events.height if events is not None else 0,
         threads=threads, cpus=cpus, first_ts=first, last_ts=last, counts=counts,
-        drops_per_cpu=drops, other_drops=other, diagnostics=kinds,
+        drops_per_cpu=drops, other_drops=other, diagnostics=kinds, dtrace_messages=messages,
         layout_effective=effective, layout_detected=detected.layout,
         layout_evidence=detected.evidence, layout_source=source,
         problems=problems, problem_totals=totals)
@@ -391,6 +399,7 @@ def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> 
         "drops": {"per_cpu": {str(c): n for c, n in result.drops_per_cpu.items()},
                   "total": sum(result.drops_per_cpu.values()), **result.other_drops},
         "diagnostics": result.diagnostics,
+        "dtrace_messages": result.dtrace_messages,
         "problems": {
             "totals": result.problem_totals,
             "first": [{"src": p.src, "path": p.path, "line": p.line, "kind": p.kind.value,

@@ -152,6 +152,8 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "capture": meta.get("capture", {}),
             "drops": meta.get("drops", {}),
             "skipped_lines": _skipped_lines(meta),
+            "dtrace_messages": [m for m in (meta.get("dtrace_messages") or [])
+                                if isinstance(m, str)][:20],
             "timeline_cache": cache_status,
         },
         "observed": obs,

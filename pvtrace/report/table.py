@@ -125,6 +125,8 @@ def notes(report: dict) -> list[str]:
         out.append(f"ingest skipped {skipped.get('malformed', 0):,} malformed and "
                    f"{skipped.get('cut_off', 0):,} cut-off lines of the capture (their records "
                    "are missing; `pvtrace ingest` of the capture lists them, with their line numbers)")
+    for text in report["trace"].get("dtrace_messages", [])[:3]:
+        out.append(f"during the capture, {text}")
     drops = report["trace"].get("drops") or {}
     per_cpu = drops.get("per_cpu", {}) if isinstance(drops, dict) else {}
     if per_cpu:
