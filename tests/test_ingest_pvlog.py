@@ -632,3 +632,16 @@ def test_what_dtrace_said_besides_drops_reaches_the_user(tmp_path):
     report = replay_trace(str(out), ["stock"])
     assert report["trace"]["dtrace_messages"] == said
     assert f"during the capture, {said[0]}" in notes(report)
+
+
+def test_a_stray_control_byte_is_one_malformed_line_not_a_binary_file(tmp_path):
+    # One NUL (a disk error) in the first 64 KiB refused the whole capture as binary, and a
+    # control byte later in the file became part of a new operation name.
+    lines = SPEC_LOG.splitlines(keepends=True)
+    lines[4] = lines[4].replace("pmap_enter", "pmap_en\x00ter")
+    lines[5] = lines[5].replace("pmap_enter", "pmap_\x1b[31menter")
+    result, out, meta = ingest(tmp_path, "".join(lines))
+    assert result.records == 4
+    assert [(p.line, p.reason) for p in result.problems if p.kind is ProblemKind.MALFORMED] == [
+        (5, "control byte (NUL, escape, ...) in the lock class or op field"),
+        (6, "control byte (NUL, escape, ...) in the lock class or op field")]

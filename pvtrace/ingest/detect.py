@@ -38,9 +38,17 @@ _SIGNATURES: list[tuple[re.Pattern[str], Format]] = [
 SNIFF_BYTES = 64 * 1024
 
 
+def looks_binary(head: str | bytes) -> bool:
+    """Do these first bytes hold NULs, as binary files do? A stray one is a damaged line of
+    a text capture (a disk error), which the parser reports as malformed: refusing the whole
+    capture for it would lose every other record."""
+    nul = "\x00" if isinstance(head, str) else b"\x00"
+    return head.count(nul) > max(8, len(head) // 1000)
+
+
 def sniff(head: str, name: str) -> Format:
     """Return the format of an input whose first bytes (decoded) are ``head``."""
-    if "\x00" in head:
+    if looks_binary(head):
         raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                            "transparently; other formats are not)", path=name)
     for line in head.splitlines()[:2000]:

@@ -342,12 +342,18 @@ def _slow(df: pl.DataFrame) -> _Batch:
                      f[3].alias("ev"), f[4].alias("cls"), hex_expr(f[5]).alias("lock"),
                      f[6].alias("mode"), f[7].cast(pl.Int64, strict=False).alias("ns"),
                      hex_expr(f[8]).alias("pa"), f[9].alias("op"))
-             .with_columns((pl.col("ok_n") & _valid()).alias("ok"))
+             .with_columns((pl.col("ok_n") & _valid() & ~_has_control()).alias("ok"))
              .collect())
     events = typed.filter(pl.col("ok")).select(
         pl.col(n).cast(pl.Categorical) if n in ("ev", "cls", "mode", "op") else pl.col(n)
         for n in _EVENT_COLUMNS)
     return _Batch(events, _reasons(typed.filter(~pl.col("ok"))), meta, diag)
+
+
+def _has_control() -> pl.Expr:
+    """A control byte in the free-text fields (the fast path sends such lines here): a
+    damaged line, not a lock class or operation."""
+    return pl.concat_str("cls", "op").str.contains(_CONTROL.pattern).fill_null(False)
 
 
 def _reasons(bad: pl.DataFrame) -> pl.DataFrame:
@@ -383,6 +389,8 @@ def _reasons(bad: pl.DataFrame) -> pl.DataFrame:
         .when(c("ns").is_null() | (c("ns") < 0))
         .then(pl.format("bad ns {} (non-negative integer)", q(7)))
         .when(c("pa").is_null()).then(pl.format("bad pa {} (hex with 0x)", q(8)))
+        .when(_has_control())
+        .then(pl.lit("control byte (NUL, escape, ...) in the lock class or op field"))
         .otherwise(pl.lit("unparsable record"))
     )
     return bad.select(c("line"), reason.alias("reason"))

@@ -34,7 +34,7 @@ import zstandard
 
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
-from pvtrace.ingest.detect import SNIFF_BYTES
+from pvtrace.ingest.detect import SNIFF_BYTES, looks_binary
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -115,7 +115,7 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
                 magic += _peek(stream, SNIFF_BYTES - len(magic))
             except OSError as exc:
                 raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
-            if b"\x00" in magic:
+            if looks_binary(magic):
                 raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                                    "transparently; other formats are not)", path=name)
         with open(out, "wb") as sink:
@@ -190,7 +190,7 @@ def _check_text(source: Source) -> None:
     if source.size == 0:
         raise PvtraceError(f"empty {what}: nothing to ingest", path=source.name)
     head = source.head()
-    if "\x00" in head:
+    if looks_binary(head):
         raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                            "transparently; other formats are not)", path=source.name)
     odd = len(_NON_TEXT.findall(head))
