@@ -142,18 +142,22 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             # An event log too big to parse in one go spills its records to scratch.
             extra = {"scratch": scratch} if fmt is Format.PVLOG else {}
             one = _parser(fmt, source.name).parse(source.path, src, source.name, **extra)
+        totals = _totals(one)
         if source.truncated:
+            # One cut: the stream's end, and usually the half line it leaves, which the
+            # parser reported already (then this is its explanation, not a second count).
+            kind = (ProblemKind.WARNING if totals.get(ProblemKind.CUT_OFF.value)
+                    else ProblemKind.CUT_OFF)
             extra_problems.append(Problem(
-                src, source.name, None, ProblemKind.CUT_OFF,
+                src, source.name, None, kind,
                 f"{source.compression} stream ends early (file truncated?): kept the "
                 f"{source.size} bytes decoded"))
-        totals = _totals(one)
         parsed.append((one, InputSummary(
             path=source.name, format=one.format.value, compression=source.compression,
             lines=one.lines, records=one.records,
             malformed=totals.get(ProblemKind.MALFORMED.value, 0),
             cut_off=totals.get(ProblemKind.CUT_OFF.value, 0)
-            + sum(p.src == src for p in extra_problems),
+            + sum(p.src == src and p.kind is ProblemKind.CUT_OFF for p in extra_problems),
             capture=dict(one.meta.get("capture", {})))))
 
     problems = sorted([p for r, _ in parsed for p in r.problems] + extra_problems,

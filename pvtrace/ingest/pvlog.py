@@ -416,6 +416,14 @@ def _assemble(parts: list[_Batch], src: int, name: str, total_lines: int,
                                 "last line has no newline and does not parse (capture "
                                 f"interrupted?): {bad['reason'][-1]}; skipped"))
         bad = bad.head(bad.height - 1)
+    elif (not ends_with_newline and events.height
+          and events.get_column("line").max() == total_lines):
+        # It parses, but a capture cut inside its last field parses too ("... pmap_enter"
+        # cut to "... pm"): kept, and the user told to look at it.
+        problems.append(Problem(src, name, total_lines, ProblemKind.WARNING,
+                                "last line has no newline (capture interrupted?): kept as a "
+                                "record, but its last field may be cut short"))
+        totals[ProblemKind.WARNING.value] = 1
     if cut_off:
         totals[ProblemKind.CUT_OFF.value] = cut_off
     if bad.height:
@@ -426,7 +434,8 @@ def _assemble(parts: list[_Batch], src: int, name: str, total_lines: int,
     meta, header_problems = _metadata(meta_lines, src, name)
     problems.extend(header_problems)
     if header_problems:
-        totals[ProblemKind.WARNING.value] = len(header_problems)
+        totals[ProblemKind.WARNING.value] = (totals.get(ProblemKind.WARNING.value, 0)
+                                             + len(header_problems))
     problems.sort(key=lambda p: (p.line or 0))
     meta["problem_totals"] = totals
 
