@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
@@ -210,3 +211,24 @@ def test_a_raw_capture_reports_the_lines_its_ingest_skipped(tmp_path: Path) -> N
 def test_an_unknown_model_is_refused_before_the_capture_is_read(tmp_path: Path) -> None:
     r = run_cli("compare", str(tmp_path / "missing.log"), "--models", "stock,obmm")
     assert r.returncode == 2 and "unknown model 'obmm'" in r.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.set_column(0, "ts", t.column("ts").cast("string")),
+     "events column ts holds string, not integers"),
+    (lambda t: t.set_column(t.schema.get_field_index("ns"), "ns",
+                            pa.array([None] * t.num_rows, pa.int64())),
+     "events column ns has 6 empty values"),
+    (lambda t: t.take(list(range(t.num_rows - 1, -1, -1))), "not in time order"),
+])
+def test_a_hand_made_events_table_gets_a_clear_error(tmp_path: Path, change, message) -> None:
+    import pyarrow.parquet as pq
+
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    assert run_cli("ingest", str(log), "-o", str(tmp_path / "b")).returncode == 0
+    file = tmp_path / "b" / "events.parquet"
+    pq.write_table(change(pq.read_table(file)), file)
+    r = run_cli("replay", str(tmp_path / "b"), "--no-cache")
+    assert r.returncode == 2 and r.stderr.startswith(f"pvtrace: {file}: ")
+    assert message in r.stderr and len(r.stderr.splitlines()) == 1

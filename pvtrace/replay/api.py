@@ -28,6 +28,7 @@ from pvtrace.timeline import Timeline
 REPORT_SCHEMA = "pvtrace-replay/1"
 # The replay reads these columns of the events table; cpu, src and line stay on disk.
 REPLAY_COLUMNS = ["ts", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op"]
+INTEGER_COLUMNS = ["ts", "tid", "lock", "ns", "pa"]
 NO_EVENTS = ("no pvtrace event records to replay (lockstat and LOCK_PROFILING inputs "
              "summarize, they cannot be replayed; capture with `pvtrace dscript`)")
 
@@ -90,18 +91,30 @@ def _from_bundle(path: str, bundle: Bundle, use_cache: bool) -> LoadedTrace:
             return LoadedTrace(path, tl, nrows, bundle.metadata, cache.READ)
     try:
         parquet = pq.ParquetFile(file)
-        missing = set(REPLAY_COLUMNS) - set(parquet.schema_arrow.names)
+        schema = parquet.schema_arrow
+        missing = set(REPLAY_COLUMNS) - set(schema.names)
         if missing:
             raise PvtraceError(f"events table lacks columns {sorted(missing)}", path=str(file))
+        for name in INTEGER_COLUMNS:
+            if not pa.types.is_integer(schema.field(name).type):
+                raise PvtraceError(f"events column {name} holds {schema.field(name).type}, not "
+                                   "integers: not a table pvtrace ingest wrote", path=str(file))
         progress.stage(f"loading {nrows:,} events", len(REPLAY_COLUMNS))
 
         def read(name: str) -> pa.ChunkedArray:
             column = parquet.read(columns=[name]).column(0)
+            if column.null_count:
+                raise PvtraceError(f"events column {name} has {column.null_count:,} empty "
+                                   "values: not a table pvtrace ingest wrote", path=str(file))
             progress.advance(1)
             return column
         tl = Timeline.from_columns(read, nrows)
     except (OSError, pa.ArrowException) as exc:
         raise PvtraceError(f"cannot read table: {exc}", path=str(file)) from None
+    except PvtraceError as exc:
+        if exc.path is None:        # the timeline's own checks name no file: this is it
+            raise PvtraceError(exc.message, path=str(file)) from None
+        raise
     if not use_cache:
         return LoadedTrace(path, tl, nrows, bundle.metadata, cache.OFF)
     return LoadedTrace(path, tl, nrows, bundle.metadata, None, (bundle.path, events_key))
