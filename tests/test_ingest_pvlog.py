@@ -651,3 +651,14 @@ def test_a_stray_control_byte_is_one_malformed_line_not_a_binary_file(tmp_path):
     assert [(p.line, p.reason) for p in result.problems if p.kind is ProblemKind.MALFORMED] == [
         (5, "control byte (NUL, escape, ...) in the lock class or op field"),
         (6, "control byte (NUL, escape, ...) in the lock class or op field")]
+
+
+def test_a_stray_unit_separator_byte_is_one_malformed_line(tmp_path):
+    # The line reader splits on 0x1f (a byte no log holds): one such byte failed the whole
+    # capture as binary, whatever --max-bad said.
+    lines = SPEC_LOG.splitlines(keepends=True)
+    lines[4] = lines[4].replace("pmap_enter", "pmap_\x1fenter")
+    result, out, meta = ingest(tmp_path, "".join(lines))
+    assert result.records == 5
+    assert [(p.line, p.reason) for p in result.problems if p.kind is ProblemKind.MALFORMED] == [
+        (5, "control byte (NUL, escape, ...) in the lock class or op field")]

@@ -140,9 +140,14 @@ _FIELD_SCHEMA = {
 _FIELD_READER: dict[str, Any] = dict(
     has_header=False, separator=" ", quote_char=None, schema=_FIELD_SCHEMA, ignore_errors=True,
     truncate_ragged_lines=True, missing_columns="insert", raise_if_empty=False, glob=False)
+# A stray 0x1f byte (the separator here) splits its line: the second column catches what
+# follows it (and truncate_ragged_lines anything after a second one) instead of the whole
+# read failing, and _lines() puts the line back together, control byte included, so that it
+# is reported as malformed.
 _LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char=None,
-                                    schema={"l": pl.String}, encoding="utf8-lossy",
-                                    raise_if_empty=False, glob=False)
+                                    schema={"l": pl.String, "more": pl.String},
+                                    encoding="utf8-lossy", raise_if_empty=False, glob=False,
+                                    truncate_ragged_lines=True, missing_columns="insert")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 
@@ -194,12 +199,19 @@ def _spilled(events: pl.DataFrame, file: Path) -> pl.DataFrame:
     return back.with_columns(back.get_column(name).cat.to(pl.Categorical) for name in cats)
 
 
+def _lines(path: Path) -> pl.LazyFrame:
+    """Every line of ``path`` as one string column ``l`` (null for a blank line)."""
+    more = pl.col("more")
+    return pl.scan_csv(path, **_LINE_READER).select(
+        pl.when(more.is_null()).then(pl.col("l"))
+        .otherwise(pl.concat_str(pl.col("l").fill_null(""), pl.lit(_SEP), more)).alias("l"))
+
+
 def _line_batches(path: Path, name: str):
     """(first line number, one-string-per-line frame) batches of the whole file."""
     first = 1
     try:
-        for lines in (pl.scan_csv(path, **_LINE_READER)
-                      .collect_batches(chunk_size=BATCH_ROWS, maintain_order=True)):
+        for lines in _lines(path).collect_batches(chunk_size=BATCH_ROWS, maintain_order=True):
             yield first, lines
             first += lines.height
             progress.advance(lines.height)
@@ -212,7 +224,7 @@ def _refused_lines(path: Path, name: str, rows: pl.Series) -> pl.DataFrame:
     if rows.len() == 0:
         return _NO_LINES
     try:
-        return (pl.scan_csv(path, **_LINE_READER)
+        return (_lines(path)
                 .head(int(rows.max()) + 1)
                 .with_row_index("i")
                 .filter(pl.col("i").cast(pl.UInt64).is_in(rows.implode()))
