@@ -124,7 +124,8 @@ def notes(report: dict) -> list[str]:
     if any(skipped.values()):
         out.append(f"ingest skipped {skipped.get('malformed', 0):,} malformed and "
                    f"{skipped.get('cut_off', 0):,} cut-off lines of the capture (their records "
-                   "are missing; `pvtrace ingest` of the capture lists them, with their line numbers)")
+                   "are missing; `pvtrace ingest` of the capture lists them, with their line "
+                   "numbers)")
     for text in report["trace"].get("dtrace_messages", [])[:3]:
         out.append(f"during the capture, {text}")
     drops = report["trace"].get("drops") or {}
