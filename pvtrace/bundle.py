@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pvtrace import progress, schemas
+from pvtrace import progress, schemas, signals
 from pvtrace.errors import PvtraceError
 
 BUNDLE_FORMAT = "pvtrace-bundle/1"
@@ -171,7 +171,8 @@ def write_bundle(out_dir: str | os.PathLike,
         raise PvtraceError(f"cannot write the bundle: {exc.strerror or exc}; nothing was "
                            "written", path=str(out)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals.held():     # a second signal must not leave half a bundle behind
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 

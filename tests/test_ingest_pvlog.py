@@ -662,3 +662,13 @@ def test_a_stray_unit_separator_byte_is_one_malformed_line(tmp_path):
     assert result.records == 5
     assert [(p.line, p.reason) for p in result.problems if p.kind is ProblemKind.MALFORMED] == [
         (5, "control byte (NUL, escape, ...) in the lock class or op field")]
+
+
+def test_different_inputs_with_equal_size_and_ends_are_both_kept(tmp_path):
+    # The repeat check compares size and 64 KiB at both ends first; equal ones are compared
+    # whole, so two different captures are never refused as copies.
+    filler = "".join(f"{20000 + i} 2 103 E - 0 - 0 0 pmap_remove\n" for i in range(5000))
+    a = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_enter\n" + filler
+    b = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_xnter\n" + filler
+    result, out, meta = ingest(tmp_path, a, b)
+    assert result.records == 2 * (6 + 10001)

@@ -232,3 +232,21 @@ def test_a_hand_made_events_table_gets_a_clear_error(tmp_path: Path, change, mes
     r = run_cli("replay", str(tmp_path / "b"), "--no-cache")
     assert r.returncode == 2 and r.stderr.startswith(f"pvtrace: {file}: ")
     assert message in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_signals_wait_for_cleanup_to_finish() -> None:
+    # A SIGTERM arriving while the scratch copy of a capture was being deleted stopped the
+    # deletion half-way; pvtrace.signals.held() delivers it after the block.
+    import signal
+
+    from pvtrace import signals
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append("handled"))
+    try:
+        with signals.held():
+            signal.raise_signal(signal.SIGTERM)
+            seen.append("block finished")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["block finished", "handled"]

@@ -84,6 +84,12 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:       # outside a command (while the CLI starts)
         _interrupted()
+    except SystemError as exc:
+        # The interrupt landed inside numba's dispatcher, which reports it as "returned a
+        # result with an exception set": still the user's signal, not a crash.
+        if _terminated or isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            _interrupted()
+        raise
     except MemoryError:
         print("pvtrace: out of memory: an ingest needs about 25 bytes per record and a replay "
               "about 100 (README, section \"Performance\"); capture a shorter window",

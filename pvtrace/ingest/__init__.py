@@ -28,6 +28,7 @@ threads (or different boots) that the replay would mistake for one.
 
 from __future__ import annotations
 
+import filecmp
 import importlib
 import tempfile
 from collections import Counter
@@ -41,7 +42,7 @@ import numpy as np
 import polars as pl
 
 import pvtrace
-from pvtrace import bundle, progress
+from pvtrace import bundle, progress, signals
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import detect, layout as layouts, order
 from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
@@ -124,15 +125,18 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
                                               dir=parent if parent.is_dir() else None)
     except OSError as exc:
         raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=out) from None
-    with scratch as tmp:
-        return _ingest(inputs, out, Path(tmp), layout, max_bad, force, started)
+    try:
+        return _ingest(inputs, out, Path(scratch.name), layout, max_bad, force, started)
+    finally:
+        with signals.held():    # a scratch copy of a capture can be GBs: delete all of it
+            scratch.cleanup()
 
 
 def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_bad: int,
             force: bool, started: datetime) -> IngestResult:
     parsed: list[tuple[Parsed, InputSummary]] = []
     extra_problems: list[Problem] = []
-    seen: dict[tuple[int, bytes, bytes], str] = {}
+    seen: dict[tuple[int, bytes, bytes], tuple[str, Path]] = {}
     for src, arg in enumerate(inputs):
         with open_source(arg, scratch) as source:
             _refuse_repeat(source.path, source.name, seen)
@@ -206,20 +210,22 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
     return result
 
 
-def _refuse_repeat(path: Path, name: str, seen: dict[tuple[int, bytes, bytes], str]) -> None:
+def _refuse_repeat(path: Path, name: str,
+                   seen: dict[tuple[int, bytes, bytes], tuple[str, Path]]) -> None:
     """Refuse an input whose content another input already had (the same file given twice,
     or a shell glob that matched a copy): its records would be counted twice and every
-    replayed number would be wrong. Compared by size and the bytes at both ends."""
+    replayed number would be wrong. Inputs whose size and 64 KiB at both ends agree are
+    compared whole."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(1 << 16)
         f.seek(max(size - (1 << 16), 0))
         tail = f.read()
     key = (size, head, tail)
-    if key in seen:
-        raise PvtraceError(f"same content as {seen[key]}: its records would be counted twice; "
-                           "give each capture once", path=name)
-    seen[key] = name
+    if key in seen and filecmp.cmp(seen[key][1], path, shallow=False):
+        raise PvtraceError(f"same content as {seen[key][0]}: its records would be counted "
+                           "twice; give each capture once", path=name)
+    seen.setdefault(key, (name, path))
 
 
 ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order on its own)

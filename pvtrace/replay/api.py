@@ -74,7 +74,13 @@ def load_trace(path: str, *, use_cache: bool = True, max_bad: int = 10) -> Loade
     with tempfile.TemporaryDirectory(prefix="pvtrace-") as tmp:
         out = Path(tmp) / "bundle"
         run_ingest([path], str(out), max_bad=max_bad)
-        return _from_bundle(path, open_bundle(out), False)
+        try:
+            return _from_bundle(path, open_bundle(out), False)
+        except PvtraceError as exc:
+            # the temporary bundle is gone when the user reads this: name their capture
+            if exc.path is not None and exc.path.startswith(tmp):
+                raise PvtraceError(exc.message, path=path) from None
+            raise
 
 
 def _from_bundle(path: str, bundle: Bundle, use_cache: bool) -> LoadedTrace:

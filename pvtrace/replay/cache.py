@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from pvtrace import schemas
+from pvtrace import schemas, signals
 from pvtrace.bundle import temp_dir
 from pvtrace.timeline import LinkCounts, Timeline
 
@@ -209,3 +209,8 @@ def write(bundle: Path, events_key: dict, tl: Timeline) -> str:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         return f"not written: {exc.strerror or exc}"
+    except BaseException:       # interrupted: no half-written cache left in the bundle
+        if tmp is not None:
+            with signals.held():
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
