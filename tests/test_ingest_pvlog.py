@@ -672,3 +672,10 @@ def test_different_inputs_with_equal_size_and_ends_are_both_kept(tmp_path):
     b = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_xnter\n" + filler
     result, out, meta = ingest(tmp_path, a, b)
     assert result.records == 2 * (6 + 10001)
+
+
+def test_an_invalid_layout_line_is_reported_not_dropped(tmp_path):
+    text = SPEC_LOG.replace("# ncpu=4\n", "# ncpu=4\n# layout=hash:3\n")
+    result, out, meta = ingest(tmp_path, text)
+    assert result.layout_source == "detected"
+    assert any("'# layout=hash:3' line is not a layout" in w for w in result.warnings)

@@ -199,6 +199,7 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             result = _result(Path(out), summaries, events, tables, detected, layout, problems,
                              dict(problem_totals))
             result.warnings.extend(_capture_warnings(summaries, events))
+            result.warnings.extend(_layout_line_warnings(summaries))
             result.extra_lines.extend(_extra_lines(parsed, tables))
             facts.set_result(_metadata(result, [r for r, _ in parsed], started))
         except BaseException as exc:
@@ -339,6 +340,21 @@ def _effective_layout(override: str | None, detected: layouts.Layout,
         except PvtraceError:
             pass
     return detected.layout, "detected"
+
+
+def _layout_line_warnings(inputs: list[InputSummary]) -> list[str]:
+    """A ``# layout=`` fact that is no layout is ignored: say so, or it vanishes."""
+    out = []
+    for s in inputs:
+        stated = s.capture.get("layout")
+        if stated is None:
+            continue
+        try:
+            layouts.validate(stated)
+        except PvtraceError:
+            out.append(f"{s.path}: its '# layout={stated[:40]}' line is not a layout "
+                       "(superpage or hash:N, N a power of two): ignored")
+    return out
 
 
 def _capture_warnings(inputs: list[InputSummary], events: pl.DataFrame | None) -> list[str]:

@@ -45,7 +45,8 @@ def trace_line(report: dict) -> str:
     # Paths, lock classes and op names are the user's text: "[/x]" is a legal op name, and
     # rich would read it as markup (and fail, or hide it).
     return (f"{escape(t['path'])}: {t['events']:,} events, {t['threads']} threads, "
-            f"{fmt_ns(t['span_ns'])} span, captured layout {t['layout']}")
+            f"{fmt_ns(t['span_ns'])} span, captured layout {t['layout']}"
+            + (" (assumed)" if t.get("layout_assumed") else ""))
 
 
 def compare_table(report: dict) -> Table:
