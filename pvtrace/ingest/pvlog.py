@@ -153,9 +153,6 @@ _NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 
 
 def _read_error(exc: Exception, name: str) -> PvtraceError:
-    if "more fields" in str(exc):
-        return PvtraceError("contains the control byte 0x1f: binary data, not an event log",
-                            path=name)
     return PvtraceError(f"cannot read: {exc}", path=name)
 
 
