@@ -679,3 +679,15 @@ def test_an_invalid_layout_line_is_reported_not_dropped(tmp_path):
     result, out, meta = ingest(tmp_path, text)
     assert result.layout_source == "detected"
     assert any("'# layout=hash:3' line is not a layout" in w for w in result.warnings)
+
+
+def test_a_garbled_drop_line_is_shown_not_counted_as_zero(tmp_path):
+    # A count or CPU too big for its column came out null: "0 records dropped on CPU 1", or
+    # the drops vanished from the report.
+    text = SPEC_LOG + ("dtrace: 99999999999999999999 drops on CPU 1\n"
+                       "dtrace: 5 drops on CPU 99999999999\n"
+                       "dtrace: 7 drops on CPU 2\n")
+    result, out, meta = ingest(tmp_path, text)
+    assert result.drops_per_cpu == {2: 7}
+    assert result.dtrace_messages == ["dtrace: 99999999999999999999 drops on CPU 1",
+                                      "dtrace: 5 drops on CPU 99999999999"]

@@ -533,6 +533,14 @@ def _diagnostics(lines: pl.DataFrame, src: int) -> pl.DataFrame:
             cpu = pl.when(hit).then(
                 text.str.extract(pattern, cpu_group).cast(pl.Int32, strict=False)
             ).otherwise(cpu)
-    return lines.select(pl.lit(src, dtype=pl.UInt16).alias("src"), pl.col("line"),
-                        kind.alias("kind"), cpu.alias("cpu"), count.alias("count"),
-                        text.alias("text"))
+    out = lines.select(pl.lit(src, dtype=pl.UInt16).alias("src"), pl.col("line"),
+                       kind.alias("kind"), cpu.alias("cpu"), count.alias("count"),
+                       text.alias("text"))
+    # A count or CPU too big for its column (a garbled line) came out null, and the drops
+    # were summed as 0 or vanished: such a line is kept as an "other" message, which the
+    # ingest summary shows as printed.
+    garbled = ((pl.col("kind") == "drops") & (pl.col("count").is_null() | pl.col("cpu").is_null())
+               | pl.col("kind").is_in(["dynvar_drops", "aggregation_drops"])
+               & pl.col("count").is_null())
+    return out.with_columns(pl.when(garbled).then(pl.lit("other")).otherwise(pl.col("kind"))
+                            .alias("kind"))
