@@ -139,9 +139,11 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
     """Replay the trace at ``path`` under each of ``models``; the SPEC report object.
     ``use_cache``: read and write a bundle's timeline cache (:mod:`pvtrace.replay.cache`);
     ``max_bad``: malformed lines a raw capture may have (as ``pvtrace ingest --max-bad``)."""
-    for m in models:    # before a raw capture is ingested, which can take minutes
+    # Options first: a raw capture is ingested before anything else, which can take minutes.
+    for m in models:
         if m not in DESIGNS:
             get_design(m, Layout("superpage"))   # raises the one-line error
+    make_params("superpage", layout, spin_limit_ns, wakeup_ns)
     trace = load_trace(path, use_cache=use_cache, max_bad=max_bad)
     params = make_params(trace.captured_layout, layout, spin_limit_ns, wakeup_ns)
     designs = [get_design(m, params.layout) for m in models]  # validate names first
