@@ -200,7 +200,7 @@ def _build_timeline(read, nrows: int) -> Timeline:
         # this long is a corrupt ts, which would otherwise wrap and skew every number.
         raise PvtraceError(f"the events' timestamps span {t_max - t0:,} ns ({t0:,} .. "
                            f"{t_max:,}), more than {MAX_SPAN_NS:,} ns: a corrupt ts field?")
-    ts, unsorted = _scatter_numeric(pos, col, np.int64, t0)
+    ts, unsorted = _scatter_times(pos, col, t0)
     if unsorted:
         raise PvtraceError(f"the events table is not in time order ({unsorted:,} records "
                            "earlier than the one before them): not as pvtrace ingest writes "
@@ -225,26 +225,32 @@ def _build_timeline(read, nrows: int) -> Timeline:
         counts=LinkCounts(*(int(c) for c in counts)))
 
 
-def _scatter_numeric(pos: np.ndarray, arr, dtype, t0: int | None = None):
-    """Scatter a numeric column chunk by chunk (no concatenated copy). With ``t0`` (the
-    time column), ``t0`` is subtracted and the records found out of time order are counted:
-    returns (array, that count)."""
+def _scatter_numeric(pos: np.ndarray, arr, dtype) -> np.ndarray:
+    """Scatter a numeric column chunk by chunk (no concatenated copy)."""
     out = np.empty(len(pos), dtype)
     off = 0
-    unsorted = 0
-    prev = np.uint64(t0 or 0)
     for c in _chunks(arr):
         src = c.to_numpy()
-        if t0 is not None:
-            # unsigned, as the schema has it: mixing signed and unsigned would go via float
-            src = src.astype(np.uint64, copy=False)
-            unsorted += _scatter_sub(pos, off, src, np.uint64(t0), prev, out)
-            if len(src):
-                prev = src[-1]
-        else:
-            _scatter(pos, off, src, out)
+        _scatter(pos, off, src, out)
         off += len(src)
-    return out if t0 is None else (out, unsorted)
+    return out
+
+
+def _scatter_times(pos: np.ndarray, arr, t0: int) -> tuple[np.ndarray, int]:
+    """Scatter the time column as int64 ns after ``t0``, chunk by chunk; also returns how many
+    records are earlier than the one before them (a table not in time order)."""
+    out = np.empty(len(pos), np.int64)
+    off = 0
+    unsorted = 0
+    prev = np.uint64(t0)
+    for c in _chunks(arr):
+        # unsigned, as the schema has it: mixing signed and unsigned would go via float
+        src = c.to_numpy().astype(np.uint64, copy=False)
+        unsorted += _scatter_sub(pos, off, src, np.uint64(t0), prev, out)
+        if len(src):
+            prev = src[-1]
+        off += len(src)
+    return out, unsorted
 
 
 def _scatter_codes(pos: np.ndarray, parts, dtype) -> np.ndarray:

@@ -92,6 +92,10 @@ def read(bundle: Path, events_key: dict) -> Timeline | None:
         return None
 
 
+# The per-record columns a cache digest covers (see digest).
+_DIGESTED = ("ts", "ev", "cls", "lock", "mode", "pa", "op", "partner")
+
+
 def digest(tl: Timeline) -> list[int] | None:
     """Per column of ``tl`` its least and greatest value and their sum (wrapping at 2^64),
     or None when an index points outside what it indexes."""
@@ -117,9 +121,6 @@ def digest(tl: Timeline) -> list[int] | None:
         int(np.sum(a, dtype=np.uint64)) for a in (tl.waited_ns.view(np.uint64),
                                                   tl.spun_ns.view(np.uint64),
                                                   tl.thread_ids.view(np.uint64))]
-
-
-_DIGESTED = ("ts", "ev", "cls", "lock", "mode", "pa", "op", "partner")
 
 
 @nb.njit(cache=True, nogil=True)
