@@ -122,7 +122,7 @@ def test_bad_layout_option(tmp_path):
     log = tmp_path / "spec.log"
     log.write_text(SPEC_LOG)
     assert_one_line_error(pvtrace("ingest", str(log), "-o", str(tmp_path / "b"),
-                                  "--layout", "hash:100"), "bad --layout 'hash:100'")
+                                  "--layout", "hash:0"), "bad layout 'hash:0'")
 
 
 def test_usage_errors_and_help(tmp_path):

@@ -124,7 +124,7 @@ def test_compare_text_golden(spec_log: Path, tmp_path: Path) -> None:
     (["replay", "{log}", "--spin-limit", "99999999999999999999"], "--spin-limit must be at most"),
     (["replay", "{log}", "--wakeup-ns", str(10**13)], "--wakeup-ns must be at most"),
     (["replay", "{log}", "--layout", "hash:99999999999999999999"], "N from 1 to 16,777,216"),
-    (["ingest", "{log}", "-o", "{log}.b", "--layout", "hash:4294967296"], "bad --layout"),
+    (["ingest", "{log}", "-o", "{log}.b", "--layout", "hash:4294967296"], "bad layout"),
     # click's usage errors: one line too (they were four: usage, hint, blank, error)
     (["replay", "{log}", "--spin-limit", "abc"], "'abc' is not a valid int"),
     (["replay", "{log}", "--no-such-option"], "No such option: --no-such-option"),

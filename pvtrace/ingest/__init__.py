@@ -353,7 +353,7 @@ def _layout_line_warnings(inputs: list[InputSummary]) -> list[str]:
             layouts.validate(stated)
         except PvtraceError:
             out.append(f"{s.path}: its '# layout={stated[:40]}' line is not a layout "
-                       "(superpage or hash:N, N a power of two): ignored")
+                       "(superpage or hash:N): ignored")
     return out
 
 

@@ -24,20 +24,17 @@ apart, superpage locks 64 bytes (times the frame distance). Without pv traffic t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from pvtrace.errors import PvtraceError
-from pvtrace.models.layout import MAX_HASH_LOCKS
+from pvtrace.models.layout import Layout as ReplayLayout
 
 FIT_FRACTION = 0.95
 HASH_SIZES = tuple(2 ** k for k in range(4, 15))   # 16 .. 16384
 SUPERPAGE_STRIDE = 64
 HASH_STRIDE = 32
-_LAYOUT_RE = re.compile(r"^(superpage|hash:([1-9][0-9]*))$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +44,11 @@ class Layout:
 
 
 def validate(layout: str) -> str:
-    """Check a ``--layout`` value: ``superpage`` or ``hash:N`` with N a power of two."""
-    m = _LAYOUT_RE.match(layout.strip())
-    if not m or (m.group(2) and (int(m.group(2)) & (int(m.group(2)) - 1)
-                                 or int(m.group(2)) > MAX_HASH_LOCKS)):
-        raise PvtraceError(f"bad --layout {layout[:40]!r}: use superpage or hash:N "
-                           f"(N a power of two up to {MAX_HASH_LOCKS:,}, e.g. hash:256)")
-    return m.group(0)
+    """Check a ``--layout`` value (or a capture's ``# layout=`` fact): its canonical form,
+    ``superpage`` or ``hash:N``. One parser for ingest and replay: :meth:`Layout.parse
+    <pvtrace.models.layout.Layout.parse>` (any N up to its limit: a kernel built with
+    ``options MAXCPU=N`` has N pv-list locks)."""
+    return str(ReplayLayout.parse(layout))
 
 
 def detect(events: pl.DataFrame) -> Layout:
