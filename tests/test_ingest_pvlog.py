@@ -178,6 +178,25 @@ def test_corrupt_gzip_is_an_error(tmp_path):
         ingest(tmp_path, bytes(data))
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress])
+def test_a_full_scratch_disk_is_not_a_read_error(tmp_path, compress):
+    # The copy of a compressed capture (or of stdin) goes to scratch space; a full disk there
+    # was reported as "cannot read" the capture. /dev/full answers every write with ENOSPC.
+    from pvtrace.ingest.source import _decompress_to
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # the copy is named after the number of entries in scratch: this link's own name
+    (scratch / "input-1.txt").symlink_to("/dev/full")
+    src = tmp_path / "capture.log"
+    src.write_bytes(compress(SPEC_LOG.encode()))
+    with open(src, "rb") as f, pytest.raises(PvtraceError) as err:
+        _decompress_to(f, str(src), scratch, copy_plain=True, path=src)
+    assert "cannot write its" in err.value.message and "No space left" in err.value.message
+    assert str(scratch) in err.value.message and "cannot read" not in err.value.message
+
+
 def test_cut_off_last_line(tmp_path):
     result, out, meta = ingest(tmp_path, SPEC_LOG + "17000 1 102 E - 0")
     assert bundle_events(out) == SPEC_ROWS

@@ -118,7 +118,9 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
             if looks_binary(magic):
                 raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                                    "transparently; other formats are not)", path=name)
-        with open(out, "wb") as sink:
+        # unbuffered: every write error is raised by a write below, none by the close
+        with open(out, "wb", buffering=0) as file:
+            sink = _Sink(file)
             try:
                 if compression is None:
                     sink.write(magic)
@@ -128,11 +130,37 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
                     truncated = _gunzip(stream, sink, magic, name)
                 else:
                     truncated = _unzstd(stream, sink, magic, name)
+            except _WriteError as exc:
+                # A full disk is not a damaged input: say where the copy was going.
+                raise PvtraceError(f"cannot write its {'decompressed ' if compression else ''}"
+                                   f"copy in {tmpdir} (scratch space next to the output "
+                                   f"bundle): {exc.args[0].strerror or exc.args[0]}",
+                                   path=name) from None
             except OSError as exc:
                 raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
         source = Source(name, out, compression, truncated, out.stat().st_size)
     _check_text(source)
     return source
+
+
+class _WriteError(Exception):
+    """An OSError writing the scratch copy (args[0]), told apart from one reading the input."""
+
+
+class _Sink:
+    """The scratch copy's file, whose write errors are :class:`_WriteError`."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        try:
+            while view:             # a raw write may take part of it (a disk filling up)
+                view = view[self._file.write(view):]
+        except OSError as exc:
+            raise _WriteError(exc) from None
+        return len(data)
 
 
 def _peek(stream: BinaryIO, n: int) -> bytes:
@@ -145,19 +173,19 @@ def _peek(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _gunzip(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
+def _gunzip(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> bool:
     """Decompress (possibly multi-member) gzip; return True when the stream ends early."""
     return _inflate(stream, sink, first, name, lambda: zlib.decompressobj(wbits=31),
                     zlib.error, "gzip", padding=b"\x00")
 
 
-def _unzstd(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str) -> bool:
+def _unzstd(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> bool:
     """Decompress (possibly multi-frame) zstd; return True when the stream ends early."""
     dctx = zstandard.ZstdDecompressor()
     return _inflate(stream, sink, first, name, dctx.decompressobj, zstandard.ZstdError, "zstd")
 
 
-def _inflate(stream: BinaryIO, sink: BinaryIO, first: bytes, name: str, new_decoder,
+def _inflate(stream: BinaryIO, sink: _Sink, first: bytes, name: str, new_decoder,
              errors: type[Exception], label: str, padding: bytes = b"") -> bool:
     """Stream ``stream`` through decoders from ``new_decoder`` into ``sink``, one decoder per
     member/frame; return True when the input ends inside a member (a truncated file)."""
