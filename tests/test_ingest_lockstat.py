@@ -490,6 +490,18 @@ def test_title_events_per_sec_that_int_refuses(tmp_path):
     assert rows_of(parsed, "line", "events_total", "events_per_sec") == [(6, 12000, None)]
 
 
+def test_an_unterminated_last_row_is_kept_with_a_warning(tmp_path):
+    # A report cut inside its caller ("pmap_enter+0x2f1" -> "pmap_en") parses: not silently.
+    parsed = parse_text(tmp_path, TITLE + HDR + SEP + ROW.rstrip("\n")[:-9])
+    assert rows_of(parsed, "line", "caller") == [(6, "pmap_en")]
+    assert [(p.line, p.kind) for p in parsed.problems] == [(6, ProblemKind.WARNING)]
+    assert "no newline" in parsed.problems[0].reason
+    # one that does not parse is the cut-off line, once; a terminated file has no warning
+    parsed = parse_text(tmp_path, TITLE + HDR + SEP + ROW + " 6000  50%")
+    assert [(p.line, p.kind) for p in parsed.problems] == [(7, ProblemKind.CUT_OFF)]
+    assert parse_text(tmp_path, TITLE + HDR + SEP + ROW).problems == []
+
+
 def test_histogram_lines_of_a_row_not_kept_are_not_the_previous_rows(tmp_path):
     text = (TITLE + HDR + SEP + ROW                                                   # 1-6
             + " 6000  50%  4294967296% 0.00    5230 pmap pv list  pmap_enter+0x2f1\n"   # 7

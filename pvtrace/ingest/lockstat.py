@@ -46,7 +46,8 @@ from pvtrace.ingest.common import Format, Parsed, Problem
 from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, HIST_BUCKETS, INT64_MAX,
                                            Diagnostics, PLine, family_expr, fmt_ns, frame,
                                            int_range, line_problem, looks_parsable,
-                                           out_of_range, parse_p_line, read_lines, too_big)
+                                           out_of_range, parse_p_line, read_lines, too_big,
+                                           unterminated_row)
 
 _TITLE = re.compile(r"^(?P<desc>\S.*?): (?P<n>\d+) events in (?P<sec>\d+(?:\.\d+)?) seconds "
                     r"\((?P<eps>\S+) events/sec\)\s*$")
@@ -119,6 +120,7 @@ def parse(path: Path, src: int, name: str) -> Parsed:
         if reason is not None:
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
+    problems.extend(unterminated_row(src, name, lines, cut_off, problems))
     problems.sort(key=lambda p: p.line or 0)
     rows = frame(st.rows, "lockstat")
     parsable = len(rows) > 0 and bool(rows["parsable"].all())

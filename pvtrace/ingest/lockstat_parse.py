@@ -166,6 +166,19 @@ def line_problem(src: int, name: str, no: int, reason: str, cut_off: bool,
                    ("last line cut off: " if last else "") + reason)
 
 
+def unterminated_row(src: int, name: str, lines: list[str], cut_off: bool,
+                     problems: list[Problem]) -> list[Problem]:
+    """A warning for an unterminated last line that was understood: a report cut inside its
+    last field (a caller ``vm_fault+0x1f3`` cut to ``vm_fa``) still parses, so it is kept and
+    the user told to look at it."""
+    if not cut_off or not lines or not lines[-1].strip() \
+            or any(p.line == len(lines) for p in problems):
+        return []
+    return [Problem(src, name, len(lines), ProblemKind.WARNING,
+                    "last line has no newline (capture interrupted?): kept, but its last field "
+                    "may be cut short")]
+
+
 def read_lines(path: Path) -> tuple[list[str], bool]:
     """The input's lines without their ends, and True when the last one has no newline."""
     text = path.read_bytes().decode("utf-8", errors="replace")
