@@ -125,7 +125,10 @@ def _codes(arr: pa.Array | pa.ChunkedArray, mapping: dict[str, int] | None,
         dictionary = c.dictionary.to_pylist()
         indices = c.indices.to_numpy()
         # A dictionary may hold values no record uses (a shared category list): skip those.
-        present = np.bincount(indices, minlength=len(dictionary)) > 0
+        present = np.zeros(len(dictionary), np.bool_)
+        if not _present(indices, present):
+            raise PvtraceError("a dictionary column has codes past its dictionary: a damaged "
+                               "table")
         seen.update(v for v, p in zip(dictionary, present) if p)
         raw.append((indices, dictionary))
     values = sorted(seen)
@@ -133,6 +136,19 @@ def _codes(arr: pa.Array | pa.ChunkedArray, mapping: dict[str, int] | None,
     parts = [(indices, np.array([ours.get(v, default) for v in d] or [default], np.int64))
              for indices, d in raw]
     return parts, values
+
+
+@nb.njit(cache=True, nogil=True)
+def _present(indices, out):
+    """Mark the dictionary entries ``indices`` uses (np.bincount first copied the indices to
+    intp: 0.2 s over the four coded columns of 14 M records)."""
+    n = len(out)
+    for i in range(len(indices)):
+        j = indices[i]
+        if j >= n:
+            return False
+        out[j] = True
+    return True
 
 
 def build_timeline(read: Callable[[str], pa.Array | pa.ChunkedArray], nrows: int) -> Timeline:
