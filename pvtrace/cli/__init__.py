@@ -35,11 +35,13 @@ def _root() -> None:
     # A callback keeps `pvtrace COMMAND` a command group even while one command exists.
 
 
-# Command modules register themselves on `app` when imported (one line per module).
-from pvtrace.cli import synth as _synth  # noqa: E402,F401
-from pvtrace.cli import replay as _replay  # noqa: E402,F401
+# Command modules register themselves on `app` when imported (one line per module), and
+# `pvtrace --help` lists them in this order: ingest and replay first, as they are used, then
+# the capture script and the simulator.
 from pvtrace.cli import ingest as _ingest  # noqa: E402,F401
+from pvtrace.cli import replay as _replay  # noqa: E402,F401
 from pvtrace.cli import dscript as _dscript  # noqa: E402,F401
+from pvtrace.cli import synth as _synth  # noqa: E402,F401
 
 
 class _Terminated(KeyboardInterrupt):
