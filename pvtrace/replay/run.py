@@ -231,10 +231,11 @@ def _grouped(codes, ngroups, waits, extra, holds, spin_limit):
     return (count, acquisitions, contended, wait_ns, spin_ns, cont_at, cont, hold_at, held)
 
 
-def _histograms(waits: np.ndarray, extra_zeros: int, holds: np.ndarray) -> dict:
-    """Every acquisition's wait (zeros included) and every hold, as HDR histograms."""
+def _histograms(contended: np.ndarray, zeros: int, holds: np.ndarray) -> dict:
+    """Every acquisition's wait (the contended ones and ``zeros`` without a wait, counted, not
+    recorded one by one: most acquisitions) and every hold, as HDR histograms."""
     return {"encoding": metrics.HDR_ENCODING,
-            "wait_ns": metrics.hdr_encoded(waits, extra_zeros),
+            "wait_ns": metrics.hdr_encoded(contended, zeros),
             "hold_ns": metrics.hdr_encoded(holds)}
 
 
@@ -300,7 +301,8 @@ def _summary(run: DesignRun, tl: Timeline) -> dict:
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
         # reorders ``held`` in place, which the histogram (counts) does not mind
         "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
-        "histograms": _histograms(w, int(extra.sum()), held),
+        # (``contended`` reordered above: the histogram counts)
+        "histograms": _histograms(contended, len(w) - len(contended) + int(extra.sum()), held),
         "by_class": None,
         "by_op": None,
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
@@ -362,7 +364,7 @@ def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: 
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
         # reorders ``held`` in place, which the histogram (counts) does not mind
         "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
-        "histograms": _histograms(w, 0, held),
+        "histograms": _histograms(contended, len(w) - len(contended), held),
         "by_class": None,
         "by_op": None,
         "unmatched": {
