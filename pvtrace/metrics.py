@@ -13,11 +13,11 @@ never wait (the untouched pages of a superpage run), counted without materializi
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from pvtrace.replay.jit import bit_length
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 HDR_LOWEST = 1
@@ -72,7 +72,7 @@ def _hdr_counts(values, extra_zeros, mask, unit, half_mag, half, high, counts_le
             v = high
         vmin = min(vmin, v)
         vmax = max(vmax, v)
-        bits = np.int64(math.frexp(np.float64(v | mask))[1])   # bit length; exact below 2^53
+        bits = bit_length(v | mask)
         bucket = bits - unit - (half_mag + 1)
         counts[((bucket + 1) << half_mag) + (v >> (bucket + unit)) - half] += 1
     if extra_zeros:
