@@ -269,6 +269,7 @@ def _summary(run: DesignRun, tl: Timeline) -> dict:
     false_ = pv_cont & (run.klass == CLS_FALSE)
     true_ = pv_cont & ((run.klass == CLS_TRUE) | (run.klass == CLS_UNKNOWN))
     contended = w[w > 0]
+    zeros = len(w) - len(contended) + int(extra.sum())    # acquisitions without a wait
     # A thread's acquisitions are numbered contiguously: per-thread sums are segment sums.
     per_acq = np.diff(np.r_[st.thread_acq, len(w)])
     busy = np.flatnonzero(per_acq > 0)
@@ -297,12 +298,12 @@ def _summary(run: DesignRun, tl: Timeline) -> dict:
                        "unknown_page": int((pv_cont & (run.klass == CLS_UNKNOWN)).sum())},
         "sibling_wakeups": int(run.sibling.sum()),
         "makespan_ns": int(run.thread_end.max() - st.thread_start.min()),
-        "wait_percentiles_ns": metrics.percentiles(w, int(extra.sum())),
+        # Waits are >= 0: all waits rank as the uncontended ones' zeros, then ``contended``
+        # (which these reorder in place, as the next reorders ``held``: the histograms count)
+        "wait_percentiles_ns": metrics.percentiles(contended, zeros, scratch=True),
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
-        # reorders ``held`` in place, which the histogram (counts) does not mind
         "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
-        # (``contended`` reordered above: the histogram counts)
-        "histograms": _histograms(contended, len(w) - len(contended) + int(extra.sum()), held),
+        "histograms": _histograms(contended, zeros, held),
         "by_class": None,
         "by_op": None,
         "per_thread": {str(t): {"wait_ns": int(ws), "contended": int(c)}
