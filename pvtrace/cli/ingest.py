@@ -32,7 +32,9 @@ def ingest(
                                         help="Bundle directory to write.")],
     layout: Annotated[str | None, typer.Option(
         "--layout", metavar="superpage|hash:N",
-        help="Stock pv-list lock layout of the traced kernel (default: detected).")] = None,
+        help="Stock pv-list lock layout of the traced kernel: superpage (NUMA kernels) or "
+             "hash:N (N pv_list_locks = MAXCPU, 256 before FreeBSD 14, then 1024). Default: "
+             "detected.")] = None,
     max_bad: Annotated[int, typer.Option(
         "--max-bad", metavar="N", min=0,
         help="Fail when more than N lines are malformed.")] = 10,
