@@ -145,7 +145,7 @@ def _present(indices, out):
     n = len(out)
     for i in range(len(indices)):
         j = indices[i]
-        if j >= n:
+        if j < 0 or j >= n:
             return False
         out[j] = True
     return True

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pvtrace.errors import PvtraceError
 from pvtrace.ingest import run_ingest
 from pvtrace.replay.api import load_trace
 from pvtrace.timeline import Timeline
@@ -67,6 +68,22 @@ def test_many_chunks_and_unused_dictionary_values(events: pl.DataFrame) -> None:
     tl = Timeline.from_columns(lambda name: chunked[name], table.num_rows)
     same(Timeline.from_events(events), tl)
     assert "zz-unused" not in tl.classes and "zz-unused" not in tl.ops
+
+
+@pytest.mark.parametrize("bad_index", [5, -1])
+def test_dictionary_codes_past_the_dictionary_are_refused(events: pl.DataFrame, bad_index):
+    # A damaged table whose reader did not validate its dictionary indices: not a crash or
+    # a wrong class.
+    table = events.to_arrow()
+    cls = table.column("cls").combine_chunks().cast(pa.string())
+    values = pa.array(sorted(set(cls.to_pylist())))
+    idx = pa.compute.index_in(cls, value_set=values).cast(pa.int32()).to_numpy().copy()
+    idx[len(idx) // 2] = bad_index if bad_index < 0 else len(values) + bad_index
+    bad = pa.DictionaryArray.from_arrays(pa.array(idx), values, safe=False)
+    cols = {name: table.column(name) for name in table.column_names}
+    cols["cls"] = bad
+    with pytest.raises(PvtraceError, match="codes past its dictionary"):
+        Timeline.from_columns(lambda name: cols[name], table.num_rows)
 
 
 def test_bundle_with_small_row_groups(bundle: Path, events: pl.DataFrame, tmp_path: Path):
