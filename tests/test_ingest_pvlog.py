@@ -700,6 +700,50 @@ def test_an_invalid_layout_line_is_reported_not_dropped(tmp_path):
     assert any("'# layout=hash:0' line is not a layout" in w for w in result.warnings)
 
 
+def _pv_log(locks_pas: list[tuple[int, int]], header: str = "") -> str:
+    lines = ["# pvtrace-log v1", "# ncpu=2"] + ([header] if header else [])
+    ts = 1000
+    for lock, pa in locks_pas:
+        for ev in "AR":
+            lines.append(f"{ts} 0 101 {ev} pv {lock:#x} w 0 {pa:#x} pmap_enter")
+            ts += 100
+    return "\n".join(lines) + "\n"
+
+
+HASH_BASE = 0xFFFFFFFF81A00000
+# three pv locks 32 bytes apart, pages in one 2 MiB frame: a hash table, size unknown
+HASH_GUESS = [(HASH_BASE + 32 * k, 0x200000 + 0x1000 * k) for k in range(3)]
+
+
+def test_a_layout_guessed_from_lock_spacing_is_marked_assumed(tmp_path):
+    result, out, meta = ingest(tmp_path, _pv_log(HASH_GUESS))
+    assert (result.layout_effective, result.layout_source) == ("hash:256", "detected")
+    assert meta["layout"]["assumed"] is True and result.layout_assumed
+    from pvtrace.replay.api import replay_trace
+    from pvtrace.report.table import notes
+
+    report = replay_trace(str(out), ["stock"])
+    assert report["trace"]["layout"] == "hash:256" and report["trace"]["layout_assumed"]
+    assert any("hash:256 is a guess from the spacing" in n for n in notes(report))
+
+
+def test_the_captures_layout_line_beats_a_guess(tmp_path):
+    # synth --layout hash:4 was ingested as the guess hash:256: every stock number wrong
+    result, out, meta = ingest(tmp_path, _pv_log(HASH_GUESS, "# layout=hash:4"))
+    assert (result.layout_effective, result.layout_source) == ("hash:4", "capture")
+    assert meta["layout"]["assumed"] is False and result.warnings == []
+
+
+def test_a_layout_line_against_certain_detection_is_a_warning(tmp_path):
+    pv_table = 0xFFFFFE0001000000
+    frames = [(pv_table + 64 * f, f << 21) for f in (1, 2, 5)]
+    result, out, meta = ingest(tmp_path, _pv_log(frames, "# layout=hash:256"))
+    assert (result.layout_effective, result.layout_source) == ("superpage", "detected")
+    assert result.warnings == ["the capture's '# layout=hash:256' line disagrees with its "
+                               "lock addresses (superpage): the addresses are used (--layout "
+                               "decides)"]
+
+
 def test_a_garbled_drop_line_is_shown_not_counted_as_zero(tmp_path):
     # A count or CPU too big for its column came out null: "0 records dropped on CPU 1", or
     # the drops vanished from the report.

@@ -88,7 +88,8 @@ def summary(r: IngestResult) -> list[str]:
         out.append(f"lock classes: {_top(r.counts.get('cls', {}))}")
         out.append(f"ops: {_top(r.counts.get('op', {}))}")
         how = {"--layout": f"set by --layout; detected {escape(r.layout_detected)}",
-               "capture": "from the capture's # layout= line; detected unknown",
+               "capture": "from the capture's # layout= line; detected "
+                          f"{escape(r.layout_detected)}",
                "detected": "detected"}[r.layout_source]
         out.append(f"layout: [bold]{escape(r.layout_effective)}[/bold] ({how}: "
                    f"{escape(r.layout_evidence)})")

@@ -91,6 +91,7 @@ class IngestResult:
     layout_detected: str
     layout_evidence: str
     layout_source: str                         # "--layout", "detected" or "capture"
+    layout_assumed: bool                       # the effective layout is a guess
     problems: list[Problem]                    # the first ones, in input and line order
     problem_totals: dict[str, int]             # kind -> count over all inputs
     warnings: list[str] = field(default_factory=list)
@@ -199,7 +200,7 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             result = _result(Path(out), summaries, events, tables, detected, layout, problems,
                              dict(problem_totals))
             result.warnings.extend(_capture_warnings(summaries, events))
-            result.warnings.extend(_layout_line_warnings(summaries))
+            result.warnings.extend(_layout_line_warnings(summaries, detected, layout))
             result.extra_lines.extend(_extra_lines(parsed, tables))
             facts.set_result(_metadata(result, [r for r, _ in parsed], started))
         except BaseException as exc:
@@ -310,6 +311,7 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
         drops_per_cpu=drops, other_drops=other, diagnostics=kinds, dtrace_messages=messages,
         layout_effective=effective, layout_detected=detected.layout,
         layout_evidence=detected.evidence, layout_source=source,
+        layout_assumed=source == "detected" and detected.assumed,
         problems=problems, problem_totals=totals)
 
 
@@ -327,23 +329,34 @@ def _value_counts(col: pl.Series) -> dict[str, int]:
 
 def _effective_layout(override: str | None, detected: layouts.Layout,
                       inputs: list[InputSummary]) -> tuple[str, str]:
-    """``--layout`` wins; then the detection; when that says unknown (an OBM capture has no
-    stock lock addresses), a valid ``# layout=`` fact the capture script recorded."""
+    """``--layout`` wins; then the detection, unless it only guessed from the lock spacing;
+    then a valid ``# layout=`` fact the capture script recorded (an OBM capture has no stock
+    lock addresses to detect from); then the guess, if any."""
     if override is not None:
         return override, "--layout"
-    if detected.layout != "unknown":
+    if detected.layout != "unknown" and not detected.assumed:
         return detected.layout, "detected"
-    stated = {s.capture.get("layout") for s in inputs} - {None}
+    stated = _stated_layouts(inputs)
     if len(stated) == 1:
-        try:
-            return layouts.validate(stated.pop()), "capture"
-        except PvtraceError:
-            pass
+        return stated.pop(), "capture"
     return detected.layout, "detected"
 
 
-def _layout_line_warnings(inputs: list[InputSummary]) -> list[str]:
-    """A ``# layout=`` fact that is no layout is ignored: say so, or it vanishes."""
+def _stated_layouts(inputs: list[InputSummary]) -> set[str]:
+    """The valid layouts the inputs' ``# layout=`` lines state (canonical forms)."""
+    out = set()
+    for s in inputs:
+        try:
+            out.add(layouts.validate(s.capture["layout"]))
+        except (KeyError, PvtraceError):
+            pass
+    return out
+
+
+def _layout_line_warnings(inputs: list[InputSummary], detected: layouts.Layout,
+                          override: str | None) -> list[str]:
+    """A ``# layout=`` fact that is no layout is ignored, and facts that disagree with each
+    other or with what the lock addresses show are not used: say so, or it goes unseen."""
     out = []
     for s in inputs:
         stated = s.capture.get("layout")
@@ -354,6 +367,15 @@ def _layout_line_warnings(inputs: list[InputSummary]) -> list[str]:
         except PvtraceError:
             out.append(f"{s.path}: its '# layout={stated[:40]}' line is not a layout "
                        "(superpage or hash:N): ignored")
+    stated = _stated_layouts(inputs)
+    if override is not None or not stated:
+        return out
+    if len(stated) > 1:
+        out.append(f"the inputs' '# layout=' lines disagree ({', '.join(sorted(stated))}): "
+                   "none is used")
+    elif detected.layout != "unknown" and not detected.assumed and stated != {detected.layout}:
+        out.append(f"the capture's '# layout={stated.pop()}' line disagrees with its lock "
+                   f"addresses ({detected.layout}): the addresses are used (--layout decides)")
     return out
 
 
@@ -433,6 +455,6 @@ def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> 
                       for p in result.problems[:MAX_PROBLEMS_IN_METADATA]]},
         "layout": {"effective": result.layout_effective, "detected": result.layout_detected,
                    "evidence": result.layout_evidence,
-                   "source": result.layout_source},
+                   "source": result.layout_source, "assumed": result.layout_assumed},
         "warnings": result.warnings,
     }

@@ -41,6 +41,7 @@ HASH_STRIDE = 32
 class Layout:
     layout: str      # "superpage", "hash:N" or "unknown"
     evidence: str    # one sentence a user can check
+    assumed: bool = False   # a guess (lock spacing without pages): a capture's own fact wins
 
 
 def validate(layout: str) -> str:
@@ -125,7 +126,7 @@ def _from_spacing(locks: np.ndarray, *, with_pages: bool) -> Layout:
         size = next((s for s in (256, 1024, *HASH_SIZES) if span < s * HASH_STRIDE),
                     HASH_SIZES[-1])
         return Layout(f"hash:{size}", f"{why}; {locks.size} pv locks 32 bytes apart spanning "
-                                      f"{span} bytes (fits {size} locks; assumed)")
+                                      f"{span} bytes (fits {size} locks; assumed)", assumed=True)
     if np.all(near % np.uint64(SUPERPAGE_STRIDE) == 0):
         if locks.size > 1024 or span >= 1024 * HASH_STRIDE:
             return Layout("superpage", f"{why}; {locks.size} pv locks at multiples of 64 bytes "

@@ -44,18 +44,22 @@ class LoadedTrace:
 
     @property
     def layout_known(self) -> bool:
+        """Ingest found the captured layout (not unknown, not a guess from lock spacing)."""
         lay = self.metadata.get("layout")
         if isinstance(lay, dict):
+            if lay.get("assumed") is True:
+                return False
             lay = lay.get("effective")
         return bool(lay) and lay != "unknown"
 
     @property
     def captured_layout(self) -> str:
-        """The captured kernel's layout; superpage when ingest could not tell."""
+        """The captured kernel's layout (ingest's guess, if it is one); superpage when ingest
+        could not tell."""
         lay = self.metadata.get("layout")
         if isinstance(lay, dict):
             lay = lay.get("effective")
-        return lay if self.layout_known else "superpage"
+        return lay if isinstance(lay, str) and lay and lay != "unknown" else "superpage"
 
 
 def load_trace(path: str, *, use_cache: bool = True, max_bad: int = 10) -> LoadedTrace:

@@ -113,9 +113,14 @@ def op_table(model: dict, limit: int = 12) -> Table:
 def notes(report: dict) -> list[str]:
     """Things the user must know to trust the numbers (unmatched records, drops, anomalies)."""
     out = []
-    if report["trace"].get("layout_assumed"):
-        out.append("the capture's pv lock layout could not be detected; assumed "
-                   f"{report['trace']['layout']} (set it with `pvtrace ingest --layout`)")
+    t = report["trace"]
+    if t.get("layout_assumed"):
+        if t.get("layout_detected") == t["layout"]:
+            out.append(f"the capture's pv lock layout {t['layout']} is a guess from the spacing "
+                       "of its lock addresses (set it with `pvtrace ingest --layout`)")
+        else:
+            out.append("the capture's pv lock layout could not be detected; assumed "
+                       f"{t['layout']} (set it with `pvtrace ingest --layout`)")
     um = report["observed"]["unmatched"]
     if any(um.values()):
         out.append(f"unmatched records: {um['orphan_waits']} waits without acquisition, "
