@@ -703,9 +703,9 @@ def test_an_invalid_layout_line_is_reported_not_dropped(tmp_path):
 def _pv_log(locks_pas: list[tuple[int, int]], header: str = "") -> str:
     lines = ["# pvtrace-log v1", "# ncpu=2"] + ([header] if header else [])
     ts = 1000
-    for lock, pa in locks_pas:
+    for lock, page in locks_pas:
         for ev in "AR":
-            lines.append(f"{ts} 0 101 {ev} pv {lock:#x} w 0 {pa:#x} pmap_enter")
+            lines.append(f"{ts} 0 101 {ev} pv {lock:#x} w 0 {page:#x} pmap_enter")
             ts += 100
     return "\n".join(lines) + "\n"
 
