@@ -132,6 +132,22 @@ def test_dtrace_diagnostics(tmp_path):
     assert result.records == 1 and meta["problems"]["totals"] == {}
 
 
+def test_a_lockstat_runs_drops_are_not_the_event_logs(tmp_path):
+    # Ingested together, lockstat's "N drops on CPU M" warnings went into the bundle's drop
+    # counts, and every replay said the event capture had lost records on those CPUs.
+    report = ("\nR/W writer blocked by writer: 12000 events in 5.011 seconds (2395 events/sec)\n"
+              "\nCount indv cuml rcnt     nsec Lock                   Caller\n" + "-" * 79 + "\n"
+              " 6000  50%  50% 0.00     5230 pmap pv list           pmap_enter+0x2f1\n"
+              "lockstat: warning: 12 drops on CPU 3\n")
+    log = SPEC_LOG + "dtrace: 2 drops on CPU 1\n"
+    result, out, meta = ingest(tmp_path, log, report)
+    assert result.drops_per_cpu == {1: 2} and meta["drops"]["total"] == 2
+    diag = pl.read_parquet(out / "diagnostics.parquet")
+    assert diag.select("src", pl.col("kind").cast(pl.String), "cpu", "count").rows() == [
+        (0, "drops", 1, 2), (1, "drops", 3, 12)]      # both kept in the table
+    assert [(p.src, p.kind) for p in result.problems] == [(1, ProblemKind.WARNING)]
+
+
 def test_crlf(tmp_path):
     _, out, meta = ingest(tmp_path, SPEC_LOG.replace("\n", "\r\n"))
     assert bundle_events(out) == SPEC_ROWS

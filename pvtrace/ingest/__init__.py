@@ -292,6 +292,11 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     diag = tables.get("diagnostics")
     if diag is not None and diag.height:
         kinds = dict(diag.group_by("kind").len().sort("kind").iter_rows())
+        # Drops and messages of the event logs' dtrace runs: the replay reports them as the
+        # capture's. A lockstat run's own drop warnings are about its report, not the events
+        # (they stay in the diagnostics table and that input's warnings).
+        logs = [i for i, s in enumerate(inputs) if s.format == Format.PVLOG]
+        diag = diag.filter(pl.col("src").is_in(logs))
         # What dtrace said besides drops and probe counts ("processing aborted: ...", the
         # deadman stopping a capture early) must reach the user, not only the table.
         messages = (diag.filter(pl.col("kind").is_in(["other", "error"]))
