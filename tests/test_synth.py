@@ -282,6 +282,13 @@ def test_cli_writes_gzip(tmp_path):
     (["--mem-gb", "inf"], "--mem-gb must be a finite number, not inf"),
     (["--mem-gb", "1e300"], "--mem-gb 1e+300 is too large: use at most 16384"),
     (["--seed", "-1"], "--seed -1: use a seed >= 0"),
+    # tracebacks (int64 overflow in the record array) or captures replay refuses, before
+    (["--wakeup-ns", str(10**17)], "--wakeup-ns must be at most 1,000,000,000,000 ns (1000 s)"),
+    (["--spin-limit", str(2**63)], "--spin-limit must be at most 4,611,686,018,427,387,903 "
+                                   "ns (any limit longer than the capture already means: never "
+                                   "block)"),
+    (["--ndomains", str(2**31)], "--ndomains 2147483648: a domain needs a CPU; use at most "
+                                 "--threads (8)"),
 ])
 def test_cli_option_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
     import sys

@@ -35,13 +35,21 @@ def synth(
                                    "and sibling wakeups)."),
     wakeup_ns: int = typer.Option(0, "--wakeup-ns", help="Latency of waking a blocked "
                                   "waiter."),
-    ndomains: int = typer.Option(0, help="NUMA domains (0: 2 for superpage, 1 for hash)."),
+    ndomains: int = typer.Option(0, help="NUMA domains, each with its own pv chunk list "
+                                 "(0: 2 for superpage with 4 or more threads, else 1)."),
 ) -> None:
     """Simulate a workload on a stock or OBM kernel and write its pvtrace event log."""
     from pvtrace.synth import synthesize
 
+    from pvtrace.replay.run import make_params
+
     if ndomains < 0:
         raise PvtraceError("--ndomains must be >= 0")
+    if ndomains > max(threads, 1):
+        raise PvtraceError(f"--ndomains {ndomains}: a domain needs a CPU; use at most "
+                           f"--threads ({threads})")
+    # The replay's limits: a capture it could not replay with its own settings is no use.
+    make_params("superpage", None, spin_limit, wakeup_ns)
     # Checked here because the generator turns these into integers (nan and inf do not convert)
     # and numpy takes only non-negative seeds; the other bounds are checked where they are used.
     for option, value in (("--duration-ms", duration_ms), ("--mem-gb", mem_gb)):
