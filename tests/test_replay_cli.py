@@ -208,6 +208,35 @@ def test_a_raw_capture_reports_the_lines_its_ingest_skipped(tmp_path: Path) -> N
     assert r.returncode == 2 and "2 malformed lines, more than --max-bad 1" in r.stderr
 
 
+NESTED_LOG = """# pvtrace-log v1
+1000 0 101 A pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+1100 0 101 A pv 0xfffff80001000080 w 0 0x400000 pmap_enter
+2100 0 101 R pv 0xfffff80001000080 w 0 0x400000 pmap_enter
+2200 0 101 R pv 0xfffff80001000040 w 0 0x200000 pmap_enter
+1500 1 102 B pv 0xfffff80001000040 w 700 0x201000 pmap_enter
+2200 1 102 A pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+2300 1 102 R pv 0xfffff80001000040 w 0 0x201000 pmap_enter
+1000 2 103 A pmap 0xfffff80003000000 w 0 0 pmap_enter
+2000 2 103 R pmap 0xfffff80003000000 w 0 0 pmap_enter
+2000 2 103 B pmap 0xfffff80003000000 w 5000 0 pmap_enter
+2500 2 103 A pmap 0xfffff80003000000 w 0 0 pmap_enter
+2600 2 103 R pmap 0xfffff80003000000 w 0 0 pmap_enter
+"""
+
+
+def test_nested_holds_and_clamped_gaps_are_noted_in_the_tables(tmp_path: Path) -> None:
+    # Only --json had them, and the stock row silently differed from the observed one.
+    log = tmp_path / "nested.log"
+    log.write_text(NESTED_LOG)
+    report = json.loads(run_cli("replay", str(log), "--model", "stock", "--json").stdout)
+    assert report["models"][0]["anomalies"]["nested_pv_holds"] == 1
+    assert report["models"][0]["anomalies"]["clamped_gaps"] == 1
+    out = run_cli("compare", str(log), "--models", "stock,obm").stdout
+    assert "note: 1 pv-list locks taken while the thread held one" in out
+    assert "note: 1 recorded waits longer than the time since the thread's previous record" \
+        in out
+
+
 def test_an_unknown_model_is_refused_before_the_capture_is_read(tmp_path: Path) -> None:
     r = run_cli("compare", str(tmp_path / "missing.log"), "--models", "stock,obmm")
     assert r.returncode == 2 and "unknown model 'obmm'" in r.stderr

@@ -149,4 +149,14 @@ def notes(report: dict) -> list[str]:
         if a["unknown_page_acquisitions"]:
             out.append(f"{m['model']}: {a['unknown_page_acquisitions']:,} pv acquisitions "
                        "without a page (keyed by lock address; their blocks count as true)")
+    # Design-independent in practice (the capture's records cause them): once, not per row.
+    nested = max((m["anomalies"].get("nested_pv_holds", 0) for m in report["models"]), default=0)
+    if nested:
+        out.append(f"{nested:,} pv-list locks taken while the thread held one (pmap.c holds one "
+                   "at a time: lost records?); the replay released the first, so even the "
+                   "captured design can differ from the observed row")
+    clamped = max((m["anomalies"].get("clamped_gaps", 0) for m in report["models"]), default=0)
+    if clamped:
+        out.append(f"{clamped:,} recorded waits longer than the time since the thread's "
+                   "previous record (their work gaps clamped at 0: docs/REPLAY.md section 3)")
     return out
