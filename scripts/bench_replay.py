@@ -134,11 +134,12 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
 
     def grant(w, t, k):
         s = step[w]
-        a_grant[acq[s]] = t
+        run_at = t + (wakeup_ns if t - req[w] > spin_limit else 0)
+        a_grant[acq[s]] = run_at        # wait and hold are the thread's: until / from it runs
         wkey[w] = -1
         asleep[turnstile[k]].discard(w)
         hold_pv(w, s, k)
-        advance(w, t + (wakeup_ns if t - req[w] > spin_limit else 0))
+        advance(w, run_at)
 
     executed = 0
     now = 0

@@ -503,6 +503,8 @@ class _Engine:
         self.keys[w.key].holders.append((w.tid, w.mode))
         del self.waiting[w.tid]
         wait = self.env.now - w.request
+        if wait > self.L:       # asleep: the wait lasts until the thread runs (REPLAY.md 4)
+            wait += self.wakeup
         self.record(w, wait)
         w.granted.succeed(wait)
 

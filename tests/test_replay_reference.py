@@ -330,9 +330,10 @@ def test_sibling_wakeups():
     # stock: one lock, one turnstile per lock: no sibling wakeups
     assert replay(siblings_text(), "stock")["sibling_wakeups"] == 0
     # wakeup latency: 104 runs at 3100 and releases at 3200 (still a sibling wakeup for 103);
-    # 103 runs at 5100 and releases at 5200
+    # 103 runs at 5100 and releases at 5200. A sleeper's wait lasts until it runs (lockstat's
+    # sleep time): 1000 + 100 and 3000 + 100.
     w = replay(siblings_text(), "obm", wakeup_ns=100)
-    assert w["sibling_wakeups"] == 2 and w["waits"] == [0, 0, 1000, 3000]
+    assert w["sibling_wakeups"] == 2 and w["waits"] == [0, 0, 1100, 3100]
     assert w["makespan_ns"] == 4200
 
 

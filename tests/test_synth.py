@@ -243,7 +243,8 @@ def test_superpage_ops_take_512_page_locks_under_obm():
 def test_wakeup_cost_delays_blocked_waiters_only():
     progs = [pv_op(1000, PAGE), pv_op(500, PAGE, start=100)]
     t = run(progs, "stock", wakeup=50).truth
-    assert t["wait_ns"] == 900 and t["makespan_ns"] == 1550
+    # granted at 1000 after asking at 100, runs at 1050: a sleep lasts until the thread runs
+    assert t["wait_ns"] == 950 and t["makespan_ns"] == 1550
     assert run(progs, "stock", spin=5000, wakeup=50).truth["makespan_ns"] == 1500
 
 
@@ -362,8 +363,7 @@ def test_invariants_on_random_workloads(seed, threads, layout, spin, wakeup):
         for cpu in range(threads):
             sel = c["cpu"] == cpu
             ts = c["ts"][sel]
-            if len(ts):
-                blocked = int(np.count_nonzero(c["ev"][sel] == 2))   # B: woken after wakeup_ns
-                per.append(int(ts[-1] - ts[0]) - int(c["ns"][sel].sum()) - wakeup * blocked)
+            if len(ts):     # (a B record's ns include the wakeup latency)
+                per.append(int(ts[-1] - ts[0]) - int(c["ns"][sel].sum()))
         spans[kernel] = per
     assert spans["stock"] == spans["obm-pvc"] == spans["obm"]

@@ -30,13 +30,14 @@ def err(pred: int, truth: int) -> float:
     return 100.0 * abs(pred - truth) / truth
 
 
-@pytest.mark.parametrize("seed,layout,spin_limit", [
-    (1, "superpage", 10_000), (2, "superpage", 0), (3, "superpage", 10_000),
-    (1, "hash:256", 0), (2, "hash:256", 10_000), (3, "hash:256", 0),
+# wakeup: the latency of a sleeper's wakeup, which lockstat's sleep times (B records) include
+@pytest.mark.parametrize("seed,layout,spin_limit,wakeup", [
+    (1, "superpage", 10_000, 0), (2, "superpage", 0, 2_000), (3, "superpage", 10_000, 500),
+    (1, "hash:256", 0, 0), (2, "hash:256", 10_000, 2_000), (3, "hash:256", 0, 0),
 ])
-def test_replay_predicts_ground_truth(tmp_path, seed, layout, spin_limit):
+def test_replay_predicts_ground_truth(tmp_path, seed, layout, spin_limit, wakeup):
     caps = {d: synthesize(kernel=d, layout=layout, threads=8, duration_ms=4, seed=seed,
-                          spin_limit_ns=spin_limit) for d in DESIGNS}
+                          spin_limit_ns=spin_limit, wakeup_ns=wakeup) for d in DESIGNS}
     log = tmp_path / "stock.log.gz"
     write(log, caps["stock"].text)
     run_ingest([str(log)], str(tmp_path / "b"))
@@ -46,7 +47,7 @@ def test_replay_predicts_ground_truth(tmp_path, seed, layout, spin_limit):
     for design in DESIGNS:
         truth = caps[design].truth
         pred = replay_events(events, captured_layout=layout, model=design,
-                             spin_limit_ns=spin_limit)
+                             spin_limit_ns=spin_limit, wakeup_ns=wakeup)
         tol_w, tol_99 = (1.0, 1.0) if design == "stock" else (5.0, 10.0)
         assert err(pred["wait_ns"], truth["wait_ns"]) <= tol_w, (design, pred["wait_ns"],
                                                                  truth["wait_ns"])

@@ -146,11 +146,12 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
     if the step's time does not fit a packed key."""
     s = t_step[_u(w)]
     a = rec[_u(s)].acq
-    waited = t - t_req[_u(w)]
-    # The lock is the waiter's from the release; a blocked waiter runs wakeup_ns later.
-    run_at = t + (wakeup_ns if waited > spin_limit else 0)
-    a_req[_u(a)] = waited
-    a_rel[_u(a)] = -1 - t            # granted at t (see the end of _run)
+    # The lock is the waiter's from the release; a blocked waiter runs wakeup_ns later. Its
+    # wait and hold are the thread's, as lockstat measures them: the wait lasts until it runs
+    # (a sleep's time includes the wakeup), the hold starts then.
+    run_at = t + (wakeup_ns if t - t_req[_u(w)] > spin_limit else 0)
+    a_req[_u(a)] = run_at - t_req[_u(w)]
+    a_rel[_u(a)] = -1 - run_at       # held from run_at (see the end of _run)
     t_wkey[_u(w)] = -1
     tsid = kr[_u((np.int64(k) << 2) + 3)]
     if t_tsp[_u(w)] >= 0:

@@ -10,7 +10,8 @@ tests compare the two. Both follow the lock rules of ``docs/REPLAY.md`` section 
   ``(time, priority, thread)``, releases and page moves before acquisitions (priority 0 / 1);
 - grants are FIFO by request time; readers share, but never overtake a queued writer;
 - a wait of W ns spins ``min(W, L)`` and blocks the rest (``L`` = spin limit); a blocked
-  waiter runs ``wakeup_ns`` after the release that granted it;
+  waiter runs ``wakeup_ns`` after the release that granted it, and its wait (and the ``B``
+  record's ns, as lockstat's sleep time) lasts until then;
 - OBM keeps turnstiles per frame (``superpage``) or hash slot (``hash:N``): when a page lock
   becomes free, every waiter asleep (``t - request > L``) on the same turnstile for another
   page is a *sibling wakeup*;
@@ -272,6 +273,11 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
         cls = acq_cls[i]
         w = t_grant - t_req
         t_a = t_grant
+        if w > spin_limit:
+            # Asleep: the thread runs wakeup ns after the grant, and its wait (lockstat's
+            # sleep time, which the B record carries) lasts until then.
+            t_a += wakeup
+            w += wakeup
         addr = lock_addr(key)
         kv = key & _KEY_MASK
         if cls == CLS_PV:
@@ -283,8 +289,6 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
         if w > 0:
             spin = min(w, spin_limit)
             block = w - spin
-            if block > 0:
-                t_a += wakeup
             st["cont"][cls] += 1
             st["wait"][cls] += w
             st["spin"] += spin
