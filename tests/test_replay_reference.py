@@ -388,6 +388,18 @@ def test_held_at_start_and_end():
     assert r["acquisitions"] == 2 and r["waits"] == [0, 1000] and r["makespan_ns"] == 4000
 
 
+def test_a_thread_ends_with_its_last_record_even_a_trailing_wait():
+    # The capture ends while 101 waits for a pv lock: its S record, no A after it.
+    text = f"""
+1000 0 101 A pmap {h(PMAP[0])} w 0 0 pmap_enter
+2000 0 101 R pmap {h(PMAP[0])} w 0 0 pmap_enter
+9000 0 101 S pv {h(PV_SP + 64)} w 100 0x200000 pmap_enter
+"""
+    events = trace(text)
+    assert replay(text, "stock")["makespan_ns"] == 8000
+    assert _engine()(events, captured_layout="superpage", model="stock")["makespan_ns"] == 8000
+
+
 def test_deadlock_forced_grant():
     # Inconsistent lock order (possible only after reinterleaving): 101 holds pmap 0 and wants
     # pmap 1, 102 the reverse. The oldest waiter (101, since 1500) is granted by force at 1600.
@@ -506,6 +518,13 @@ class _Thread:
                 self.pv_hold()
         self.gap()
         self.emit("X")
+        if self.draw(st.sampled_from((False, False, False, True))):
+            # The capture ends while the thread waits: a B/S that no A follows, the thread's
+            # last record (the engine ended such a thread at its record before).
+            self.gap(1)
+            page = self.draw(pages())
+            self.emit(self.draw(st.sampled_from("BS")), "pv", pv_lock(self.layout, page), "w",
+                      self.draw(st.integers(1, 50)), page)
 
 
 @st.composite

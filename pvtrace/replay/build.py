@@ -408,6 +408,11 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     n = _emit_page(rec, n, pa[i], rmode[i] == 3, pending)
                     pending = 0
                 prev_keyc = keyc(i)
+        # The thread lives until its last record, also when that is a B/S no A follows (the
+        # capture ended while it waited): the loop above passed over those.
+        if e > s and ts[e - 1] > prev_e:
+            pending += ts[e - 1] - prev_e
+            prev_e = ts[e - 1]
         # Locks still held when the capture ended are released at its last timestamp.
         if (pv_open and h_lo >= 0) or nopen > 0:
             seg = t_last - prev_e
