@@ -98,6 +98,20 @@ def test_several_inputs_sorted_across_inputs(tmp_path):
     assert result.warnings == []
 
 
+def test_logs_of_different_kernels_warn(tmp_path):
+    # A stock and an OBM capture (synth gives both one timestamp0) were merged silently.
+    a = "# pvtrace-log v1\n# timestamp0=5\n# kernel=stock\n# ncpu=4\n" \
+        "3000 0 7 E - 0 - 0 0 pmap_enter\n"
+    b = "# pvtrace-log v1\n# timestamp0=5\n# kernel=obm\n# ncpu=4\n" \
+        "1000 1 8 E - 0 - 0 0 pmap_enter\n"
+    result, _, meta = ingest(tmp_path, a, b)
+    paths = [i["path"] for i in meta["inputs"]]
+    assert result.warnings == [f"the event logs disagree on 'kernel' ({paths[0]}: stock, "
+                               f"{paths[1]}: obm): merged as one capture anyway; metadata "
+                               "'capture' keeps the first"]
+    assert meta["capture"]["kernel"] == "stock"
+
+
 def test_different_captures_sharing_tids_warn(tmp_path):
     a = "# pvtrace-log v1\n# timestamp0=5\n3000 0 7 E - 0 - 0 0 pmap_enter\n"
     b = "# pvtrace-log v1\n# timestamp0=9\n1000 1 7 E - 0 - 0 0 pmap_enter\n"

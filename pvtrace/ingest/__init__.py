@@ -384,19 +384,33 @@ def _layout_line_warnings(inputs: list[InputSummary], detected: layouts.Layout,
     return out
 
 
+# Facts about the machine and kernel a capture was taken on: event logs merged into one
+# bundle should agree on them (their times and truths differ by nature).
+_IDENTITY_FACTS = ("kernel", "osreldate", "ncpu", "ndomains", "layout")
+
+
 def _capture_warnings(inputs: list[InputSummary], events: pl.DataFrame | None) -> list[str]:
-    """Warn when event logs from different captures share thread ids (see module docs)."""
+    """Warn when event logs disagree on the machine or kernel they were captured on, and when
+    logs from different captures share thread ids (see module docs)."""
     logs = [(i, s) for i, s in enumerate(inputs) if s.format == Format.PVLOG and s.records]
+    out = []
+    for key in _IDENTITY_FACTS:
+        said = {s.path: s.capture[key] for _, s in logs if key in s.capture}
+        if len(set(said.values())) > 1:
+            out.append(f"the event logs disagree on '{key}' ("
+                       + ", ".join(f"{p}: {v[:40]}" for p, v in said.items())
+                       + "): merged as one capture anyway; metadata 'capture' keeps the first")
     stamps = {s.capture.get("timestamp0") for _, s in logs}
     if len(logs) < 2 or events is None or (len(stamps) == 1 and None not in stamps):
-        return []
+        return out
     shared = (events.group_by("tid").agg(pl.col("src").n_unique().alias("n"))
               .filter(pl.col("n") > 1).height)
     if not shared:
-        return []
+        return out
     names = ", ".join(s.path for _, s in logs)
-    return [f"inputs {names} do not share one timestamp0 (different captures?) yet {shared} "
-            "thread ids appear in more than one: they are merged as the same threads"]
+    return out + [f"inputs {names} do not share one timestamp0 (different captures?) yet "
+                  f"{shared} thread ids appear in more than one: they are merged as the same "
+                  "threads"]
 
 
 def _extra_lines(parsed: list[tuple[Parsed, InputSummary]],
