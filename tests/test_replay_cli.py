@@ -237,6 +237,16 @@ def test_nested_holds_and_clamped_gaps_are_noted_in_the_tables(tmp_path: Path) -
         in out
 
 
+def test_a_capture_of_malformed_lines_only_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "bad.log"
+    log.write_text("# pvtrace-log v1\n"
+                   "1000 0 -1 A pv 0xfffff80001000040 w 0 0x200000 pmap_enter\n" * 3)
+    r = run_cli("replay", str(log))
+    assert r.returncode == 2 and r.stderr == (
+        f"pvtrace: {log}: the trace has no event records to replay (ingest skipped 3 "
+        "malformed and 0 cut-off lines; `pvtrace ingest` lists them)\n")
+
+
 def test_an_unknown_model_is_refused_before_the_capture_is_read(tmp_path: Path) -> None:
     r = run_cli("compare", str(tmp_path / "missing.log"), "--models", "stock,obmm")
     assert r.returncode == 2 and "unknown model 'obmm'" in r.stderr

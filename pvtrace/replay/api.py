@@ -92,7 +92,10 @@ def _from_bundle(path: str, bundle: Bundle, use_cache: bool) -> LoadedTrace:
         raise PvtraceError(NO_EVENTS, path=path)
     nrows = bundle.arrow("events", []).num_rows      # also checks the schema version
     if nrows == 0:
-        raise PvtraceError("the trace has no event records to replay", path=path)
+        skipped = _skipped_lines(bundle.metadata)
+        why = (f" (ingest skipped {skipped['malformed']:,} malformed and {skipped['cut_off']:,} "
+               "cut-off lines; `pvtrace ingest` lists them)" if any(skipped.values()) else "")
+        raise PvtraceError(f"the trace has no event records to replay{why}", path=path)
     file = bundle.path / "events.parquet"
     if use_cache:
         events_key = cache.key(file)
