@@ -189,9 +189,30 @@ def test_output_file_and_duration(tmp_path):
     assert len(_clauses(text)) == len(_clauses(_script())) + 1
 
 
-def test_duration_must_be_positive():
-    result = CliRunner().invoke(app, ["dscript", "--duration", "0"])
-    assert result.exit_code != 0
+def test_duration_must_be_positive_and_at_most_a_week():
+    for bad in ("0", str(7 * 24 * 3600 + 1), "99999999999999999999999"):
+        result = CliRunner().invoke(app, ["dscript", "--duration", bad])
+        assert result.exit_code != 0, bad
+
+
+def test_output_dash_is_stdout_and_the_hint_quotes_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["dscript", "-o", "-"])
+    assert result.exit_code == 0 and result.stdout == _script()
+    assert not (tmp_path / "-").exists()
+    result = CliRunner().invoke(app, ["dscript", "-o", "sub dir.d"])
+    assert result.exit_code == 0 and (tmp_path / "sub dir.d").read_text() == _script()
+    # the path as given, quoted for the shell (it said "-s sub dir.d", or only the base name)
+    assert "run it with dtrace -Z -s 'sub dir.d'" in result.stderr
+
+
+@pytest.mark.parametrize("output, message", [("", "--output is empty"),
+                                             ("x.d/", "names a directory")])
+def test_an_empty_or_directory_output_is_refused(tmp_path, monkeypatch, output, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["dscript", "-o", output])
+    assert result.exit_code != 0 and message in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_output_is_a_user_error(tmp_path):

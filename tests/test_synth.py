@@ -276,6 +276,17 @@ def test_cli_writes_gzip(tmp_path):
     assert "# kernel=synth-obm" in text and "# truth_wait_ns=" in text
 
 
+def test_cli_dash_writes_standard_output(tmp_path, monkeypatch):
+    from pvtrace.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["synth", "-o", "-", "--threads", "2", "--duration-ms", "0.2",
+                                   "--seed", "4"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == small_text("stock", "superpage", 2, 0.2, 4)
+    assert list(tmp_path.iterdir()) == []       # not a file named "-"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--duration-ms", "nan"], "--duration-ms must be a finite number, not nan"),
     (["--duration-ms", "inf"], "--duration-ms must be a finite number, not inf"),

@@ -9,6 +9,7 @@ the whole procedure.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
@@ -57,23 +58,31 @@ def load_script(duration_s: int | None = None) -> str:
     return text
 
 
+# A capture window longer than a week is a typo (such a capture would be terabytes).
+MAX_DURATION_S = 7 * 24 * 3600
+
+
 @app.command(help=RUN_HELP)
 def dscript(
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the script to FILE instead of stdout.",
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="Write the script to FILE instead of stdout (- too).",
         metavar="FILE"),
     duration: int | None = typer.Option(
-        None, "--duration", min=1, metavar="SECONDS",
-        help="Add a tick-Ns clause that stops the capture after SECONDS."),
+        None, "--duration", min=1, max=MAX_DURATION_S, metavar="SECONDS",
+        help="Add a tick-Ns clause that stops the capture after SECONDS (at most a week)."),
 ) -> None:
     text = load_script(duration)
-    if output is None:
+    if output is None or output == "-":
         sys.stdout.write(text)
         return
+    if not output:
+        raise PvtraceError("--output is empty: name the file to write")
+    if output.endswith("/"):
+        raise PvtraceError("names a directory: name the script file", path=output)
     try:
-        output.write_text(text, encoding="utf-8")
+        Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise PvtraceError(f"cannot write the script: {exc.strerror}; choose another --output",
-                           path=str(output)) from exc
-    print(f"pvtrace: wrote {output}; run it with dtrace -Z -s {output.name} "
+                           path=output) from exc
+    print(f"pvtrace: wrote {output}; run it with dtrace -Z -s {shlex.quote(output)} "
           f"(see pvtrace dscript --help)", file=sys.stderr)

@@ -19,7 +19,7 @@ _MAX_MEM_GB = 16384
 @app.command()
 def synth(
     output: Path = typer.Option(..., "-o", "--output",
-                                help="Capture file to write (.gz: gzip, .zst: zstd)."),
+                                help="Capture file to write (.gz: gzip, .zst: zstd; -: standard output)."),
     kernel: str = typer.Option("stock", help="Simulated kernel: stock, obm-pvc or obm."),
     layout: str = typer.Option("superpage", help="Stock pv-list layout (and OBM turnstile "
                                "grouping): superpage or hash:N."),
@@ -66,7 +66,11 @@ def synth(
                      seed=seed, mem_gb=mem_gb, workload=workload, spin_limit_ns=spin_limit,
                      wakeup_ns=wakeup_ns, ndomains=ndomains or None)
     try:
-        cap.write(output)
+        if str(output) == "-":          # standard output, plain text (for a pipe into ingest)
+            sys.stdout.write(cap.text)
+            sys.stdout.flush()
+        else:
+            cap.write(output)
     except OSError as exc:
         raise PvtraceError(f"cannot write: {exc.strerror}", path=str(output)) from exc
     t = cap.truth
