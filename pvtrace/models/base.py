@@ -68,7 +68,7 @@ class FrameLockDesign(Design):
     """Stock pv-list locks: one rwlock per frame or hash slot, turnstile per lock."""
 
     def pv_keys(self, pa: np.ndarray, is2m: np.ndarray) -> PvKeys:
-        return PvKeys(SPACE_SLOT, self.layout.slot(pa).astype(np.uint64),
+        return PvKeys(SPACE_SLOT, self.layout.slot(pa).astype(np.uint64, copy=False),
                       np.zeros(len(pa), bool), None)
 
 
@@ -80,7 +80,8 @@ class PageLockDesign(Design):
         return True
 
     def pv_keys(self, pa: np.ndarray, is2m: np.ndarray) -> PvKeys:
+        # (copy=False: these are millions of values, and each fresh array costs page faults)
         first_page = frame_of(pa) * np.uint64(PAGES_PER_FRAME)
-        value = np.where(is2m, first_page, page_of(pa)).astype(np.uint64)
-        return PvKeys(SPACE_PAGE, value, is2m.astype(bool),
-                      self.layout.slot(pa).astype(np.uint64))
+        value = np.where(is2m, first_page, page_of(pa)).astype(np.uint64, copy=False)
+        return PvKeys(SPACE_PAGE, value, is2m.astype(bool, copy=False),
+                      self.layout.slot(pa).astype(np.uint64, copy=False))

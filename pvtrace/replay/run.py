@@ -88,9 +88,9 @@ def _pv_positions(ev, cls, pa, pv_code, idx, pvpos):
     return n
 
 
-def _page_keys(tl: Timeline, design: Design, params: ReplayParams) -> dict:
-    """Dense key runs of the page-keyed records under ``design``, cached per key function and
-    layout (the three OBM designs share theirs)."""
+def _page_keys(tl: Timeline, design: Design) -> dict:
+    """Dense key runs of the page-keyed records under ``design`` and the keys' turnstiles,
+    cached per key function and layout (the three OBM designs share theirs)."""
     key = ("pv", type(design).pv_keys, str(design.layout))
     if key in tl.cache:
         return tl.cache[key]
@@ -103,9 +103,11 @@ def _page_keys(tl: Timeline, design: Design, params: ReplayParams) -> dict:
         r = pk.is_range
         hi[r] = tl.nlocks + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
     turnstile = None
-    if design.shared_turnstiles:
-        page_pa = vals << np.uint64(12) if pk.space == SPACE_PAGE else vals
-        turnstile, _ = dense_ids(params.layout.slot(page_pa))
+    if pk.turnstile is not None:
+        # The design's turnstile of each key (all requests for a key share its turnstile).
+        per_key = np.empty(len(vals), np.uint64)
+        per_key[ids] = pk.turnstile
+        turnstile, _ = dense_ids(per_key)
     out = {"lo": lo, "hi": hi, "nvals": len(vals), "is_range": pk.is_range,
            "turnstile": turnstile}
     tl.cache[key] = out
@@ -116,7 +118,9 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
     """The design's keys for the step builder, the number of keys, each key's turnstile, and
     the acquisitions whose page is unknown."""
     _, pvpos = _pv_records(tl)
-    pk = _page_keys(tl, design, params)
+    pk = _page_keys(tl, design)
+    if design.shared_turnstiles and pk["turnstile"] is None:
+        raise PvtraceError(f"design {design.name} shares turnstiles but its pv_keys give none")
     removed_cls = np.array([c in design.removed_classes for c in tl.classes] or [False])
     cap = params.captured_layout
     dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], removed_cls,
