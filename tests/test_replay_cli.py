@@ -232,8 +232,8 @@ def test_nested_holds_and_clamped_gaps_are_noted_in_the_tables(tmp_path: Path) -
     assert report["models"][0]["anomalies"]["nested_pv_holds"] == 1
     assert report["models"][0]["anomalies"]["clamped_gaps"] == 1
     out = run_cli("compare", str(log), "--models", "stock,obm").stdout
-    assert "note: 1 pv-list locks taken while the thread held one" in out
-    assert "note: 1 recorded waits longer than the time since the thread's previous record" \
+    assert "note: 1 pv-list lock taken while the thread held one" in out
+    assert "note: 1 recorded wait longer than the time since the thread's previous record" \
         in out
 
 

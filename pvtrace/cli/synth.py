@@ -39,6 +39,7 @@ def synth(
                                  "(0: 2 for superpage with 4 or more threads, else 1)."),
 ) -> None:
     """Simulate a workload on a stock or OBM kernel and write its pvtrace event log."""
+    from pvtrace.report.table import count
     from pvtrace.synth import synthesize
 
     from pvtrace.replay.run import make_params
@@ -74,6 +75,7 @@ def synth(
     except OSError as exc:
         raise PvtraceError(f"cannot write: {exc.strerror}", path=str(output)) from exc
     t = cap.truth
-    print(f"{output}: {cap.records} records, {threads} threads, kernel {kernel}, layout "
-          f"{cap.header['layout']}, seed {seed}: wait {t['wait_ns']} ns in {t['contended']} of "
-          f"{t['acquisitions']} acquisitions ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    print(f"{output}: {count(cap.records, 'record')}, {count(threads, 'thread')}, kernel "
+          f"{kernel}, layout {cap.header['layout']}, seed {seed}: wait {t['wait_ns']} ns in "
+          f"{t['contended']} of {count(t['acquisitions'], 'acquisition')} "
+          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)

@@ -24,6 +24,11 @@ def fmt_ns(ns: int | float) -> str:
     return f"{ns:.0f} ns"
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 forced grant", "3 forced grants"."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def fmt_change(value: float, base: float) -> str:
     if base == 0:
         return "-" if value == 0 else "new"
@@ -144,19 +149,19 @@ def notes(report: dict) -> list[str]:
     for m in report["models"]:
         a = m["anomalies"]
         if a["forced_grants"]:
-            out.append(f"{m['model']}: {a['forced_grants']} forced grants (replayed lock "
-                       "orders deadlocked)")
+            out.append(f"{m['model']}: {count(a['forced_grants'], 'forced grant')} (replayed "
+                       "lock orders deadlocked)")
         if a["unknown_page_acquisitions"]:
-            out.append(f"{m['model']}: {a['unknown_page_acquisitions']:,} pv acquisitions "
-                       "without a page (keyed by lock address; their blocks count as true)")
+            out.append(f"{m['model']}: {count(a['unknown_page_acquisitions'], 'pv acquisition')}"
+                       " without a page (keyed by lock address; their blocks count as true)")
     # Design-independent in practice (the capture's records cause them): once, not per row.
     nested = max((m["anomalies"].get("nested_pv_holds", 0) for m in report["models"]), default=0)
     if nested:
-        out.append(f"{nested:,} pv-list locks taken while the thread held one (pmap.c holds one "
-                   "at a time: lost records?); the replay released the first, so even the "
-                   "captured design can differ from the observed row")
+        out.append(f"{count(nested, 'pv-list lock')} taken while the thread held one (pmap.c "
+                   "holds one at a time: lost records?); the replay released the first, so "
+                   "even the captured design can differ from the observed row")
     clamped = max((m["anomalies"].get("clamped_gaps", 0) for m in report["models"]), default=0)
     if clamped:
-        out.append(f"{clamped:,} recorded waits longer than the time since the thread's "
-                   "previous record (their work gaps clamped at 0: docs/REPLAY.md section 3)")
+        out.append(f"{count(clamped, 'recorded wait')} longer than the time since the "
+                   "thread's previous record (work gaps clamped at 0: docs/REPLAY.md section 3)")
     return out
