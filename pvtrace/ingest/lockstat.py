@@ -346,7 +346,8 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
     """Per event type: the pv-list and pv-chunk-list lock families against all locks.
 
     "All locks" is the sum of the report titles' event counts (rows hidden by ``-D`` included;
-    ``-p`` has no titles, so its rows are summed). Times are count x average (``est.``), or the
+    ``-p`` has no titles, so its rows are summed) over the reports that list rows: a ``-D 0``
+    report (totals only) of the same events is counted in the event total and said apart. Times are count x average (``est.``), or the
     exact totals of ``-p``, over the rows listed. ``-R`` reports (rates) are summarised apart,
     against the titles' events/sec.
     """
@@ -361,9 +362,14 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
         ev = rows.filter(pl.col("event").eq_missing(event) & (pl.col("rate") == rate))
         unit = "ops/s" if rate else "events"
         title = "events_per_sec" if rate else "events_total"   # -R: the title's events/sec
-        reports = ev.group_by("src", "report").agg(pl.col(title).first(),
-                                                   pl.col("count").cast(pl.Int128).sum())
-        total = int(reports.select(pl.coalesce(title, "count").sum()).item() or 0)
+        reports = ev.group_by("src", "report").agg(
+            pl.col(title).first(), pl.col("count").cast(pl.Int128).sum(),
+            (~pl.col("summary")).any().alias("has_rows"))
+        per_report = reports.select(pl.coalesce(title, "count").alias("n"), "has_rows")
+        total = int(per_report["n"].sum() or 0)
+        # Shares are of the reports whose rows are listed: a -D 0 report of the same events
+        # (a totals line) would otherwise count them twice and halve every share.
+        with_rows = int(per_report.filter("has_rows")["n"].sum() or 0)
         listed = ev.filter(~pl.col("summary"))
         all_ns = int(listed["total_ns"].cast(pl.Int128).sum() or 0)
         est = "" if len(listed) and listed["total_ns_exact"].all() else "est. "
@@ -374,10 +380,13 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
         if listed.is_empty():
             out.append("  (-D 0 summary only: no per-lock rows)")
             continue
+        if with_rows != total:
+            out.append(f"  (shares of the {with_rows} {unit} of the reports with per-lock rows; "
+                       f"{total - with_rows} more in -D 0 summaries without rows)")
         for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
             f = listed.filter(pl.col("family") == fam)
             n = int(f["count"].cast(pl.Int128).sum() or 0)
-            line = f"  {label}: {n} {unit} ({_pct(n, total)} of all locks)"
+            line = f"  {label}: {n} {unit} ({_pct(n, with_rows)} of all locks)"
             if all_ns:
                 ns = int(f["total_ns"].cast(pl.Int128).sum() or 0)
                 line += f", {est}{fmt_ns(ns)} ({_pct(ns, all_ns)} of the time listed)"
