@@ -134,6 +134,9 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
     held_cover: list[int | None] = [None] * n
     held_mode = [M_W] * n
     cur_lo, cur_hi = [0] * n, [0] * n                  # pages the thread works on
+    # page moves a thread's advance() passed on its way to its next lock step, each applied
+    # at its own time (when another thread's wait is classified, or the thread's next step)
+    pend: list[deque] = [deque() for _ in range(n)]
     want_lo, want_hi = [0] * n, [0] * n
     acq_keys: list[list[int]] = [[] for _ in range(n)]
     acq_idx, acq_mode, acq_cls, acq_op = [0] * n, [M_W] * n, [0] * n, [0] * n
@@ -200,7 +203,7 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
                 pass
             elif kind == PV_TO:
                 if pv_cover(a, b) == held_cover[i]:   # same lock: CHANGE_PV_LIST_LOCK is a no-op
-                    move(i, t, a, b, c, op)
+                    move(i, t, a, b, c, op, later=True)
                 else:
                     pc[i] = k
                     heapq.heappush(heap, (t, _PRIO_REL if held[i] else _PRIO_ACQ, i))
@@ -213,16 +216,26 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
             k += 1
         pc[i] = k
 
-    def move(i, t, page, size, c, op, log=True):
-        """The thread now works on `page`: log the P record when the program says so."""
+    def move(i, t, page, size, c, op, log=True, later=False):
+        """The thread works on `page` from t: log the P record when the program says so.
+        ``later``: t is ahead of the simulation's clock (see ``pend``)."""
         if log and c & WITH_P:
             emit((t, i, EV_P, CLS_NONE, 0, M_2M if size == SZ_2M else M_4K, 0,
                   page << PAGE_SHIFT, op))
-        if size == SZ_2M:
-            lo = page & ~(PAGES_PER_FRAME - 1)
-            cur_lo[i], cur_hi[i] = lo, lo + PAGES_PER_FRAME - 1
+        lo = page & ~(PAGES_PER_FRAME - 1) if size == SZ_2M else page
+        hi = lo + PAGES_PER_FRAME - 1 if size == SZ_2M else page
+        if later:
+            pend[i].append((t, lo, hi))
         else:
-            cur_lo[i] = cur_hi[i] = page
+            cur(i, t)
+            cur_lo[i], cur_hi[i] = lo, hi
+
+    def cur(i, now):
+        """The pages thread i works on at ``now``."""
+        q = pend[i]
+        while q and q[0][0] <= now:
+            _, cur_lo[i], cur_hi[i] = q.popleft()
+        return cur_lo[i], cur_hi[i]
 
     def start_acquire(i, t, keys, mode, cls, op, cover):
         acq_keys[i], acq_idx[i], acq_mode[i], acq_cls[i], acq_op[i] = keys, 0, mode, cls, op
@@ -246,15 +259,18 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
             wait_req[i] = t
             lk.queue.append(i)
             if acq_cls[i] == CLS_PV:
-                wait_true[i] = is_true(lk, i)
+                wait_true[i] = is_true(lk, i, t)
                 if obm:
                     turnstiles.setdefault(turnstile(key), {})[i] = (key, t)
             return
 
-    def is_true(lk: _Lock, i: int) -> bool:
+    def is_true(lk: _Lock, i: int, now: int) -> bool:
         lo, hi = want_lo[i], want_hi[i]
         for b in [lk.writer, *lk.readers]:
-            if b >= 0 and cur_lo[b] <= hi and lo <= cur_hi[b]:
+            if b < 0:
+                continue
+            b_lo, b_hi = cur(b, now)
+            if b_lo <= hi and lo <= b_hi:
                 return True
         for b in lk.queue:
             if b != i and want_lo[b] <= hi and lo <= want_hi[b]:
@@ -357,8 +373,9 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
     def release_pv(i, t, op):
         keys = held[i]
         mode = held_mode[i]
+        page, _ = cur(i, t)
         for key in keys:
-            pa = ((key & _KEY_MASK) << PAGE_SHIFT) if obm else (cur_lo[i] << PAGE_SHIFT)
+            pa = ((key & _KEY_MASK) << PAGE_SHIFT) if obm else (page << PAGE_SHIFT)
             release(i, t, key, CLS_PV, pa, op, mode)
         held[i] = []
         held_cover[i] = None
@@ -388,7 +405,7 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
                     continue
                 move(i, t, a, b, c, op)
             switching[i] = False
-            want_lo[i], want_hi[i] = cur_lo[i], cur_hi[i]
+            want_lo[i], want_hi[i] = cur(i, t)
             mode = M_R if (not obm and (c & MODE_R)) else M_W
             start_acquire(i, t, pv_keys(a, b), mode, CLS_PV, op, pv_cover(a, b))
         elif kind == ACQ_PMAP:
