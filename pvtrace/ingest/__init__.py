@@ -385,8 +385,9 @@ def _layout_line_warnings(inputs: list[InputSummary], detected: layouts.Layout,
 
 
 # Facts about the machine and kernel a capture was taken on: event logs merged into one
-# bundle should agree on them (their times and truths differ by nature).
-_IDENTITY_FACTS = ("kernel", "osreldate", "ncpu", "ndomains", "layout")
+# bundle should agree on them (their times and truths differ by nature; disagreeing layout
+# lines have their own warning).
+_IDENTITY_FACTS = ("kernel", "osreldate", "ncpu", "ndomains")
 
 
 def _capture_warnings(inputs: list[InputSummary], events: pl.DataFrame | None) -> list[str]:
