@@ -46,7 +46,7 @@ def test_hash(n, span):
     frames = rng.integers(0, span, 3000).astype(np.uint64)
     locks = np.uint64(PV_LOCKS) + np.uint64(32) * (frames % np.uint64(n))
     found = layout.detect(events(locks, pages(frames, rng)))
-    assert found.layout == f"hash:{n}"
+    assert found.layout == f"hash:{n}" and not found.assumed
     assert f"{PV_LOCKS:#x}" in found.evidence
 
 
@@ -55,7 +55,17 @@ def test_hash_with_frames_below_n_says_larger_sizes_fit():
     frames = rng.integers(0, 200, 500).astype(np.uint64)
     locks = np.uint64(PV_LOCKS) + np.uint64(32) * frames
     found = layout.detect(events(locks, pages(frames, rng)))
-    assert found.layout == "hash:256" and "larger hash sizes fit too" in found.evidence
+    assert found.layout == "hash:256" and found.assumed
+    assert "hash sizes up to 16384 fit as well (assumed)" in found.evidence
+
+
+def test_hash_best_fit_not_the_first_size_past_the_threshold():
+    # A hash:1024 capture touching frames 1..19 and 515: hash:32 fits 19 of 20 frames (95 %,
+    # the threshold) and was taken; 1024 (and every larger size) fits all of them.
+    frames = np.array(list(range(1, 20)) + [515], dtype=np.uint64)
+    locks = np.uint64(PV_LOCKS) + np.uint64(32) * (frames % np.uint64(1024))
+    found = layout.detect(events(locks, frames << np.uint64(21)))
+    assert found.layout == "hash:1024" and found.assumed
 
 
 def test_without_pages_hash_spacing():

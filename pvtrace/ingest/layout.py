@@ -102,13 +102,20 @@ def _from_pages(lock: np.ndarray, frame: np.ndarray) -> Layout | None:
             fits.append((size, share_h, base_h))
     if not fits:
         return None
-    size, share_h, base_h = fits[0]
+    # The best fit, not the first size that passes: with few frames a smaller table passes
+    # the threshold too (hash:32 fits 19 of 20 frames of a hash:1024 capture). Sizes that fit
+    # equally well cannot be told apart: the smallest is taken, as a guess (for the frames
+    # seen they alias alike), and a capture's own '# layout=' line wins over it.
+    best = max(f[1] for f in fits)
+    top = [f for f in fits if f[1] == best]
+    size, share_h, base_h = top[0]
     text = (f"lock - 32*((pa>>21) % {size}) is constant (pv_list_locks at {base_h:#x}) for "
             f"{share_h:.1%} of {n} (lock, frame) pairs over {frames} 2 MiB frames")
-    span = int(frame.max() - frame.min()) + 1 if frame.size else 0
-    if span <= size:
-        text += f"; frames span only {span}, so larger hash sizes fit too"
-    return Layout(f"hash:{size}", text)
+    if len(top) > 1:
+        span = int(frame.max() - frame.min()) + 1
+        text += (f"; frames span only {span}, so hash sizes up to {top[-1][0]} fit as well "
+                 "(assumed)")
+    return Layout(f"hash:{size}", text, assumed=len(top) > 1)
 
 
 def _from_spacing(locks: np.ndarray, *, with_pages: bool) -> Layout:
