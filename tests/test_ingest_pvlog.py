@@ -757,6 +757,24 @@ def test_a_layout_guessed_from_lock_spacing_is_marked_assumed(tmp_path):
     assert any("hash:256 is a guess from the spacing" in n for n in notes(report))
 
 
+@pytest.mark.parametrize("layout_meta, known, captured", [
+    ({"effective": "hash:256", "source": "detected", "assumed": True}, False, "hash:256"),
+    ({"effective": "hash:256", "source": "detected", "assumed": False}, True, "hash:256"),
+    # a bundle from before the "assumed" key: the evidence of a spacing guess says it
+    ({"effective": "hash:256", "source": "detected",
+      "evidence": "no pages recorded; 3 pv locks 32 bytes apart (fits 256 locks; assumed)"},
+     False, "hash:256"),
+    ({"effective": "hash:256", "source": "detected", "evidence": "lock - 32*... constant"},
+     True, "hash:256"),
+    ({"effective": "unknown"}, False, "superpage"),
+    ("hash:1024", True, "hash:1024")])
+def test_which_bundle_layouts_the_replay_calls_known(layout_meta, known, captured):
+    from pvtrace.replay.api import LoadedTrace
+
+    trace = LoadedTrace("b", None, 0, {"layout": layout_meta})
+    assert (trace.layout_known, trace.captured_layout) == (known, captured)
+
+
 def test_the_captures_layout_line_beats_a_guess(tmp_path):
     # synth --layout hash:4 was ingested as the guess hash:256: every stock number wrong
     result, out, meta = ingest(tmp_path, _pv_log(HASH_GUESS, "# layout=hash:4"))

@@ -9,8 +9,10 @@
 4. concatenate each table across inputs and sort ``events`` by ``ts`` (stable: ties by input
    order, then line order),
 5. detect the stock pv-list lock layout (:mod:`.layout`); ``--layout`` overrides it, and when
-   detection says ``unknown`` (an OBM capture has no stock lock addresses) a valid
-   ``# layout=`` fact written by the capture is used; metadata records which one won,
+   detection says ``unknown`` (an OBM capture has no stock lock addresses) or only guesses, a
+   valid ``# layout=`` fact in the capture's header is used (``pvtrace synth`` writes one;
+   pvtrace.d cannot know the layout); metadata records which one won and whether it is a
+   guess,
 6. refuse the whole ingest when more than ``max_bad`` lines are malformed,
 7. write the bundle atomically with ``metadata.json`` (keys listed in :func:`_metadata`).
 
@@ -335,8 +337,8 @@ def _value_counts(col: pl.Series) -> dict[str, int]:
 def _effective_layout(override: str | None, detected: layouts.Layout,
                       inputs: list[InputSummary]) -> tuple[str, str]:
     """``--layout`` wins; then the detection, unless it only guessed from the lock spacing;
-    then a valid ``# layout=`` fact the capture script recorded (an OBM capture has no stock
-    lock addresses to detect from); then the guess, if any."""
+    then a valid ``# layout=`` fact of the capture's header (an OBM capture has no stock lock
+    addresses to detect from); then the guess, if any."""
     if override is not None:
         return override, "--layout"
     if detected.layout != "unknown" and not detected.assumed:

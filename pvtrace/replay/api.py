@@ -47,7 +47,11 @@ class LoadedTrace:
         """Ingest found the captured layout (not unknown, not a guess from lock spacing)."""
         lay = self.metadata.get("layout")
         if isinstance(lay, dict):
-            if lay.get("assumed") is True:
+            assumed = lay.get("assumed")
+            if assumed is None:     # a bundle from before the key: its evidence said so
+                assumed = lay.get("source") == "detected" and \
+                    str(lay.get("evidence", "")).endswith("assumed)")
+            if assumed is True:
                 return False
             lay = lay.get("effective")
         return bool(lay) and lay != "unknown"
