@@ -23,7 +23,8 @@ SpinOpt = Annotated[int, typer.Option(
                                        "on a turnstile. 0: every wait blocks.")]
 WakeOpt = Annotated[int, typer.Option(
     "--wakeup-ns", metavar="NS", help="Latency from a release to a blocked waiter running "
-                                      "(turnstile wakeup). Default 0: no cost.")]
+                                      "(turnstile wakeup); part of the sleeper's wait, as in a "
+                                      "capture's B records. Default 0: no cost.")]
 CacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write the bundle's timeline cache (BUNDLE/cache: "
                        "written by a bundle's first replay, it makes later ones start at "
