@@ -49,8 +49,9 @@ def trace_line(report: dict) -> str:
     t = report["trace"]
     # Paths, lock classes and op names are the user's text: "[/x]" is a legal op name, and
     # rich would read it as markup (and fail, or hide it).
-    return (f"{escape(t['path'])}: {t['events']:,} events, {t['threads']} threads, "
-            f"{fmt_ns(t['span_ns'])} span, captured layout {t['layout']}"
+    return (f"{escape(t['path'])}: {count(t['events'], 'event')}, "
+            f"{count(t['threads'], 'thread')}, {fmt_ns(t['span_ns'])} span, captured layout "
+            f"{t['layout']}"
             + (" (assumed)" if t.get("layout_assumed") else ""))
 
 
