@@ -234,7 +234,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     start (the run stops there). On return ``a_req`` holds
     each acquisition's wait and ``a_rel`` its hold time (-1: never released). During the run
     ``a_req`` holds the request time until the grant, then the wait; ``a_rel`` holds
-    ``-1 - grant time`` from the grant, and adding ``release time + 1`` makes it the hold: two
+    ``-1 - start`` from the grant (the hold starts at the grant, or when a sleeper runs after
+    its wakeup), and adding ``release time + 1`` makes it the hold: two
     arrays, not three, stream through the cache (the loop's other memory traffic is the step
     records), and no pass over them is needed at the end. Every acquisition is granted by the
     end of a run (the oldest waiter is granted by force when all wait)."""
@@ -388,7 +389,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         elif kd == 1:
             a0 = rec[_u(s)].acq
             for j in range(rec[_u(s)].acq_n):
-                a_rel[_u(a0 + j)] += t + 1      # -1 - grant time becomes the hold
+                a_rel[_u(a0 + j)] += t + 1      # -1 - start becomes the hold
             released += rec[_u(s)].acq_n
             if rec[_u(s)].flags & 1:
                 t_pvlo[_u(th)] = -1
