@@ -311,21 +311,22 @@ def main() -> None:
                 n_py, *py_out = python_replay(sub, nkeys, turnstile, d.shared_turnstiles,
                                               nacq_d)
                 t_py = min(t_py, time.perf_counter() - t0)
-            k_out = run_kernel(sub.rec, sub.thread_first, sub.thread_end, sub.thread_start,
-                               nkeys, turnstile, d.shared_turnstiles, nacq_d, 0, 0)[:4]
-            same = all(np.array_equal(np.asarray(p_, np.int64), np.asarray(k_, np.int64))
-                       for p_, k_ in zip(py_out, k_out))
-            if not same:
+            def agrees(py_results, spin_limit=0, wakeup_ns=0):
+                """The Python replay's waits, holds, classes and sibling wakeups are the
+                kernel's on the same steps."""
+                k_out = run_kernel(sub.rec, sub.thread_first, sub.thread_end,
+                                   sub.thread_start, nkeys, turnstile, d.shared_turnstiles,
+                                   nacq_d, spin_limit, wakeup_ns)[:4]
+                return all(np.array_equal(np.asarray(p_, np.int64), np.asarray(k_, np.int64))
+                           for p_, k_ in zip(py_results, k_out))
+
+            if not agrees(py_out):
                 sys.exit(f"the plain-Python replay disagrees with the kernel under {name}")
-            if d.shared_turnstiles:
-                # The rules for sleepers too: a spin limit and a wakeup cost (not timed).
-                py_sl = python_replay(sub, nkeys, turnstile, True, nacq_d, 60, 3)[1:]
-                k_sl = run_kernel(sub.rec, sub.thread_first, sub.thread_end, sub.thread_start,
-                                  nkeys, turnstile, True, nacq_d, 60, 3)[:4]
-                if not all(np.array_equal(np.asarray(p_, np.int64), np.asarray(k_, np.int64))
-                           for p_, k_ in zip(py_sl, k_sl)):
-                    sys.exit(f"the plain-Python replay disagrees with the kernel under {name} "
-                             "with a spin limit and a wakeup cost")
+            # The rules for sleepers too: a spin limit and a wakeup cost (not timed).
+            if d.shared_turnstiles and not agrees(python_replay(
+                    sub, nkeys, turnstile, True, nacq_d, 60, 3)[1:], 60, 3):
+                sys.exit(f"the plain-Python replay disagrees with the kernel under {name} "
+                         "with a spin limit and a wakeup cost")
             contended = int(np.count_nonzero(np.asarray(py_out[0])))
             print(f"plain-Python heapq replay, {name}: {n_py:,} steps in {t_py:.2f} s = "
                   f"{n_py / t_py / 1e6:.2f} M steps/s ({contended:,} waits; waits, holds, "
