@@ -9,7 +9,7 @@ A bundle is what ``pvtrace ingest`` writes and what every later stage reads (SPE
     DIR/metadata.json         inputs, record counts, malformed lines, drops, layout
     DIR/cache/                the replay's timeline, written by the first replay, mapped by
                               later ones (Arrow IPC; derived, safe to delete; see
-                              pvtrace.replay.cache)
+                              pvtrace.replay.cache), and in cache/derived/ the designs' keys
 
 Bundles are written atomically: everything goes to a temporary sibling directory which is then
 renamed into place, so an interrupted ingest never leaves a half-written bundle behind.

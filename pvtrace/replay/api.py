@@ -167,6 +167,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
         cached = pool.submit(write_cache, trace)
         seen = pool.submit(observed, tl)
         models_ = replay_designs(tl, designs, params, jobs)
+        cache.flush_derived(tl)
         obs = seen.result()
         cache_status = cached.result()
     report = {

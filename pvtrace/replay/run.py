@@ -15,6 +15,7 @@ how well replaying the captured design reproduces them.
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
 from pvtrace.models.base import SPACE_PAGE, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
+from pvtrace.replay import cache
 from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps, thread_facts
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
@@ -62,15 +64,37 @@ class DesignRun:
 
 def _pv_records(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
     """The page-keyed records (pv-list lock records with a known page, and page moves) and,
-    per record, its index among them (-1 for the others). Design-independent: cached."""
-    if "pv_records" not in tl.cache:
+    per record, its index among them (-1 for the others)."""
+    arrays, _ = _pv_entry(tl)
+    return arrays["idx"], arrays["pvpos"]
+
+
+def _pv_entry(tl: Timeline) -> tuple[dict, dict]:
+    """:func:`_pv_records`' arrays and the count of pv-list acquisitions without a page.
+    Design-independent: computed once per timeline (kept with a cached one, see
+    cache.Derived)."""
+    def compute():
         n = len(tl.ev)
         # numpy's allocations: idx is sized for the worst case, and only the pages written
         # become resident before the copy of its used part.
         idx, pvpos = np.empty(n, np.int32), np.empty(n, np.int32)
         npv = _pv_positions(tl.ev, tl.cls, tl.pa, tl.class_code("pv"), idx, pvpos)
-        tl.cache["pv_records"] = (idx[:npv].copy(), pvpos)
-    return tl.cache["pv_records"]
+        unknown = int(np.count_nonzero((tl.ev == EV_A) & (tl.cls == tl.class_code("pv"))
+                                       & (tl.pa == 0)))
+        return {"idx": idx[:npv].copy(), "pvpos": pvpos}, {"unknown_page": unknown}
+
+    def check(arrays, scalars, spans):
+        n, npv = len(tl.ev), len(arrays["idx"])
+        return (len(arrays["pvpos"]) == n and _within(spans["idx"], 0, n - 1)
+                and _within(spans["pvpos"], -1, npv - 1)
+                and isinstance(scalars.get("unknown_page"), int))
+
+    return cache.derived(tl, "pv_records", compute, check)
+
+
+def _within(span: tuple[int, int], lo: int, hi: int) -> bool:
+    """A loaded array's values (``span``: its least and greatest) lie in ``[lo, hi]``."""
+    return lo <= span[0] and span[1] <= hi
 
 
 @nb.njit(cache=True, nogil=True)
@@ -90,28 +114,42 @@ def _pv_positions(ev, cls, pa, pv_code, idx, pvpos):
 
 def _page_keys(tl: Timeline, design: Design) -> dict:
     """Dense key runs of the page-keyed records under ``design`` and the keys' turnstiles,
-    cached per key function and layout (the three OBM designs share theirs)."""
-    key = ("pv", type(design).pv_keys, str(design.layout))
-    if key in tl.cache:
-        return tl.cache[key]
-    idx, _ = _pv_records(tl)
-    pk = design.pv_keys(tl.pa[idx], tl.mode[idx] == MODE_2M)
-    ids, vals = dense_ids(pk.value)
-    lo = ids + np.int32(tl.nlocks)
-    hi = lo.copy()
-    if pk.space == SPACE_PAGE and pk.is_range.any():
-        r = pk.is_range
-        hi[r] = tl.nlocks + np.searchsorted(vals, pk.value[r] + np.uint64(PAGES_PER_FRAME)) - 1
-    turnstile = None
-    if pk.turnstile is not None:
-        # The design's turnstile of each key (all requests for a key share its turnstile).
-        per_key = np.empty(len(vals), np.uint64)
-        per_key[ids] = pk.turnstile
-        turnstile, _ = dense_ids(per_key)
-    out = {"lo": lo, "hi": hi, "nvals": len(vals), "is_range": pk.is_range,
-           "turnstile": turnstile}
-    tl.cache[key] = out
-    return out
+    computed once per key function and layout (the three OBM designs share theirs; kept with
+    a cached timeline, see cache.Derived)."""
+    fn = type(design).pv_keys
+    name = "pv_keys." + hashlib.sha256(
+        f"{fn.__module__}.{fn.__qualname__}:{design.layout}".encode()).hexdigest()[:16]
+
+    def compute():
+        idx, _ = _pv_records(tl)
+        pk = design.pv_keys(tl.pa[idx], tl.mode[idx] == MODE_2M)
+        ids, vals = dense_ids(pk.value)
+        lo = ids + np.int32(tl.nlocks)
+        hi = lo.copy()
+        if pk.space == SPACE_PAGE and pk.is_range.any():
+            r = pk.is_range
+            last = pk.value[r] + np.uint64(PAGES_PER_FRAME)
+            hi[r] = tl.nlocks + np.searchsorted(vals, last) - 1
+        arrays = {"lo": lo, "hi": hi, "is_range": pk.is_range}
+        if pk.turnstile is not None:
+            # The design's turnstile of each key (all requests for a key share its turnstile).
+            per_key = np.empty(len(vals), np.uint64)
+            per_key[ids] = pk.turnstile
+            arrays["turnstile"], _ = dense_ids(per_key)
+        return arrays, {"nvals": len(vals)}
+
+    def check(arrays, scalars, spans):
+        npv, nvals = len(_pv_records(tl)[0]), scalars.get("nvals")
+        if not isinstance(nvals, int) or any(len(arrays[k]) != npv
+                                             for k in ("lo", "hi", "is_range")):
+            return False
+        keys = (tl.nlocks, tl.nlocks + nvals - 1)
+        return (npv == 0 or (_within(spans["lo"], *keys) and _within(spans["hi"], *keys))) and \
+            ("turnstile" not in arrays or (len(arrays["turnstile"]) == nvals and (
+                nvals == 0 or _within(spans["turnstile"], 0, nvals - 1))))
+
+    arrays, scalars = cache.derived(tl, name, compute, check)
+    return {**arrays, "turnstile": arrays.get("turnstile"), "nvals": scalars["nvals"]}
 
 
 def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
@@ -138,11 +176,8 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
 
 
 def _unknown_page_acquisitions(tl: Timeline) -> int:
-    """pv-list acquisitions captured without a page (design-independent: cached)."""
-    if "unknown_page" not in tl.cache:
-        tl.cache["unknown_page"] = int(np.count_nonzero(
-            (tl.ev == EV_A) & (tl.cls == tl.class_code("pv")) & (tl.pa == 0)))
-    return tl.cache["unknown_page"]
+    """pv-list acquisitions captured without a page."""
+    return _pv_entry(tl)[1]["unknown_page"]
 
 
 def warm_caches(tl: Timeline, designs: list[Design], params: ReplayParams) -> None:
