@@ -229,7 +229,7 @@ def time_cli(args: list[str]) -> tuple[float, int, int, float, float]:
     # whose pages the forked child counts until it execs. VmHWM also counts page-cache pages
     # the process maps (a memory-mapped spill file), which the kernel can evict: the peak of
     # RssAnon, sampled every 20 ms, is the memory the process really needs.
-    code = ("import sys, time, threading; from pvtrace.cli import main\n"
+    code = ("import sys, time, threading; from pvtrace.cli import run\n"
             "def status(key):\n"
             "    return int([x for x in open('/proc/self/status') if x.startswith(key)][0]"
             ".split()[1])\n"
@@ -239,7 +239,7 @@ def time_cli(args: list[str]) -> tuple[float, int, int, float, float]:
             "        anon[0] = max(anon[0], status('RssAnon')); time.sleep(0.02)\n"
             "threading.Thread(target=sample, daemon=True).start()\n"
             f"sys.argv = ['pvtrace'] + {args!r}; t = time.perf_counter()\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "try:\n    run()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "c = __import__('os').times()\n"
             "print('@@', time.perf_counter() - t, status('VmHWM'), anon[0], c.user, c.system,"
             " file=sys.stderr)")

@@ -1,7 +1,7 @@
 """A bundle edited by hand or damaged is one line on stderr naming the file and what is wrong,
 exit 2, never a traceback; and what ingest writes where: modes, symbolic links, parents.
 
-The command runs in this process through :func:`pvtrace.cli.main`, the function behind the
+The command runs in this process through :func:`pvtrace.cli.run`, the function behind the
 ``pvtrace`` script (a subprocess per case would take a second and a half each); one case runs
 the real command too.
 """
@@ -51,7 +51,7 @@ def pvtrace(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["pvtrace", *args])
     monkeypatch.setenv("COLUMNS", "200")
     try:
-        cli.main()
+        cli.run()
         status = 0
     except SystemExit as exc:
         status = exc.code

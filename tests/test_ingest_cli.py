@@ -158,7 +158,7 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pvtrace.ingest, "run_ingest", exhausted)
     monkeypatch.setattr(sys, "argv", ["pvtrace", "ingest", "x.log", "-o", str(tmp_path / "b")])
     with pytest.raises(SystemExit) as exit_:
-        cli.main()
+        cli.run()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert err.startswith("pvtrace: out of memory") and "shorter window" in err

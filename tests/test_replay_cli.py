@@ -289,3 +289,33 @@ def test_signals_wait_for_cleanup_to_finish() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == ["block finished", "handled"]
+
+
+def test_the_script_skips_interpreter_teardown_but_no_output(tmp_path: Path) -> None:
+    # pvtrace.cli.main ends the process without Python's teardown (os._exit): stdout must
+    # still be whole when it is a pipe, a few MB of it.
+    r = run_cli("synth", "-o", "-", "--threads", "4", "--duration-ms", "40")
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "s.log"
+    result = CliRunner().invoke(app, ["synth", "-o", str(ref), "--threads", "4",
+                                      "--duration-ms", "40"])
+    assert result.exit_code == 0, result.output
+    assert len(r.stdout) > 1_000_000 and r.stdout == ref.read_text()
+    r = run_cli("replay", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr.startswith("pvtrace: ") and r.stderr.count("\n") == 1
+
+
+def test_the_script_waits_for_threads_it_would_otherwise_cut_short() -> None:
+    import threading
+
+    from pvtrace import cli
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)     # not a daemon: Python waits for it
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as ended:       # the usual exit, not os._exit
+            cli._end(3)
+        assert ended.value.code == 3
+    finally:
+        release.set()
+        worker.join()

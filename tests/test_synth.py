@@ -310,7 +310,7 @@ def test_cli_option_errors_are_one_line(tmp_path, monkeypatch, capsys, args, mes
     out = tmp_path / "s.log"
     monkeypatch.setattr(sys, "argv", ["pvtrace", "synth", "-o", str(out), *args])
     with pytest.raises(SystemExit) as exit_:
-        cli.main()
+        cli.run()
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"pvtrace: {message}\n"
     assert not out.exists()

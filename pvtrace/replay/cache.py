@@ -290,10 +290,13 @@ class Derived:
         self._pending.append(self._pool.submit(self._write, name, arrays, scalars))
 
     def flush(self) -> None:
-        """Wait for the entries being written."""
+        """Wait for the entries being written (and let their thread go)."""
         for fut in self._pending:
             fut.result()
         self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _write(self, name: str, arrays: dict[str, np.ndarray], scalars: dict) -> None:
         tmp = f".tmp.{os.getpid()}.{threading.get_ident()}"
