@@ -396,6 +396,8 @@ def _subset(steps, per_thread: int):
     its locks held for ever."""
     from dataclasses import replace
 
+    from pvtrace.replay.build import unpack
+
     first, end = steps.thread_first, steps.thread_end
     sel = np.arange(len(first))
     if len(sel) > 64:
@@ -410,7 +412,7 @@ def _subset(steps, per_thread: int):
     rec = steps.rec[idx]
     # A thread releases only what it acquired before, so the kept releases refer to kept
     # acquisitions; a run's acquisitions stay contiguous.
-    kept = np.unique(rec["acq"][rec["kind"] == 0])
+    kept = np.unique(rec["acq"][unpack(rec, "kind") == 0])
     has = rec["acq"] >= 0
     rec["acq"][has] = np.searchsorted(kept, rec["acq"][has])
     return replace(steps, rec=rec, thread_first=new_first, thread_end=new_first + lengths,

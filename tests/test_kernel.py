@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pvtrace.errors import PvtraceError
-from pvtrace.replay.build import STEP
+from pvtrace.replay.build import FIELDS, STEP, records, unpack
 from pvtrace.replay.kernel import run_kernel, time_limit
 
 PV = 0xFFFFF80001000000
@@ -29,12 +29,9 @@ def _events(rows: list[tuple[int, int, str, int]]) -> pl.DataFrame:
 def _steps(gaps: list[int], start: int = 0, nthreads: int = 1):
     """Raw kernel arguments: each thread acquires key 0, releases it, ends, after the given
     gaps (three per thread, or three for all)."""
-    rec = np.zeros(3 * nthreads, STEP)
-    n = len(rec)
-    rec["kind"] = [0, 1, 3] * nthreads
-    rec["gap"] = gaps if len(gaps) == n else gaps * nthreads
-    rec["acq"] = [t for t in range(nthreads) for _ in range(3)]
-    rec["acq_n"] = 1
+    n = 3 * nthreads
+    rec = records(n, kind=[0, 1, 3] * nthreads, gap=gaps if len(gaps) == n else gaps * nthreads,
+                  acq=[t for t in range(nthreads) for _ in range(3)], acq_n=1)
     return (rec, np.arange(0, n, 3, dtype=np.int64), np.arange(3, n + 1, 3, dtype=np.int64),
             np.full(nthreads, start, np.int64), 1, np.zeros(1, np.int64), False, nthreads, 0, 0)
 
@@ -118,16 +115,30 @@ def test_page_move_as_a_threads_last_step():
     # The kernel passes over a page move to the step after it, but never past the thread's
     # own steps: thread 0 ends on a page move (no END step); thread 1's steps follow it.
     # Thread 0 holds key 0 during 0..10; thread 1 asks at 5, waits 5 ns, holds 10 ns.
-    rec = np.zeros(6, STEP)
-    rec["kind"] = [0, 1, 2, 0, 1, 3]
-    rec["gap"] = [0, 10, 5, 5, 10, 0]
-    rec["acq"] = [0, 0, -1, 1, 1, -1]
-    rec["acq_n"] = [0, 1, 0, 0, 1, 0]
-    rec["flags"] = [1, 1, 1, 1, 1, 0]
-    rec["page"] = [0x200000, 0, 0x201000, 0x201000, 0, 0]
+    rec = records(6, kind=[0, 1, 2, 0, 1, 3], gap=[0, 10, 5, 5, 10, 0],
+                  acq=[0, 0, -1, 1, 1, -1], acq_n=[0, 1, 0, 0, 1, 0], flags=[1, 1, 1, 1, 1, 0],
+                  page=[0x200000, 0, 0x201000, 0x201000, 0, 0])
     wait, hold, klass, _, t_end, forced, _ = run_kernel(
         rec, np.array([0, 3]), np.array([3, 6]), np.zeros(2, np.int64), 1,
         np.zeros(1, np.int64), False, 2, 0, 0)
     assert list(wait) == [0, 5] and list(hold) == [10, 10] and forced == 0
     assert t_end[1] == 20
     assert list(klass) == [0, 2]     # on page 0x200000 at 5, before its move at 15: false
+
+
+def test_step_records_pack_their_small_fields_into_one_word():
+    rng = np.random.default_rng(7)
+    n = 1000
+    kind = rng.integers(0, 4, n)
+    fields = {"kind": kind, "mode": rng.integers(0, 2, n), "flags": rng.integers(0, 4, n),
+              "is2m": rng.integers(0, 2, n).astype(bool),
+              # pages are 4 KiB-aligned physical addresses; counts only on releases
+              "page": np.where(kind == 1, 0, rng.integers(0, 2**40, n) << 12),
+              "acq_n": np.where(kind == 1, rng.integers(1, 513, n), 0)}
+    rec = records(n, gap=rng.integers(0, 2**62, n), key=rng.integers(0, 2**31, n),
+                  acq=rng.integers(-1, 2**31, n), **fields)
+    assert STEP.itemsize == 24 and set(fields) == set(FIELDS)
+    for name, values in fields.items():
+        assert np.array_equal(unpack(rec, name), values), name
+    with pytest.raises(KeyError, match="not step fields"):
+        records(1, colour=3)

@@ -252,8 +252,8 @@ class Derived:
     pvtrace version recomputes them). Entries live inside the timeline's cache directory,
     which a rebuilt timeline replaces whole. Like the timeline, an entry is checked on load
     (the digest, and the caller's range checks: the compiled loops trust the keys they index
-    with); one that fails is computed again. Writing is best effort: a read-only bundle or a full disk only
-    means the arrays are computed every time.
+    with); one that fails is computed again. Writing is best effort: a read-only bundle or a
+    full disk only means the arrays are computed every time.
     """
 
     def __init__(self, where: Path, timeline: dict):

@@ -40,6 +40,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from pvtrace.errors import PvtraceError
+from pvtrace.replay.build import (W_CONT, W_PV, step_2m, step_count, step_kind, step_mode,
+                                  step_page)
 from pvtrace.replay.jit import NO_REFCOUNT
 
 CLS_NONE, CLS_TRUE, CLS_FALSE, CLS_UNKNOWN = 0, 1, 2, 3
@@ -104,15 +106,15 @@ def _overlap(p1, big1, p2, big2):
 @nb.njit(cache=True, inline="always")
 def _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big):
     """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one."""
-    f = rec[_u(s)].flags
-    if f & 1:
-        if f & 2:
+    w = rec[_u(s)].word
+    if w & W_PV:
+        if w & W_CONT:
             t_pvhi[_u(th)] = k
         else:
             t_pvlo[_u(th)] = k
             t_pvhi[_u(th)] = k
-            t_page[_u(th)] = rec[_u(s)].page
-            t_big[_u(th)] = rec[_u(s)].is2m
+            t_page[_u(th)] = step_page(rec[_u(s)].word)
+            t_big[_u(th)] = step_2m(rec[_u(s)].word)
 
 
 @nb.njit(cache=True, inline="always")
@@ -169,16 +171,16 @@ def _grant(w, t, k, rec, thread_end, spin_limit, wakeup_ns,
         rel = run_at + rec[_u(s)].gap - base
         # Pass over a page move, as _run does. (Not a shared helper: numba compiled the loop
         # 1.5x slower with one, an inline function returning the step and its time.)
-        if rec[_u(s)].kind == 2 and s + 1 < thread_end[_u(w)]:
+        if step_kind(rec[_u(s)].word) == 2 and s + 1 < thread_end[_u(w)]:
             t_mvat[_u(w)] = rel + base
-            t_mvpage[_u(w)] = rec[_u(s)].page
-            t_mvbig[_u(w)] = rec[_u(s)].is2m
+            t_mvpage[_u(w)] = step_page(rec[_u(s)].word)
+            t_mvbig[_u(w)] = step_2m(rec[_u(s)].word)
             s += 1
             rel += rec[_u(s)].gap
             t_step[_u(w)] = s
         if rel >= tmax or rel < 0:
             return False
-        kd = rec[_u(s)].kind
+        kd = step_kind(rec[_u(s)].word)
         if kd == 0:
             _prefetch(kr, np.int64(rec[_u(s)].key) << 2)
         _lower_leaf(tree, leaf0, w, (rel << shift) | (np.int64(kd == 0) << bits) | w)
@@ -265,7 +267,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         rel = thread_start[_u(th)] + rec[_u(s)].gap - base
         if rel >= tmax or rel < 0:
             return 0, 0, False
-        _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(rec[_u(s)].kind == 0) << bits) | th)
+        kd = step_kind(rec[_u(s)].word)
+        _lower_leaf(tree, leaf0, th, (rel << shift) | (np.int64(kd == 0) << bits) | th)
     nwaiting = 0
     forced = 0
     sib_total = 0
@@ -300,7 +303,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 kr[_u(k4 + 2)] = prev
             t_next[_u(best)] = -1
             forced += 1
-            kr[_u(k4)] = -1 if rec[_u(t_step[_u(best)])].mode == 0 else max(kr[_u(k4)], 0) + 1
+            bm = step_mode(rec[_u(t_step[_u(best)])].word)
+            kr[_u(k4)] = -1 if bm == 0 else max(kr[_u(k4)], 0) + 1
             nwaiting -= 1
             if not _grant(best, now, k, rec, thread_end,
                           spin_limit, wakeup_ns, a_req, a_rel, t_step, t_wkey, t_req, t_pvlo,
@@ -322,11 +326,11 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             act[_u(n_act)] = th
             act_at[_u(th)] = n_act
             act[0] = n_act
-        kd = rec[_u(s)].kind
+        kd = step_kind(rec[_u(s)].word)
         nxt = NONE          # the thread's next packed key
         if kd == 0:
             k = rec[_u(s)].key
-            m = rec[_u(s)].mode
+            m = step_mode(rec[_u(s)].word)
             a = rec[_u(s)].acq
             k4 = np.int64(k) << 2
             st = kr[_u(k4)]
@@ -352,10 +356,10 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 if ts_head[_u(tsid)] >= 0:
                     t_tsp[_u(ts_head[_u(tsid)])] = th
                 ts_head[_u(tsid)] = th
-                if rec[_u(s)].flags & 1:
-                    wp = rec[_u(s)].page
-                    wb = rec[_u(s)].is2m
-                    if rec[_u(s)].flags & 2:
+                if rec[_u(s)].word & W_PV:
+                    wp = step_page(rec[_u(s)].word)
+                    wb = step_2m(rec[_u(s)].word)
+                    if rec[_u(s)].word & W_CONT:
                         wp = t_page[_u(th)]
                         wb = t_big[_u(th)]
                     cls = CLS_FALSE
@@ -374,9 +378,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                                 ob = t_mvbig[_u(o)]
                             if t_wkey[_u(o)] == k and not (t_pvlo[_u(o)] <= k <= t_pvhi[_u(o)]):
                                 ws = t_step[_u(o)]
-                                own = not (rec[_u(ws)].flags & 2)
-                                op_ = rec[_u(ws)].page if own else t_page[_u(o)]
-                                ob = rec[_u(ws)].is2m if own else t_big[_u(o)]
+                                own = not (rec[_u(ws)].word & W_CONT)
+                                op_ = step_page(rec[_u(ws)].word) if own else t_page[_u(o)]
+                                ob = step_2m(rec[_u(ws)].word) if own else t_big[_u(o)]
                             if op_ == 0:
                                 unknown = True
                             if _overlap(wp, wb, op_, ob):
@@ -388,14 +392,14 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 continue
         elif kd == 1:
             a0 = rec[_u(s)].acq
-            for j in range(rec[_u(s)].acq_n):
+            for j in range(step_count(rec[_u(s)].word)):
                 a_rel[_u(a0 + j)] += t + 1      # -1 - start becomes the hold
-            released += rec[_u(s)].acq_n
-            if rec[_u(s)].flags & 1:
+            released += step_count(rec[_u(s)].word)
+            if rec[_u(s)].word & W_PV:
                 t_pvlo[_u(th)] = -1
                 t_pvhi[_u(th)] = -1
             k0 = rec[_u(s)].key
-            for k in range(k0, k0 + rec[_u(s)].acq_n):
+            for k in range(k0, k0 + step_count(rec[_u(s)].word)):
                 k4 = np.int64(k) << 2
                 st = kr[_u(k4)]
                 st = 0 if st <= 1 else st - 1
@@ -403,7 +407,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 # Grant from the head of the queue.
                 w = kr[_u(k4 + 1)]
                 while w >= 0:
-                    wm = rec[_u(t_step[_u(w)])].mode
+                    wm = step_mode(rec[_u(t_step[_u(w)])].word)
                     if wm == 0:
                         if kr[_u(k4)] != 0:
                             break
@@ -437,8 +441,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             if not ok:
                 break
         elif kd == 2:
-            t_page[_u(th)] = rec[_u(s)].page
-            t_big[_u(th)] = rec[_u(s)].is2m
+            t_page[_u(th)] = step_page(rec[_u(s)].word)
+            t_big[_u(th)] = step_2m(rec[_u(s)].word)
         else:
             t_end[_u(th)] = t
             last = act[_u(act[0])]           # the thread ends
@@ -452,21 +456,21 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
         t_step[_u(th)] = s
         if s < thread_end[_u(th)]:
             rel = t + rec[_u(s)].gap - base
-            if rec[_u(s)].kind == 2 and s + 1 < thread_end[_u(th)]:
+            if step_kind(rec[_u(s)].word) == 2 and s + 1 < thread_end[_u(th)]:
                 # A page move needs no turn of its own: it never waits, and only the
                 # classification of other threads' pv waits reads the page, as of their
                 # time. Note it as pending at its time and go on to the next step, which
                 # applies it (the END step at the latest).
                 t_mvat[_u(th)] = rel + base
-                t_mvpage[_u(th)] = rec[_u(s)].page
-                t_mvbig[_u(th)] = rec[_u(s)].is2m
+                t_mvpage[_u(th)] = step_page(rec[_u(s)].word)
+                t_mvbig[_u(th)] = step_2m(rec[_u(s)].word)
                 s += 1
                 rel += rec[_u(s)].gap
                 t_step[_u(th)] = s
             if rel >= tmax or rel < 0:
                 ok = False
                 break
-            kd = rec[_u(s)].kind
+            kd = step_kind(rec[_u(s)].word)
             # Nothing below changes a result. 64 threads interleave, so the step records are
             # read as 64 streams, too many for the hardware prefetcher, and lock records
             # (millions under OBM) at random: ask for the lines a few steps ahead.
