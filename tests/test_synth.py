@@ -378,3 +378,46 @@ def test_invariants_on_random_workloads(seed, threads, layout, spin, wakeup):
                 per.append(int(ts[-1] - ts[0]) - int(c["ns"][sel].sum()))
         spans[kernel] = per
     assert spans["stock"] == spans["obm-pvc"] == spans["obm"]
+
+
+def test_cli_keeps_an_existing_capture_unless_forced(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pvtrace.cli as cli
+
+    def pvtrace(*args):
+        monkeypatch.setattr(sys, "argv", ["pvtrace", *args])
+        try:
+            cli.run()
+            return 0, capsys.readouterr().err
+        except SystemExit as exc:
+            return exc.code, capsys.readouterr().err
+
+    out = tmp_path / "real.log"
+    out.write_text("# pvtrace-log v1\n# a real capture\n")
+    args = ["synth", "--threads", "2", "--duration-ms", "0.2", "-o", str(out)]
+    assert pvtrace(*args) == (2, f"pvtrace: {out}: exists; use --force to replace it\n")
+    assert out.read_text() == "# pvtrace-log v1\n# a real capture\n"
+    assert pvtrace(*args, "--force")[0] == 0
+    assert out.read_text() == small_text("stock", "superpage", 2, 0.2, 1)
+    assert pvtrace("synth", "-o", str(tmp_path)) == (
+        2, f"pvtrace: {tmp_path}: is a directory, not a capture file\n")
+
+
+def test_a_failed_write_leaves_neither_a_half_capture_nor_a_temporary(tmp_path, monkeypatch):
+    from pvtrace.synth import writer
+
+    def pieces(*args):
+        yield "# pvtrace-log v1\n"
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(writer, "render_pieces", pieces)
+    cap = synthesize(kernel="stock", threads=2, duration_ms=0.2)
+    with pytest.raises(OSError):
+        cap.write(tmp_path / "c.log.zst")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_compression_suffix_is_read_in_any_case(tmp_path):
+    cap = synthesize(kernel="stock", threads=2, duration_ms=0.2)
+    cap.write(tmp_path / "C.LOG.GZ")
+    assert gzip.decompress((tmp_path / "C.LOG.GZ").read_bytes()).decode() == cap.text

@@ -37,6 +37,7 @@ def synth(
                                   "waiter."),
     ndomains: int = typer.Option(0, help="NUMA domains, each with its own pv chunk list "
                                  "(0: 2 for superpage with 4 or more threads, else 1)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Simulate a workload on a stock or OBM kernel and write its pvtrace event log."""
     from pvtrace.report.table import count
@@ -62,6 +63,12 @@ def synth(
         raise PvtraceError(f"--mem-gb {mem_gb:g} is too large: use at most {_MAX_MEM_GB}")
     if seed < 0:
         raise PvtraceError(f"--seed {seed}: use a seed >= 0")
+    # Before the simulation, which can take minutes: a capture is easily overwritten by
+    # mistake (a real one next to the synthetic ones, the same name twice in a script).
+    if str(output) != "-" and output.is_file() and not force:
+        raise PvtraceError("exists; use --force to replace it", path=str(output))
+    if output.is_dir():
+        raise PvtraceError("is a directory, not a capture file", path=str(output))
     t0 = time.perf_counter()
     cap = synthesize(kernel=kernel, layout=layout, threads=threads, duration_ms=duration_ms,
                      seed=seed, mem_gb=mem_gb, workload=workload, spin_limit_ns=spin_limit,

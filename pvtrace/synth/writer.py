@@ -17,6 +17,7 @@ address), so writing runs at millions of records per second.
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,20 +97,40 @@ def render(result: SimResult, header: dict, drain_ns: int = DRAIN_NS) -> str:
 
 @contextmanager
 def _open(path: Path) -> Iterator[BinaryIO]:
-    """A binary stream to `path`: gzip for ``.gz``, zstd for ``.zst``, plain otherwise."""
-    with open(path, "wb") as raw:
-        if path.name.endswith(".gz"):
-            # mtime=0 and no file name: the same capture gives the same bytes
-            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
-                               mtime=0) as gz:
-                yield gz
-        elif path.name.endswith(".zst"):
-            import zstandard
+    """A binary stream to `path`, compressed by its name (:func:`_compressed`). A regular file is written under a temporary name beside it and renamed into
+    place when complete, so an interrupted or failed write leaves no half capture under the
+    name (nor a damaged earlier one); anything else (``/dev/stdout``, a named pipe) is
+    written as is."""
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as raw, _compressed(path, raw) as out:
+            yield out
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as raw, _compressed(path, raw) as out:
+            yield out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-            with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as z:
-                yield z
-        else:
-            yield raw
+
+@contextmanager
+def _compressed(path: Path, raw: BinaryIO) -> Iterator[BinaryIO]:
+    """``raw`` through gzip for a name ending ``.gz``, zstd for ``.zst`` (in any case), as
+    is otherwise."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        # mtime=0 and no file name: the same capture gives the same bytes
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
+                           mtime=0) as gz:
+            yield gz
+    elif name.endswith(".zst"):
+        import zstandard
+
+        with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as z:
+            yield z
+    else:
+        yield raw
 
 
 def write(path: str | Path, text: str) -> None:
