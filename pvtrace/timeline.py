@@ -37,11 +37,13 @@ MAX_SPAN_NS = (1 << 62) - 1
 
 @dataclass(frozen=True, slots=True)
 class LinkCounts:
-    """Records without a partner, per docs/REPLAY.md section 1."""
+    """Records without a partner, per docs/REPLAY.md section 1, and pairs that cannot be."""
 
     orphan_waits: int        # B/S followed by no A of the same lock
     held_at_start: int       # R with no A: lock taken before the capture began
     held_at_end: int         # A with no R: lock still held when the capture ended
+    mode_mismatch: int       # R paired with an A of the other mode (w, r): records between
+                             # them were lost, so the pair's hold spans two acquisitions
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def _build_timeline(read, nrows: int) -> Timeline:
     del pos
     _release_arrow_memory()
     waited_idx, waited_ns, spun_idx, spun_ns, partner, counts = _linked(starts, ends, ev, lock,
-                                                                        ns)
+                                                                        mode, ns)
     del ns
     return Timeline(
         ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=pa_, op=op, waited_idx=waited_idx,
@@ -344,7 +346,7 @@ def _scatter_sub(pos, off, src, t0, prev, out):
     return unsorted
 
 
-def _linked(starts, ends, ev, lock, ns):
+def _linked(starts, ends, ev, lock, mode, ns):
     """Attach B/S waits to their A and pair each A with its R: the waits and spins (sparse:
     A record, ns), ``partner`` and the unmatched counts.
 
@@ -360,21 +362,22 @@ def _linked(starts, ends, ev, lock, ns):
     waited_ns, spun_ns = np.zeros(n_bs, np.int64), np.zeros(n_s, np.int64)
     stack_lock, stack_idx = np.zeros(longest, np.int64), np.zeros(longest, np.int64)
     partner = np.full(len(ev), -1, np.int32)
-    nwaited, nspun, orphan, held_start, held_end = _link(
-        starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
+    nwaited, nspun, orphan, held_start, held_end, mismatch = _link(
+        starts, ends, ev, lock, mode, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
         stack_lock, stack_idx)
     return (waited_idx[:nwaited].copy(), waited_ns[:nwaited].copy(), spun_idx[:nspun].copy(),
-            spun_ns[:nspun].copy(), partner, (orphan, held_start, held_end))
+            spun_ns[:nspun].copy(), partner, (orphan, held_start, held_end, mismatch))
 
 
 @nb.njit(cache=True, nogil=True)
-def _link(starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
+def _link(starts, ends, ev, lock, mode, ns, partner, waited_idx, waited_ns, spun_idx, spun_ns,
           stack_lock, stack_idx):
     nwaited = 0
     nspun = 0
     orphan = 0
     held_start = 0
     held_end = 0
+    mismatch = 0
     for t in range(len(starts)):
         s, e = starts[t], ends[t]
         # B/S attach to the next A of the same lock if only B/S of that lock stand between.
@@ -424,6 +427,9 @@ def _link(starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, 
                     held_start += 1
                 else:
                     partner[i] = stack_idx[j]
+                    a_mode = mode[stack_idx[j]]
+                    if a_mode <= 1 and mode[i] <= 1 and a_mode != mode[i]:    # w and r
+                        mismatch += 1
                     partner[stack_idx[j]] = i
                     for m in range(j, depth - 1):
                         stack_lock[m] = stack_lock[m + 1]
@@ -431,4 +437,4 @@ def _link(starts, ends, ev, lock, ns, partner, waited_idx, waited_ns, spun_idx, 
                     depth -= 1
         orphan += pend_n
         held_end += depth
-    return nwaited, nspun, orphan, held_start, held_end
+    return nwaited, nspun, orphan, held_start, held_end, mismatch

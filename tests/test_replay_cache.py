@@ -99,7 +99,8 @@ def _poke(bundle: Path, table: str, column: str, rows: slice, value: int) -> Non
 @pytest.mark.parametrize("damage", ["truncated", "empty", "missing table", "newer version",
                                     "other events", "not arrow", "thread index out of range",
                                     "partner out of range", "lock out of range",
-                                    "values zeroed", "wait index out of range"])
+                                    "values zeroed", "wait index out of range",
+                                    "counts of an older version"])
 def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> None:
     cold, _ = _replay(bundle)
     where = bundle / cache.CACHE_DIR
@@ -118,6 +119,12 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> Non
             facts["key"]["events_size"] += 1
             m[b"pvtrace.timeline"] = json.dumps(facts).encode()
         _rewrite_timeline(bundle, other)
+    elif damage == "counts of an older version":     # before mode_mismatch was counted
+        def older(m):
+            facts = json.loads(m[b"pvtrace.timeline"])
+            facts["counts"] = facts["counts"][:3]
+            m[b"pvtrace.timeline"] = json.dumps(facts).encode()
+        _rewrite_timeline(bundle, older)
     elif damage == "not arrow":
         (where / "timeline.arrow").write_text("PAR1 not an Arrow file\n")
     # Values only: each of these crashed the replay (segmentation fault) or changed every

@@ -94,3 +94,32 @@ def test_bundle_with_small_row_groups(bundle: Path, events: pl.DataFrame, tmp_pa
                    row_group_size=1000)
     assert pq.ParquetFile(small / "events.parquet").num_row_groups > 10
     same(Timeline.from_events(events), load_trace(str(small)).timeline)
+
+
+def test_a_release_in_the_other_mode_is_paired_and_counted() -> None:
+    # Thread 7 takes lock L for reading and releases it as a writer (its read release and a
+    # write acquisition were dropped); thread 8 takes it for reading twice (recursion) and
+    # releases both as a reader; thread 9's mutex has no mode to disagree on.
+    L, M = 0xFFFFF80001000000, 0xFFFFF80002000000
+    rows = [(10, 7, "A", "pv", L, "r"), (20, 7, "R", "pv", L, "w"),
+            (30, 8, "A", "pv", L, "r"), (40, 8, "A", "pv", L, "r"),
+            (50, 8, "R", "pv", L, "r"), (60, 8, "R", "pv", L, "r"),
+            (70, 9, "A", "pmap", M, "w"), (80, 9, "R", "pmap", M, "w")]
+    events = pl.DataFrame({
+        "ts": [r[0] for r in rows], "cpu": [0] * 8, "tid": [r[1] for r in rows],
+        "ev": [r[2] for r in rows], "cls": [r[3] for r in rows], "lock": [r[4] for r in rows],
+        "mode": [r[5] for r in rows], "ns": [0] * 8, "pa": [0x200000] * 8,
+        "op": ["pmap_enter"] * 8,
+    }, schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64})
+    tl = Timeline.from_events(events)
+    assert tl.counts.mode_mismatch == 1
+    assert list(tl.partner) == [1, 0, 5, 4, 3, 2, 7, 6]
+    from pvtrace.report.table import notes
+    from pvtrace.replay.run import observed
+    obs = observed(tl)
+    assert obs["unmatched"] == {"orphan_waits": 0, "held_at_start": 0, "held_at_end": 0,
+                                "mode_mismatch": 1}
+    assert notes({"trace": {}, "observed": obs, "models": []}) == [
+        "1 release in the other mode (w, r) than the acquisition paired with it: records "
+        "between them were lost, and each such hold spans two acquisitions (docs/REPLAY.md "
+        "section 1)"]

@@ -411,6 +411,7 @@ def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: 
             "orphan_waits": tl.counts.orphan_waits,
             "held_at_start": tl.counts.held_at_start,
             "held_at_end": tl.counts.held_at_end,
+            "mode_mismatch": tl.counts.mode_mismatch,
         },
     }
 

@@ -128,10 +128,14 @@ def notes(report: dict) -> list[str]:
             out.append("the capture's pv lock layout could not be detected; assumed "
                        f"{t['layout']} (set it with `pvtrace ingest --layout`)")
     um = report["observed"]["unmatched"]
-    if any(um.values()):
+    if any(um.get(k) for k in ("orphan_waits", "held_at_start", "held_at_end")):
         out.append(f"unmatched records: {um['orphan_waits']} waits without acquisition, "
                    f"{um['held_at_start']} locks held at capture start, "
                    f"{um['held_at_end']} held at capture end (docs/REPLAY.md section 1)")
+    if um.get("mode_mismatch"):
+        out.append(f"{count(um['mode_mismatch'], 'release')} in the other mode (w, r) than the "
+                   "acquisition paired with it: records between them were lost, and each such "
+                   "hold spans two acquisitions (docs/REPLAY.md section 1)")
     skipped = report["trace"].get("skipped_lines") or {}
     if any(skipped.values()):
         out.append(f"ingest skipped {skipped.get('malformed', 0):,} malformed and "
