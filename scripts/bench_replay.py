@@ -415,7 +415,8 @@ def _subset(steps, per_thread: int):
     kept = np.unique(rec["acq"][unpack(rec, "kind") == 0])
     has = rec["acq"] >= 0
     rec["acq"][has] = np.searchsorted(kept, rec["acq"][has])
-    return replace(steps, rec=rec, thread_first=new_first, thread_end=new_first + lengths,
+    return replace(steps, rec=rec, nsteps=len(rec), parts=[(0, len(rec))],
+                   thread_first=new_first, thread_end=new_first + lengths,
                    thread_start=steps.thread_start[sel], acq_cls=steps.acq_cls[kept],
                    acq_op=steps.acq_op[kept], acq_extra=steps.acq_extra[kept])
 

@@ -142,3 +142,31 @@ def test_step_records_pack_their_small_fields_into_one_word():
         assert np.array_equal(unpack(rec, name), values), name
     with pytest.raises(KeyError, match="not step fields"):
         records(1, colour=3)
+
+
+@pytest.mark.parametrize("groups", [2, 3, 7])
+def test_threads_built_in_groups_give_the_same_steps_and_replay(groups):
+    from pathlib import Path
+
+    from pvtrace.models import get_design
+    from pvtrace.replay.api import load_trace
+    from pvtrace.replay.build import build_steps
+    from pvtrace.replay.run import _design_keys, make_params
+
+    sample = Path(__file__).parent.parent / "sample_traces" / "buildkernel-stock-hash256.log.gz"
+    tl = load_trace(str(sample), use_cache=False).timeline
+    params = make_params("hash:256", None, 5000, 3)
+    for name in ("stock", "obm"):
+        design = get_design(name, params.layout)
+        dk, nkeys, turnstile, _ = _design_keys(tl, design, params)
+        one, many = build_steps(tl, dk, groups=1), build_steps(tl, dk, groups=groups)
+        assert len(many.parts) == min(groups, tl.nthreads) and many.nsteps == one.nsteps
+        assert np.array_equal(many.steps, one.steps)
+        for k in ("thread_start", "thread_acq", "acq_cls", "acq_op", "acq_extra"):
+            assert np.array_equal(getattr(many, k), getattr(one, k)), k
+        assert (many.clamped_gaps, many.nested_pv) == (one.clamped_gaps, one.nested_pv)
+        outs = [run_kernel(s.rec, s.thread_first, s.thread_end, s.thread_start, nkeys,
+                           turnstile, design.shared_turnstiles, len(s.acq_cls), 5000, 3)
+                for s in (one, many)]
+        for a, b in zip(*outs):
+            assert np.array_equal(np.asarray(a), np.asarray(b))

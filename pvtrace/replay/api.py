@@ -8,7 +8,9 @@ report object (``schema: pvtrace-replay/1``).
 from __future__ import annotations
 
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,9 @@ def _from_bundle(path: str, bundle: Bundle, use_cache: bool) -> LoadedTrace:
         progress.stage(f"loading {nrows:,} events", len(REPLAY_COLUMNS))
 
         def read(name: str) -> pa.ChunkedArray:
-            column = parquet.read(columns=[name]).column(0)
+            # A file object per column: the timeline reads two columns at once, and one
+            # ParquetFile read from two threads fails (its read-ahead cache is shared).
+            column = pq.ParquetFile(file).read(columns=[name]).column(0)
             if column.null_count:
                 raise PvtraceError(f"events column {name} has {column.null_count:,} empty "
                                    "values: not a table pvtrace ingest wrote", path=str(file))
@@ -162,13 +166,21 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
                                        trace.layout_known)
     # The cache is written and the captured waits summarized on the second core while the
     # designs replay: all only read the timeline, and the compiled passes and Arrow's writer
-    # release the GIL.
+    # release the GIL. The summary starts once the first design's steps are built (the
+    # builder uses both cores; the kernel, one).
     with ThreadPoolExecutor(2) as pool:
         cached = pool.submit(write_cache, trace)
-        seen = pool.submit(observed, tl)
-        models_ = replay_designs(tl, designs, params, jobs)
+        seen: list[Future] = []
+        once = threading.Lock()     # designs replayed in parallel (jobs) call it too
+
+        def start_observed() -> None:
+            with once:
+                if not seen:
+                    seen.append(pool.submit(observed, tl))
+        models_ = replay_designs(tl, designs, params, jobs, built=start_observed)
+        start_observed()
         cache.flush_derived(tl)
-        obs = seen.result()
+        obs = seen[0].result()
         cache_status = cached.result()
     report = {
         "schema": REPORT_SCHEMA,
@@ -195,11 +207,13 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
     return report
 
 
-def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1) -> list[dict]:
+def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1,
+                   built: Callable[[], object] | None = None) -> list[dict]:
     """The model objects of ``designs``, replayed ``jobs`` at a time (the compiled passes
-    release the GIL; each design in flight holds its own steps, so memory grows with jobs)."""
+    release the GIL; each design in flight holds its own steps, so memory grows with jobs).
+    ``built``: see :func:`run_design`."""
     def one(design) -> dict:
-        report = summarize(run_design(tl, design, params), tl)
+        report = summarize(run_design(tl, design, params, built), tl)
         progress.advance(1)
         return report
 

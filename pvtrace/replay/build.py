@@ -14,6 +14,7 @@ locks held at the start or end of the capture.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba as nb
@@ -129,7 +130,7 @@ class Steps:
     records ``rec`` (``steps.gap`` is a view of ``steps.rec["gap"]``, ``steps.kind`` is
     unpacked from ``steps.rec["word"]``, see :data:`STEP`)."""
 
-    rec: np.ndarray           # STEP records, threads one after the other
+    rec: np.ndarray           # STEP records, threads one after the other (see parts)
     thread_first: np.ndarray  # int64 per thread
     thread_end: np.ndarray    # int64 per thread
     thread_start: np.ndarray  # int64 per thread: replay start time (captured)
@@ -140,12 +141,23 @@ class Steps:
     acq_extra: np.ndarray   # int16 acquisitions the design performs but need not execute
     clamped_gaps: int
     nested_pv: int
+    nsteps: int
+    # The slices of ``rec`` that hold steps, in thread order: build_steps leaves unused space
+    # between groups of threads built at once. The kernel reads ``rec`` whole.
+    parts: list[tuple[int, int]]
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Every step record, contiguous (a copy when ``rec`` has unused space)."""
+        if len(self.parts) == 1 and self.parts[0] == (0, len(self.rec)):
+            return self.rec
+        return np.concatenate([self.rec[lo:hi] for lo, hi in self.parts])
 
     def __getattr__(self, name: str) -> np.ndarray:
         if name in STEP.names:
-            return self.rec[name]
+            return self.steps[name]
         if name in FIELDS:
-            return unpack(self.rec, name)
+            return unpack(self.steps, name)
         raise AttributeError(name)
 
 
@@ -186,7 +198,7 @@ class Acquisitions:
     @staticmethod
     def of(steps: Steps) -> Acquisitions:
         return Acquisitions(steps.acq_cls, steps.acq_op, steps.acq_extra, steps.thread_acq,
-                            steps.thread_start, len(steps.rec), steps.clamped_gaps,
+                            steps.thread_start, steps.nsteps, steps.clamped_gaps,
                             steps.nested_pv)
 
 
@@ -198,33 +210,99 @@ def thread_facts(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tl.cache["build_threads"]
 
 
-def build_steps(tl, dk: DesignKeys) -> Steps:
-    """Build the steps of every thread under the design described by ``dk``."""
-    # A tight bound on the steps: an A, R or P yields its key run plus one release.
-    # Oversizing costs page faults, not just address space.
+# Below this many records the threads are built in one group (see build_steps).
+PARALLEL_RECORDS = 1 << 18
+
+
+def build_steps(tl, dk: DesignKeys, groups: int | None = None) -> Steps:
+    """Build the steps of every thread under the design described by ``dk``.
+
+    The threads are built in ``groups`` groups of about equal records (by default two, from
+    :data:`PARALLEL_RECORDS` records on, else one), at once on as many threads: the
+    builder releases the GIL, and half the steps' fresh memory is faulted in on each core.
+    Each group writes into its own part of one record array, starting at the previous
+    group's bound on its steps, so that no step is moved afterwards: between the groups lies
+    unused space, never written and so never resident (the kernel finds each thread's steps
+    by ``thread_first``/``thread_end``; ``nsteps`` counts the steps). Acquisitions are
+    numbered across the groups once all are built. On the 14 M-record bench bundle the
+    builder took 0.17-0.30 s instead of 0.43-0.89 s in a fresh process."""
     ev = tl.ev
-    n_arp = int(np.count_nonzero(ev <= 1)) + int(np.count_nonzero(ev == 4))
-    cap = 2 * n_arp + int((dk.pv_hi - dk.pv_lo).sum()) + 2 * tl.nthreads + 16
+    nthr = tl.nthreads
+    if groups is None:
+        groups = 2 if len(ev) >= PARALLEL_RECORDS and nthr >= 2 else 1
+    # Group boundaries: threads split where their records reach each 1/groups of all.
+    cuts = [0, *np.searchsorted(tl.thread_end, [len(ev) * g // groups
+                                                for g in range(1, groups)], side="right")
+            .tolist(), nthr]
+    cuts = sorted(set(min(max(c, 0), nthr) for c in cuts))
+    spans = list(zip(cuts, cuts[1:])) or [(0, 0)]
+    # A tight bound on each group's steps: an A, R or P yields its key run plus one release
+    # (every group is given every run's length, a bound that costs address space only).
+    runs = int((dk.pv_hi - dk.pv_lo).sum())
+    caps = []
+    for lo, hi in spans:
+        e = ev[tl.thread_first[lo]:tl.thread_end[hi - 1]] if hi > lo else ev[:0]
+        caps.append(2 * (int(np.count_nonzero(e <= 1)) + int(np.count_nonzero(e == 4)))
+                    + runs + 2 * (hi - lo) + 16)
+    offsets = np.cumsum([0, *caps])
     # numpy's zeros are calloc'ed: pages beyond the steps actually written never become
-    # resident, so the bound costs address space only.
-    rec = np.zeros(cap, STEP)
-    acls, aop, aextra = (np.zeros(cap, np.int16) for _ in range(3))
+    # resident, so the bounds cost address space only.
+    rec = np.zeros(int(offsets[-1]), STEP)
     t_start, held_idx, held_off = thread_facts(tl)
     # Scratch for _build, allocated here (see timeline._linked): an acquisition's id per
-    # record, and a thread's open non-pv acquisitions (at most its records).
-    ev_acq = np.full(len(tl.ev), -1, np.int32)
-    longest = int((tl.thread_end - tl.thread_first).max()) if tl.nthreads else 0
-    open_keys, open_acq = np.zeros(longest, np.int64), np.zeros(longest, np.int64)
+    # record (each group writes its own records' entries).
+    ev_acq = np.full(len(ev), -1, np.int32)
+    longest = int((tl.thread_end - tl.thread_first).max()) if nthr else 0
     # per thread: first step, end, start time, first acquisition
-    tfirst, tend, tstart, tacq = (np.zeros(tl.nthreads, np.int64) for _ in range(4))
-    nsteps, nacq, clamped, nested = _build(
-        tl.thread_first, tl.thread_end, t_start, held_idx, held_off, tl.ev, tl.ts,
-        tl.waited_idx, tl.waited_ns, tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last,
-        tl.lock, dk.pvpos, dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed,
-        dk.pv_exclusive, dk.captured_hash, dk.pv_code, rec, acls, aop, aextra, ev_acq,
-        open_keys, open_acq, tfirst, tend, tstart, tacq)
-    return Steps(rec[:nsteps], tfirst, tend, tstart, tacq, acls[:nacq], aop[:nacq],
-                 aextra[:nacq], int(clamped), int(nested))
+    tfirst, tend, tstart, tacq = (np.zeros(nthr, np.int64) for _ in range(4))
+
+    def group(g: int):
+        lo, hi = spans[g]
+        part = rec[offsets[g]:offsets[g + 1]]
+        acls, aop, aextra = (np.zeros(caps[g], np.int16) for _ in range(3))
+        # a thread's open non-pv acquisitions (at most its records)
+        open_keys, open_acq = np.zeros(longest, np.int64), np.zeros(longest, np.int64)
+        # the group's waited acquisitions, from its first record on
+        w0 = int(np.searchsorted(tl.waited_idx, tl.thread_first[lo])) if hi > lo else 0
+        n, na, clamped, nested = _build(
+            tl.thread_first[lo:hi], tl.thread_end[lo:hi], t_start[lo:hi], held_idx,
+            held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
+            tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
+            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
+            dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
+            open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
+        return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
+
+    if len(spans) == 1:
+        built = [group(0)]
+    else:
+        with ThreadPoolExecutor(len(spans) - 1) as pool:
+            others = [pool.submit(group, g) for g in range(1, len(spans))]
+            built = [group(0)] + [f.result() for f in others]
+    # Steps and acquisitions were numbered within each group: place them.
+    acq_base = 0
+    for g, ((lo, hi), b) in enumerate(zip(spans, built)):
+        tfirst[lo:hi] += offsets[g]
+        tend[lo:hi] += offsets[g]
+        tacq[lo:hi] += acq_base
+        if acq_base:
+            _shift_acquisitions(rec, offsets[g], offsets[g] + b[0], acq_base)
+        acq_base += b[1]
+    if len(built) == 1:
+        rec = rec[:built[0][0]]
+    return Steps(rec, tfirst, tend, tstart, tacq, *(np.concatenate([b[k] for b in built])
+                                                      for k in (4, 5, 6)),
+                 sum(int(b[2]) for b in built), sum(int(b[3]) for b in built),
+                 sum(int(b[0]) for b in built), [(int(offsets[g]), int(offsets[g] + b[0]))
+                                                 for g, b in enumerate(built)])
+
+
+@nb.njit(cache=True, nogil=True)
+def _shift_acquisitions(rec, lo, hi, base):
+    """Add ``base`` to the acquisition ids of steps ``lo:hi`` (those that have one)."""
+    for i in range(lo, hi):
+        if rec[i].acq >= 0:
+            rec[i].acq += base
 
 
 @nb.njit(cache=True, nogil=True)

@@ -16,6 +16,7 @@ how well replaying the captured design reproduces them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -188,11 +189,16 @@ def warm_caches(tl: Timeline, designs: list[Design], params: ReplayParams) -> No
     thread_facts(tl)
 
 
-def run_design(tl: Timeline, design: Design, params: ReplayParams) -> DesignRun:
-    """Replay ``tl`` under ``design``: the raw per-acquisition arrays."""
+def run_design(tl: Timeline, design: Design, params: ReplayParams,
+               built: Callable[[], object] | None = None) -> DesignRun:
+    """Replay ``tl`` under ``design``: the raw per-acquisition arrays. ``built`` is called
+    once the steps are built, before the kernel runs on this thread alone (a caller starts
+    other work on the second core then: the builder uses both)."""
     dk, nkeys, turnstile, unknown = _design_keys(tl, design, params)
     steps = build_steps(tl, dk)
     del dk
+    if built is not None:
+        built()
     nacq = len(steps.acq_cls)
     wait, hold, klass, sib, t_end, forced, _ = run_kernel(
         steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, max(nkeys, 1),
@@ -393,6 +399,12 @@ def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: 
     """:func:`observed` but for ``by_class`` and ``by_op``, left as None."""
     spun = int(tl.spun_ns.sum())
     held = holds[paired]
+    # All waits rank as the uncontended ones' zeros, then ``contended`` (reordered in place,
+    # as the next call reorders it anyway), when no wait is negative (ingest refuses
+    # those; an in-memory table might hold one): no partition of every acquisition's wait.
+    zeros = len(w) - len(contended)
+    all_waits = (metrics.percentiles(contended, zeros, scratch=True)
+                 if np.all(tl.waited_ns >= 0) else metrics.percentiles(w))
     return {
         "acquisitions": len(w),
         "contended": int(len(contended)),
@@ -400,11 +412,11 @@ def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: 
         "spin_ns": spun,
         "block_ns": int(w.sum()) - spun,
         "makespan_ns": int(tl.t_last - first),
-        "wait_percentiles_ns": metrics.percentiles(w),
+        "wait_percentiles_ns": all_waits,
         "contended_wait_percentiles_ns": metrics.percentiles(contended, scratch=True),
         # reorders ``held`` in place, which the histogram (counts) does not mind
         "hold_percentiles_ns": metrics.percentiles(held, scratch=True),
-        "histograms": _histograms(contended, len(w) - len(contended), held),
+        "histograms": _histograms(contended, zeros, held),
         "by_class": None,
         "by_op": None,
         "unmatched": {
