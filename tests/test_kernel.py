@@ -170,3 +170,27 @@ def test_threads_built_in_groups_give_the_same_steps_and_replay(groups):
                 for s in (one, many)]
         for a, b in zip(*outs):
             assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_designs_built_in_reused_memory_give_the_same_steps():
+    from pathlib import Path
+
+    from pvtrace.models import get_design
+    from pvtrace.replay.api import load_trace
+    from pvtrace.replay.build import PARALLEL_RECORDS, Scratch, build_steps
+    from pvtrace.replay.run import _design_keys, make_params
+
+    sample = Path(__file__).parent.parent / "sample_traces" / "buildkernel-obm-superpage.log.gz"
+    tl = load_trace(str(sample), use_cache=False).timeline
+    assert len(tl.ev) < PARALLEL_RECORDS     # (groups: the test above)
+    params = make_params("superpage", None, 0, 0)
+    scratch = Scratch()
+    seen = []
+    for name in ("obm", "stock", "obm-pvc", "ideal", "obm"):
+        dk, *_ = _design_keys(tl, get_design(name, params.layout), params)
+        fresh, reused = build_steps(tl, dk), build_steps(tl, dk, scratch=scratch)
+        assert np.array_equal(reused.steps, fresh.steps), name
+        assert np.array_equal(reused.acq_cls, fresh.acq_cls), name
+        seen.append(reused.rec)
+    # the last obm build is in the memory of the first (the largest)
+    assert np.shares_memory(seen[0], seen[-1])

@@ -24,6 +24,7 @@ from pvtrace.errors import PvtraceError
 from pvtrace.models import DESIGNS, get_design
 from pvtrace.models.layout import Layout
 from pvtrace.replay import cache
+from pvtrace.replay.build import Scratch
 from pvtrace.replay.run import make_params, observed, run_design, summarize, warm_caches
 from pvtrace.timeline import Timeline
 
@@ -212,16 +213,17 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1,
     """The model objects of ``designs``, replayed ``jobs`` at a time (the compiled passes
     release the GIL; each design in flight holds its own steps, so memory grows with jobs).
     ``built``: see :func:`run_design`."""
-    def one(design) -> dict:
-        report = summarize(run_design(tl, design, params, built), tl)
+    def one(design, scratch: Scratch | None = None) -> dict:
+        report = summarize(run_design(tl, design, params, built, scratch), tl)
         progress.advance(1)
         return report
 
     if jobs <= 1 or len(designs) <= 1:
         reports = []
+        scratch = Scratch()     # one design at a time: each reuses the last one's memory
         for design in designs:
             progress.stage(f"replaying {design.name}")
-            reports.append(one(design))
+            reports.append(one(design, scratch))
         return reports
     progress.stage(f"replaying {', '.join(d.name for d in designs)}, {jobs} at a time",
                    len(designs))

@@ -214,7 +214,30 @@ def thread_facts(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 PARALLEL_RECORDS = 1 << 18
 
 
-def build_steps(tl, dk: DesignKeys, groups: int | None = None) -> Steps:
+class Scratch:
+    """Memory a design's steps need only while the design replays, kept for the next design
+    of the same replay (``compare`` replays its designs one after the other). Fresh memory
+    costs a page fault and a cleared page at its first touch, which here is most of the
+    builder's time (see README, "Performance"): the step records and the builder's
+    per-record scratch of the bench bundle are 300 MB per design. Arrays handed out are
+    uninitialized and valid until the next design asks for the same name."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def empty(self, name: str, n: int, dtype) -> np.ndarray:
+        """An uninitialized array of ``n`` ``dtype``, in the memory of the last one named
+        ``name`` when that is large enough."""
+        nbytes = n * np.dtype(dtype).itemsize
+        buf = self._buffers.get(name)
+        if buf is None or len(buf) < nbytes:
+            self._buffers.pop(name, None)       # freed before its successor is allocated
+            buf = self._buffers[name] = np.empty(max(nbytes, 1), np.uint8)
+        return buf[:nbytes].view(dtype)
+
+
+def build_steps(tl, dk: DesignKeys, groups: int | None = None,
+                scratch: Scratch | None = None) -> Steps:
     """Build the steps of every thread under the design described by ``dk``.
 
     The threads are built in ``groups`` groups of about equal records (by default two, from
@@ -225,7 +248,8 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None) -> Steps:
     unused space, never written and so never resident (the kernel finds each thread's steps
     by ``thread_first``/``thread_end``; ``nsteps`` counts the steps). Acquisitions are
     numbered across the groups once all are built. On the 14 M-record bench bundle the
-    builder took 0.17-0.30 s instead of 0.43-0.89 s in a fresh process."""
+    builder took 0.17-0.30 s instead of 0.43-0.89 s in a fresh process. With ``scratch``,
+    the step records live in its memory (valid until the next design's build)."""
     ev = tl.ev
     nthr = tl.nthreads
     if groups is None:
@@ -245,13 +269,19 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None) -> Steps:
         caps.append(2 * (int(np.count_nonzero(e <= 1)) + int(np.count_nonzero(e == 4)))
                     + runs + 2 * (hi - lo) + 16)
     offsets = np.cumsum([0, *caps])
-    # numpy's zeros are calloc'ed: pages beyond the steps actually written never become
-    # resident, so the bounds cost address space only.
-    rec = np.zeros(int(offsets[-1]), STEP)
+    # Pages beyond the steps actually written never become resident (fresh memory is mapped
+    # on first touch), so the bounds cost address space only. Every field of a step is
+    # written: the records need no clearing.
+    if scratch is not None:
+        rec = scratch.empty("rec", int(offsets[-1]), STEP)
+        ev_acq = scratch.empty("ev_acq", len(ev), np.int32)
+        ev_acq.fill(-1)
+    else:
+        rec = np.empty(int(offsets[-1]), STEP)
+        ev_acq = np.full(len(ev), -1, np.int32)
     t_start, held_idx, held_off = thread_facts(tl)
-    # Scratch for _build, allocated here (see timeline._linked): an acquisition's id per
-    # record (each group writes its own records' entries).
-    ev_acq = np.full(len(ev), -1, np.int32)
+    # ev_acq is scratch for _build, allocated here (see timeline._linked): an acquisition's
+    # id per record (each group writes its own records' entries).
     longest = int((tl.thread_end - tl.thread_first).max()) if nthr else 0
     # per thread: first step, end, start time, first acquisition
     tfirst, tend, tstart, tacq = (np.zeros(nthr, np.int64) for _ in range(4))

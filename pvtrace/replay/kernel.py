@@ -476,7 +476,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             # (millions under OBM) at random: ask for the lines a few steps ahead.
             if kd == 0:
                 _prefetch(kr, np.int64(rec[_u(s)].key) << 2)
-            if s + KEY_AHEAD < nsteps:
+            # (the thread's own step: ``rec`` may hold unused space between groups of
+            # threads, see build_steps, whose keys mean nothing)
+            if s + KEY_AHEAD < thread_end[_u(th)]:
                 _prefetch(kr, np.int64(rec[_u(s + KEY_AHEAD)].key) << 2)
             if s + STEP_AHEAD < nsteps:
                 _prefetch(rec, s + STEP_AHEAD)

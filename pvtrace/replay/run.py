@@ -30,7 +30,7 @@ from pvtrace.models import get_design
 from pvtrace.models.base import SPACE_PAGE, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
 from pvtrace.replay import cache
-from pvtrace.replay.build import Acquisitions, DesignKeys, build_steps, thread_facts
+from pvtrace.replay.build import Acquisitions, DesignKeys, Scratch, build_steps, thread_facts
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
 from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, Timeline
@@ -190,12 +190,14 @@ def warm_caches(tl: Timeline, designs: list[Design], params: ReplayParams) -> No
 
 
 def run_design(tl: Timeline, design: Design, params: ReplayParams,
-               built: Callable[[], object] | None = None) -> DesignRun:
+               built: Callable[[], object] | None = None,
+               scratch: Scratch | None = None) -> DesignRun:
     """Replay ``tl`` under ``design``: the raw per-acquisition arrays. ``built`` is called
     once the steps are built, before the kernel runs on this thread alone (a caller starts
-    other work on the second core then: the builder uses both)."""
+    other work on the second core then: the builder uses both). ``scratch``: memory for the
+    steps, reused by the caller's next design (see build.Scratch)."""
     dk, nkeys, turnstile, unknown = _design_keys(tl, design, params)
-    steps = build_steps(tl, dk)
+    steps = build_steps(tl, dk, scratch=scratch)
     del dk
     if built is not None:
         built()
