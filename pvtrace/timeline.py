@@ -202,6 +202,10 @@ def _build_timeline(read, nrows: int, pool: ThreadPoolExecutor) -> Timeline:
         return _scatter(pos, 0, lock_ids, np.empty(nrows, np.int32)), len(lock_vals)
 
     ev_col, tid_col = pool.submit(read, "ev"), pool.submit(read, "tid")
+    # numba's first call of a compiled function in a process imports and registers its
+    # typing and lowering modules (0.3 s): here, while the first two columns are read, not
+    # after.
+    _present(np.zeros(0, np.uint32), np.zeros(0, np.bool_))
     # The largest columns first, so that the two threads finish together.
     jobs = {
         "lock": pool.submit(placed("lock", locks)),
