@@ -127,8 +127,8 @@ def records(n: int, **fields) -> np.ndarray:
 @dataclass(frozen=True)
 class Steps:
     """Per-step and per-acquisition arrays for one design. The per-step fields are in the
-    records ``rec`` (``steps.gap`` is a view of ``steps.rec["gap"]``, ``steps.kind`` is
-    unpacked from ``steps.rec["word"]``, see :data:`STEP`)."""
+    records (``steps.gap`` is ``steps.steps["gap"]``, ``steps.kind`` is unpacked from their
+    ``word``, see :data:`STEP`)."""
 
     rec: np.ndarray           # STEP records, threads one after the other (see parts)
     thread_first: np.ndarray  # int64 per thread
