@@ -9,7 +9,8 @@ mutex -> pv-list lock -> a page move -> releases, with recorded waits), then pri
 - end-to-end seconds of ``pvtrace replay`` and ``pvtrace compare`` (5 designs) on two bundle
   sizes, and the marginal rate between them (fixed start-up costs excluded): for a bundle's
   first replay, which builds the timeline and writes its cache, and for a replay again, which
-  maps the cache;
+  maps the cache (the faster of two: the first of them computes the designs' keys and saves
+  them next to the cache, ``cache/derived``, the second maps them too);
 - the same replay written as a plain-Python heapq loop over the same steps (every rule of
   the kernel, checked to give the kernel's waits, holds, classes and sibling wakeups; best
   of 3), for comparison;
