@@ -97,10 +97,10 @@ def render(result: SimResult, header: dict, drain_ns: int = DRAIN_NS) -> str:
 
 @contextmanager
 def _open(path: Path) -> Iterator[BinaryIO]:
-    """A binary stream to `path`, compressed by its name (:func:`_compressed`). A regular file is written under a temporary name beside it and renamed into
-    place when complete, so an interrupted or failed write leaves no half capture under the
-    name (nor a damaged earlier one); anything else (``/dev/stdout``, a named pipe) is
-    written as is."""
+    """A binary stream to `path`, compressed by its name (:func:`_compressed`). A regular
+    file is written under a temporary name beside it and renamed into place when complete,
+    so an interrupted or failed write leaves no half capture under the name (nor a damaged
+    earlier one); anything else (``/dev/stdout``, a named pipe) is written as is."""
     if path.exists() and not path.is_file():
         with open(path, "wb") as raw, _compressed(path, raw) as out:
             yield out
