@@ -1,14 +1,21 @@
-"""The compiled replay kernel: its limits (packed keys must not overflow) and its scheduler."""
+"""The compiled replay kernel and its steps: limits (packed keys must not overflow), the
+scheduler, the packed step records, and steps built in groups of threads or reused memory."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
 from pvtrace.errors import PvtraceError
-from pvtrace.replay.build import FIELDS, STEP, records, unpack
+from pvtrace.models import get_design
+from pvtrace.replay.api import load_trace
+from pvtrace.replay.build import (FIELDS, PARALLEL_RECORDS, STEP, Scratch, build_steps, records,
+                                  unpack)
 from pvtrace.replay.kernel import run_kernel, time_limit
+from pvtrace.replay.run import _design_keys, make_params
 
 PV = 0xFFFFF80001000000
 
@@ -144,21 +151,27 @@ def test_step_records_pack_their_small_fields_into_one_word():
         records(1, colour=3)
 
 
+SAMPLES = Path(__file__).parent.parent / "sample_traces"
+
+
+def _sample_keys(sample: str, layout: str, names: tuple[str, ...], spin: int = 0,
+                 wakeup: int = 0):
+    """The timeline of a sample capture, the replay parameters, and per design name its
+    design, keys, key count and turnstiles."""
+    tl = load_trace(str(SAMPLES / sample), use_cache=False).timeline
+    params = make_params(layout, None, spin, wakeup)
+    designs = {}
+    for name in names:
+        design = get_design(name, params.layout)
+        designs[name] = (design, *_design_keys(tl, design, params)[:3])
+    return tl, params, designs
+
+
 @pytest.mark.parametrize("groups", [2, 3, 7])
 def test_threads_built_in_groups_give_the_same_steps_and_replay(groups):
-    from pathlib import Path
-
-    from pvtrace.models import get_design
-    from pvtrace.replay.api import load_trace
-    from pvtrace.replay.build import build_steps
-    from pvtrace.replay.run import _design_keys, make_params
-
-    sample = Path(__file__).parent.parent / "sample_traces" / "buildkernel-stock-hash256.log.gz"
-    tl = load_trace(str(sample), use_cache=False).timeline
-    params = make_params("hash:256", None, 5000, 3)
-    for name in ("stock", "obm"):
-        design = get_design(name, params.layout)
-        dk, nkeys, turnstile, _ = _design_keys(tl, design, params)
+    tl, params, designs = _sample_keys("buildkernel-stock-hash256.log.gz", "hash:256",
+                                       ("stock", "obm"), 5000, 3)
+    for design, dk, nkeys, turnstile in designs.values():
         one, many = build_steps(tl, dk, groups=1), build_steps(tl, dk, groups=groups)
         assert len(many.parts) == min(groups, tl.nthreads) and many.nsteps == one.nsteps
         assert np.array_equal(many.steps, one.steps)
@@ -173,21 +186,13 @@ def test_threads_built_in_groups_give_the_same_steps_and_replay(groups):
 
 
 def test_designs_built_in_reused_memory_give_the_same_steps():
-    from pathlib import Path
-
-    from pvtrace.models import get_design
-    from pvtrace.replay.api import load_trace
-    from pvtrace.replay.build import PARALLEL_RECORDS, Scratch, build_steps
-    from pvtrace.replay.run import _design_keys, make_params
-
-    sample = Path(__file__).parent.parent / "sample_traces" / "buildkernel-obm-superpage.log.gz"
-    tl = load_trace(str(sample), use_cache=False).timeline
+    tl, _, designs = _sample_keys("buildkernel-obm-superpage.log.gz", "superpage",
+                                  ("obm", "stock", "obm-pvc", "ideal"))
     assert len(tl.ev) < PARALLEL_RECORDS     # (groups: the test above)
-    params = make_params("superpage", None, 0, 0)
     scratch = Scratch()
     seen = []
     for name in ("obm", "stock", "obm-pvc", "ideal", "obm"):
-        dk, *_ = _design_keys(tl, get_design(name, params.layout), params)
+        dk = designs[name][1]
         fresh, reused = build_steps(tl, dk), build_steps(tl, dk, scratch=scratch)
         assert np.array_equal(reused.steps, fresh.steps), name
         assert np.array_equal(reused.acq_cls, fresh.acq_cls), name
