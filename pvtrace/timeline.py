@@ -188,13 +188,14 @@ def _build_timeline(read, nrows: int, pool: ThreadPoolExecutor) -> Timeline:
         def place(pos, col):
             parts, values = _codes(col, mapping, default)
             if renumber is not None:
-                parts = [(i, renumber(values)[np.maximum(lut, 0)]) for i, lut in parts]
+                codes = renumber(values)
+                parts = [(i, codes[np.maximum(lut, 0)]) for i, lut in parts]
             return _scatter_codes(pos, parts, dtype), values
         return place
 
     def classes_of(values):
         # The luts number every value including "-"; renumber without it, "-" -> -1.
-        names = [c for c in values if c != "-"]
+        names = _class_names(values)
         return np.array([names.index(c) if c != "-" else -1 for c in values] or [-1])
 
     def locks(pos, col):
@@ -247,8 +248,13 @@ def _build_timeline(read, nrows: int, pool: ThreadPoolExecutor) -> Timeline:
         ts=ts, ev=ev, cls=cls, lock=lock, mode=mode, pa=done["pa"], op=op,
         waited_idx=waited_idx, waited_ns=waited_ns, spun_idx=spun_idx, spun_ns=spun_ns,
         partner=partner, thread_first=starts, thread_end=ends, thread_ids=thread_ids,
-        nlocks=nlocks, classes=[c for c in cls_values if c != "-"], ops=ops, t0=t0,
+        nlocks=nlocks, classes=_class_names(cls_values), ops=ops, t0=t0,
         t_last=int(ts.max()), counts=LinkCounts(*(int(c) for c in counts)))
+
+
+def _class_names(values: list[str]) -> list[str]:
+    """The lock classes among a ``cls`` column's values ("-" marks P/E/X records)."""
+    return [c for c in values if c != "-"]
 
 
 def _times(pos: np.ndarray, col) -> tuple[np.ndarray, int]:
