@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pvtrace.cli import app
+from pvtrace.report.table import fmt_ns
 from spec_example import SPEC_LOG
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -319,3 +320,13 @@ def test_the_script_waits_for_threads_it_would_otherwise_cut_short() -> None:
     finally:
         release.set()
         worker.join()
+
+
+@pytest.mark.parametrize("ns, text", [
+    (0, "0 ns"), (66, "66 ns"), (999.4, "999 ns"), (999.5, "1.00 us"), (2950, "2.95 us"),
+    (9994, "9.99 us"), (9995, "10.0 us"), (99_950, "100 us"), (452_000, "452 us"),
+    (999_500, "1.00 ms"), (5_000_000, "5.00 ms"), (5_090_000, "5.09 ms"), (3.6e12, "3600 s"),
+    (-2950, "-2.95 us")])
+def test_table_durations_keep_three_significant_digits(ns, text):
+    # "5.00 ms" next to "5.09 ms": a dropped trailing zero read as a coarser figure
+    assert fmt_ns(ns) == text

@@ -16,11 +16,15 @@ CLASS_NAMES = {"pv": "pv list", "pvc": "pv chunk list", "pmap": "pmap mutex"}
 
 
 def fmt_ns(ns: int | float) -> str:
-    """Nanoseconds in the largest unit that keeps three significant digits."""
+    """Nanoseconds in the largest unit that keeps three significant digits, trailing zeros
+    included ("5.00 ms" next to "5.09 ms", not "5 ms"); below 1 us, whole nanoseconds."""
     ns = float(ns)
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if abs(ns) >= scale:
-            return f"{ns / scale:.3g} {unit}" if abs(ns) < 100 * scale else f"{ns / scale:.0f} {unit}"
+        if abs(ns) >= scale * 0.9995:     # what rounds to 1.00 of the unit is in it
+            v = ns / scale
+            # decimals for three significant digits of the rounded value
+            places = 2 if abs(v) < 9.995 else 1 if abs(v) < 99.95 else 0
+            return f"{v:.{places}f} {unit}"
     return f"{ns:.0f} ns"
 
 
