@@ -316,6 +316,35 @@ def test_cli_option_errors_are_one_line(tmp_path, monkeypatch, capsys, args, mes
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize("args, estimate", [
+    (["--duration-ms", "1e300"], "up to 1.6e+304 records, about 4.47e+297 GiB"),
+    (["--duration-ms", "20000", "--threads", "64"], "up to 2,560,000,000 records, about 715 GiB"),
+])
+def test_cli_refuses_a_run_too_big_for_memory_before_simulating(tmp_path, monkeypatch, capsys,
+                                                               args, estimate):
+    import sys
+
+    import pvtrace.cli as cli
+    import pvtrace.synth as synth_mod
+
+    # a 16 GiB machine, whatever this one has
+    sysconf = {"SC_PHYS_PAGES": 4 * 2**20, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr("os.sysconf", sysconf.__getitem__)
+    monkeypatch.setattr(synth_mod, "synthesize", lambda **kw: pytest.fail("simulated"))
+    out = tmp_path / "s.log"
+    monkeypatch.setattr(sys, "argv", ["pvtrace", "synth", "-o", str(out), *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == 2
+    threads = args[-1] if "--threads" in args else "8"
+    assert capsys.readouterr().err == (
+        f"pvtrace: --duration-ms {args[1] if args[1] != '1e300' else '1e+300'} with --threads "
+        f"{threads} would simulate {estimate} of memory, more than this machine's 16 GiB; "
+        "shorten --duration-ms or use fewer threads (about 2,000 records per thread per ms)\n")
+    assert not out.exists()
+
+
 def small_text(kernel, layout, threads, ms, seed):
     return synthesize(kernel=kernel, layout=layout, threads=threads, duration_ms=ms,
                       seed=seed).text
