@@ -713,14 +713,74 @@ def test_a_stray_unit_separator_byte_is_one_malformed_line(tmp_path):
         (5, "control byte (NUL, escape, ...) in the lock class or op field")]
 
 
-def test_different_inputs_with_equal_size_and_ends_are_both_kept(tmp_path):
-    # The repeat check compares size and 64 KiB at both ends first; equal ones are compared
-    # whole, so two different captures are never refused as copies.
+def test_different_inputs_with_equal_size_and_ends_are_not_refused_as_copies(tmp_path):
+    # The whole-file check compares size and 64 KiB at both ends first; equal ones are
+    # compared whole, so two different captures are never refused as copies. (These two
+    # share all but one record: the record check refuses them, naming the first repeat.)
     filler = "".join(f"{20000 + i} 2 103 E - 0 - 0 0 pmap_remove\n" for i in range(5000))
-    a = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_enter\n" + filler
-    b = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_xnter\n" + filler
-    result, out, meta = ingest(tmp_path, a, b)
-    assert result.records == 2 * (6 + 10001)
+    other = filler.replace(" 103 ", " 105 ")
+    a = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_enter\n" + other
+    b = SPEC_LOG + filler + "90000 3 104 E - 0 - 0 0 pmap_xnter\n" + other
+    assert len(a) == len(b)
+    with pytest.raises(PvtraceError, match=r"records repeat others field for field .*10,006 "
+                                           r"among the first 20,014 in time order: "
+                                           r"\S*in1.log:4 repeats \S*in0.log:4;"):
+        ingest(tmp_path, a, b)
+
+
+def _repeat_error(tmp_path, *texts, rows=None):
+    """The message ingest refuses ``texts`` with (as in0.log, in1.log, ...), written in
+    parts of ``rows`` rows when given."""
+    import pvtrace.ingest as ing
+
+    paths = [str(write(tmp_path, f"in{i}.log", t)) for i, t in enumerate(texts)]
+    if rows is not None:
+        original = ing._ordered_parts
+        ing._ordered_parts = lambda events, **kw: original(events, rows=rows, **kw)
+    try:
+        with pytest.raises(PvtraceError) as err:
+            run_ingest(paths, str(tmp_path / "out"))
+    finally:
+        if rows is not None:
+            ing._ordered_parts = original
+    assert not (tmp_path / "out").exists()
+    return str(err.value)
+
+
+def test_overlapping_captures_are_refused_with_the_repeated_lines(tmp_path):
+    # Two windows of one capture saved with an overlap: the shared records counted twice,
+    # silently (only whole copies were caught).
+    lines = SPEC_LOG.splitlines(keepends=True)    # 3 header lines, then 6 records
+    first, second = "".join(lines[:7]), "".join(lines[:3] + lines[5:])
+    a, b = tmp_path / "in0.log", tmp_path / "in1.log"
+    assert _repeat_error(tmp_path, first, second) == (
+        "records repeat others field for field (time, CPU, thread and all), 2 among the "
+        f"first 8 in time order: {b}:4 repeats {a}:6; {b}:5 repeats {a}:7; overlapping "
+        "captures, or a log appended to itself? Give each record once; nothing was written")
+
+
+def test_a_log_appended_to_itself_is_refused_in_any_part(tmp_path):
+    # Parts of 1, 2 and 4 rows: a repeat lands in the same part as its original, in the
+    # next one, or across a part boundary inside a run of equal times.
+    twice = SPEC_LOG + "".join(SPEC_LOG.splitlines(keepends=True)[3:])
+    # The error comes with the first part holding a repeat: the count is of the parts so far
+    # (in parts of one row, the third holds the first repeat, of a row two parts back).
+    for rows, (repeats, seen) in {1: (1, 3), 2: (1, 3), 4: (2, 5), None: (6, 12)}.items():
+        msg = _repeat_error(tmp_path, twice, rows=rows)
+        assert msg.startswith("records repeat others field for field (time, CPU, thread and "
+                              f"all), {repeats} among the first {seen} in time order: "
+                              f"{tmp_path / 'in0.log'}:10 repeats {tmp_path / 'in0.log'}:4")
+
+
+def test_equal_times_of_different_records_are_not_repeats(tmp_path):
+    # Synthetic captures (and coarse clocks) give many records one timestamp.
+    log = ("# pvtrace-log v1\n"
+           "1000 0 101 E - 0 - 0 0x1000 pmap_enter\n"
+           "1000 1 102 E - 0 - 0 0x2000 pmap_enter\n"
+           "1000 0 101 A pv 0xfffff80001000040 w 0 0x1000 pmap_enter\n"
+           "1000 0 101 R pv 0xfffff80001000040 w 0 0x1000 pmap_enter\n")
+    result, out, meta = ingest(tmp_path, log)
+    assert result.records == 4
 
 
 def test_an_invalid_layout_line_is_reported_not_dropped(tmp_path):

@@ -187,7 +187,8 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
     if events is not None:
         # Put into time order as Arrow (what the bundle writes), one row group at a time, so
         # that no sorted copy of a big capture ever exists whole ...
-        tables["events"] = _ordered_parts(events, recycle=True)
+        tables["events"] = _ordered_parts(events, recycle=True,
+                                          names=[s.path for _, s in parsed])
         progress.stage("writing the events in time order", events.height)
     summaries = [s for _, s in parsed]
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -236,12 +237,86 @@ ROW_GROUP_ROWS = 1 << 20     # rows per events row group (each put in time order
 
 
 def _ordered_parts(events: pl.DataFrame, rows: int | None = None,
-                   recycle: bool = False) -> bundle.Parts:
+                   recycle: bool = False, names: list[str] | None = None) -> bundle.Parts:
     """``events`` in time order as bundle parts of ``rows`` rows (:mod:`.order`; with
     ``recycle``, a part's memory is reused two parts later: the bundle writer is done with a
-    part when it asks for the next)."""
+    part when it asks for the next). With ``names`` (the inputs' names by ``src``), each part
+    is checked for repeated records on its way to the writer (:func:`_without_repeats`)."""
     parts, first = order.ordered_parts(events, rows or ROW_GROUP_ROWS, recycle)
+    if names is not None:
+        parts = _without_repeats(parts, names)
     return bundle.Parts(parts, events.height, first)
+
+
+RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
+
+
+def _without_repeats(parts, names: list[str]):
+    """Pass the time-ordered ``parts`` through, refusing the capture if a record repeats
+    another one field for field: overlapping captures given together (a window saved twice,
+    a log and a longer copy of it), or a log appended to itself. Whole-file repeats are
+    refused before parsing (:func:`_refuse_repeat`); these are the partial ones. Every
+    replayed number would count such records twice, and no capture holds two: a CPU's probes
+    never fire twice in one nanosecond.
+
+    A repeat has its original's time, so only rows sharing a ``ts`` with a neighbour in time
+    order are compared (a pass of numpy over each part's sorted ``ts``; usually no row of a
+    real capture qualifies), together with the previous part's rows at its last ``ts``. The
+    error ends the bundle writer, which then removes what it wrote."""
+    carry = None     # the previous part's rows at its last ts, decoded
+    seen = 0
+    for part in parts:
+        seen += part.num_rows
+        ts = part.column("ts").to_numpy()
+        if len(ts):
+            same = ts[1:] == ts[:-1]
+            joined = carry is not None and carry["ts"][0] == ts[0]
+            if joined or same.any():
+                cand = np.zeros(len(ts), bool)
+                cand[1:] |= same
+                cand[:-1] |= same
+                cand[0] |= joined
+                rows = _decoded(part, np.flatnonzero(cand))
+                if joined:
+                    rows = pl.concat([carry, rows])
+                _refuse_repeated_records(rows, names, seen)
+            last = _decoded(part, np.flatnonzero(ts == ts[-1]))
+            carry = pl.concat([carry, last]) if joined and ts[-1] == ts[0] else last
+        yield part
+
+
+def _decoded(part, rows: np.ndarray) -> pl.DataFrame:
+    """Rows ``rows`` of an Arrow part as a DataFrame with plain string columns (each part's
+    dictionaries are its own)."""
+    df = pl.from_arrow(part.select([*RECORD_FIELDS, "src", "line"]).take(rows))
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def _refuse_repeated_records(rows: pl.DataFrame, names: list[str], seen: int) -> None:
+    """Raise if records among ``rows`` repeat (``seen``: the records in time order so far)."""
+    groups = (rows.sort("src", "line")
+              .group_by(RECORD_FIELDS, maintain_order=True)   # in order of the originals
+              .agg("src", "line", pl.len().alias("n"))
+              .filter(pl.col("n") > 1))
+    if groups.height == 0:
+        return
+    repeats = int(groups["n"].sum()) - groups.height
+
+    def at(src: int, line: int) -> str:
+        return f"{names[src] if src < len(names) else src}:{line}"
+
+    # Each group's first record in input order is the original; the others repeat it.
+    pairs = sorted(((src[k], line[k]), (src[0], line[0]))
+                   for src, line in groups.head(10 * SHOWN_IN_ERROR)
+                   .select("src", "line").iter_rows()
+                   for k in range(1, len(src)))
+    shown = "; ".join(f"{at(*again)} repeats {at(*orig)}"
+                      for again, orig in pairs[:SHOWN_IN_ERROR])
+    more = f" and {repeats - SHOWN_IN_ERROR:,} more" if repeats > SHOWN_IN_ERROR else ""
+    raise PvtraceError(
+        f"records repeat others field for field (time, CPU, thread and all), {repeats:,} "
+        f"among the first {seen:,} in time order: {shown}{more}; overlapping captures, or a log appended to itself? Give each record "
+        "once; nothing was written")
 
 
 def _parser(fmt: Format, name: str):
