@@ -280,7 +280,7 @@ def _without_repeats(parts, names: list[str]):
                 if joined:
                     rows = pl.concat([carry, rows])
                 _refuse_repeated_records(rows, names, seen)
-            last = _decoded(part, np.flatnonzero(ts == ts[-1]))
+            last = _decoded(part, np.arange(np.searchsorted(ts, ts[-1]), len(ts)))
             carry = pl.concat([carry, last]) if joined and ts[-1] == ts[0] else last
         yield part
 
