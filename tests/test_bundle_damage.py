@@ -126,6 +126,8 @@ def test_damaged_metadata_is_one_line(bundle, monkeypatch, capsys, change, messa
     lambda m: {k: v for k, v in m.items() if k != "layout"},
     lambda m: {**m, "layout": {"effective": None}},
     lambda m: {k: v for k, v in m.items() if k not in ("drops", "capture", "tables")},
+    lambda m: {**m, "inputs": 5, "pvtrace_version": 7, "ingested_at": ["x"]},
+    lambda m: {**m, "inputs": [1, {"path": 3, "records": "x"}]},
 ])
 def test_metadata_readers_do_without_still_replays(bundle, monkeypatch, capsys, change):
     """Keys may be missing (older bundles lack some) or newer: the replay is the same."""
@@ -136,6 +138,9 @@ def test_metadata_readers_do_without_still_replays(bundle, monkeypatch, capsys, 
     before, after = json.loads(before), json.loads(after)
     assert (after["observed"], after["models"]) == (before["observed"], before["models"])
     assert after["observed"]["wait_ns"] == 9000 and after["models"][0]["makespan_ns"] == 10000
+    # the provenance keeps what has the expected type
+    assert after["trace"]["inputs"] in (before["trace"]["inputs"], [], [dict.fromkeys(
+        ("path", "format", "compression", "records"))])
 
 
 def test_valid_metadata_reaches_the_report(bundle, monkeypatch, capsys):

@@ -38,6 +38,13 @@ def test_replay_json_matches_spec_example(spec_log: Path) -> None:
     report = json.loads(r.stdout)          # stdout holds the JSON and nothing else
     assert report["schema"] == "pvtrace-replay/1"
     assert report["trace"]["events"] == 6 and report["trace"]["threads"] == 2
+    # provenance: what replayed, from which capture, ingested (here, on the fly) by what
+    import pvtrace
+    assert report["pvtrace_version"] == pvtrace.__version__
+    assert report["trace"]["inputs"] == [{"path": str(spec_log), "format": "pvlog",
+                                          "compression": None, "records": 6}]
+    assert report["trace"]["ingested"]["pvtrace_version"] == pvtrace.__version__
+    assert report["trace"]["ingested"]["at"].endswith("+00:00")
     obs = report["observed"]
     assert (obs["acquisitions"], obs["contended"], obs["wait_ns"]) == (2, 1, 9000)
     assert obs["contended_wait_percentiles_ns"] == {"p50": 9000, "p90": 9000, "p99": 9000,

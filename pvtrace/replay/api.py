@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import pvtrace
 from pvtrace import progress
 from pvtrace.bundle import Bundle, is_bundle, open_bundle
 from pvtrace.errors import PvtraceError
@@ -185,6 +186,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
         cache_status = cached.result()
     report = {
         "schema": REPORT_SCHEMA,
+        "pvtrace_version": pvtrace.__version__,
         "trace": {
             "path": path,
             "events": nevents,
@@ -201,6 +203,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "dtrace_messages": [m for m in (meta.get("dtrace_messages") or [])
                                 if isinstance(m, str)][:20],
             "timeline_cache": cache_status,
+            **_provenance(meta),
         },
         "observed": obs,
         "models": models_,
@@ -230,6 +233,23 @@ def replay_designs(tl: Timeline, designs: list, params, jobs: int = 1,
     warm_caches(tl, designs, params)
     with ThreadPoolExecutor(min(jobs, len(designs))) as pool:
         return list(pool.map(one, designs))
+
+
+def _provenance(meta: dict) -> dict[str, Any]:
+    """Where the bundle came from, from its metadata (which may be damaged: only values of
+    the expected types are kept, others are null): ``inputs`` (each capture's path, format,
+    compression and records) and ``ingested`` (by which pvtrace version, when)."""
+    inputs = []
+    listed = meta.get("inputs")
+    for one in listed if isinstance(listed, list) else []:
+        if isinstance(one, dict):
+            inputs.append({k: one.get(k) if isinstance(one.get(k), kind) else None
+                           for k, kind in (("path", str), ("format", str),
+                                           ("compression", str), ("records", int))})
+    ingested = {k: meta.get(m) for k, m in (("pvtrace_version", "pvtrace_version"),
+                                           ("at", "ingested_at"))
+                if isinstance(meta.get(m), str)}
+    return {"inputs": inputs, "ingested": ingested}
 
 
 def _skipped_lines(meta: dict) -> dict[str, int]:
