@@ -34,6 +34,7 @@ import filecmp
 import importlib
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 import pvtrace
 from pvtrace import bundle, progress, signals
@@ -251,7 +253,7 @@ def _ordered_parts(events: pl.DataFrame, rows: int | None = None,
 RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
 
 
-def _without_repeats(parts, names: list[str]):
+def _without_repeats(parts: Iterator[pa.Table], names: list[str]) -> Iterator[pa.Table]:
     """Pass the time-ordered ``parts`` through, refusing the capture if a record repeats
     another one field for field: overlapping captures given together (a window saved twice,
     a log and a longer copy of it), or a log appended to itself. Whole-file repeats are
@@ -285,7 +287,7 @@ def _without_repeats(parts, names: list[str]):
         yield part
 
 
-def _decoded(part, rows: np.ndarray) -> pl.DataFrame:
+def _decoded(part: pa.Table, rows: np.ndarray) -> pl.DataFrame:
     """Rows ``rows`` of an Arrow part as a DataFrame with plain string columns (each part's
     dictionaries are its own)."""
     df = pl.from_arrow(part.select([*RECORD_FIELDS, "src", "line"]).take(rows))
@@ -315,8 +317,8 @@ def _refuse_repeated_records(rows: pl.DataFrame, names: list[str], seen: int) ->
     more = f" and {repeats - SHOWN_IN_ERROR:,} more" if repeats > SHOWN_IN_ERROR else ""
     raise PvtraceError(
         f"records repeat others field for field (time, CPU, thread and all), {repeats:,} "
-        f"among the first {seen:,} in time order: {shown}{more}; overlapping captures, or a log appended to itself? Give each record "
-        "once; nothing was written")
+        f"among the first {seen:,} in time order: {shown}{more}; overlapping captures, or a "
+        "log appended to itself? Give each record once; nothing was written")
 
 
 def _parser(fmt: Format, name: str):
