@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,18 +202,36 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, **_parquet_options(table.schema))
 
 
+def close_iterator(iterator: Iterator[Any]) -> None:
+    """Close ``iterator`` now if it can be closed (a generator: its ``finally`` blocks and
+    context managers run at once; see :func:`_write_parts`)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def _write_parts(data: Parts, name: str, path: Path) -> int:
-    """Write ``data`` part by part (a row group each); returns the rows written."""
+    """Write ``data`` part by part (a row group each); returns the rows written.
+
+    The parts' iterator is closed however the write ends. A generator of parts may hold
+    threads (the ingest gathers the next part on another one): left suspended by an error,
+    it would only be finalized by the garbage collector, at any later point in any thread,
+    and joining a thread there can deadlock (it did inside ``threading``'s own bookkeeping
+    while another thread started: the fuzz tests hung)."""
     first = schemas.conform(data.first, name)
     rows = 0
-    with pq.ParquetWriter(path, first.schema, **_parquet_options(first.schema)) as writer:
-        for part in data.parts:
-            table = schemas.conform(part, name)
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
-            rows += table.num_rows
-            progress.advance(table.num_rows)
-        if rows == 0:
-            writer.write_table(first)
+    parts = data.parts
+    try:
+        with pq.ParquetWriter(path, first.schema, **_parquet_options(first.schema)) as writer:
+            for part in parts:
+                table = schemas.conform(part, name)
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                rows += table.num_rows
+                progress.advance(table.num_rows)
+            if rows == 0:
+                writer.write_table(first)
+    finally:
+        close_iterator(parts)
     if rows != data.rows:
         raise ValueError(f"table {name}: {rows} rows written, {data.rows} announced")
     return rows

@@ -772,6 +772,25 @@ def test_a_log_appended_to_itself_is_refused_in_any_part(tmp_path):
                               f"{tmp_path / 'in0.log'}:10 repeats {tmp_path / 'in0.log'}:4")
 
 
+def test_a_refused_write_leaves_no_thread_behind(tmp_path):
+    # The time-ordering generator gathers the next part on a thread of its own. Abandoned by
+    # the refusal, it lived on in a reference cycle until the garbage collector ran it, at any
+    # point in any thread: once inside threading's bookkeeping as another thread started,
+    # where joining its thread deadlocked (the fuzz tests hung). It is closed at once now.
+    import gc
+    import threading
+
+    twice = SPEC_LOG + "".join(SPEC_LOG.splitlines(keepends=True)[3:])
+    before = set(threading.enumerate())
+    gc.disable()
+    try:
+        for rows in (1, None):
+            _repeat_error(tmp_path, twice, rows=rows)
+            assert set(threading.enumerate()) - before == set()
+    finally:
+        gc.enable()
+
+
 def test_equal_times_of_different_records_are_not_repeats(tmp_path):
     # Synthetic captures (and coarse clocks) give many records one timestamp.
     log = ("# pvtrace-log v1\n"

@@ -267,24 +267,27 @@ def _without_repeats(parts: Iterator[pa.Table], names: list[str]) -> Iterator[pa
     error ends the bundle writer, which then removes what it wrote."""
     carry = None     # the previous part's rows at its last ts, decoded
     seen = 0
-    for part in parts:
-        seen += part.num_rows
-        ts = part.column("ts").to_numpy()
-        if len(ts):
-            same = ts[1:] == ts[:-1]
-            joined = carry is not None and carry["ts"][0] == ts[0]
-            if joined or same.any():
-                cand = np.zeros(len(ts), bool)
-                cand[1:] |= same
-                cand[:-1] |= same
-                cand[0] |= joined
-                rows = _decoded(part, np.flatnonzero(cand))
-                if joined:
-                    rows = pl.concat([carry, rows])
-                _refuse_repeated_records(rows, names, seen)
-            last = _decoded(part, np.arange(np.searchsorted(ts, ts[-1]), len(ts)))
-            carry = pl.concat([carry, last]) if joined and ts[-1] == ts[0] else last
-        yield part
+    try:
+        for part in parts:
+            seen += part.num_rows
+            ts = part.column("ts").to_numpy()
+            if len(ts):
+                same = ts[1:] == ts[:-1]
+                joined = carry is not None and carry["ts"][0] == ts[0]
+                if joined or same.any():
+                    cand = np.zeros(len(ts), bool)
+                    cand[1:] |= same
+                    cand[:-1] |= same
+                    cand[0] |= joined
+                    rows = _decoded(part, np.flatnonzero(cand))
+                    if joined:
+                        rows = pl.concat([carry, rows])
+                    _refuse_repeated_records(rows, names, seen)
+                last = _decoded(part, np.arange(np.searchsorted(ts, ts[-1]), len(ts)))
+                carry = pl.concat([carry, last]) if joined and ts[-1] == ts[0] else last
+            yield part
+    finally:
+        bundle.close_iterator(parts)    # at once, not when collected: see bundle._write_parts
 
 
 def _decoded(part: pa.Table, rows: np.ndarray) -> pl.DataFrame:
