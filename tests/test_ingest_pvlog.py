@@ -791,6 +791,34 @@ def test_a_refused_write_leaves_no_thread_behind(tmp_path):
         gc.enable()
 
 
+_RECORD = st.tuples(st.integers(1000, 1003), st.integers(0, 1), st.integers(100, 101),
+                    st.sampled_from(["E", "X"]), st.sampled_from(["0", "0x1000"]),
+                    st.sampled_from(["pmap_enter", "pmap_remove"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(records=st.lists(_RECORD, min_size=1, max_size=12), rows=st.integers(1, 5))
+def test_a_capture_is_refused_exactly_when_a_record_repeats(tmp_path, records, rows):
+    # Few distinct times, CPUs and threads: many equal times, across part boundaries too.
+    import pvtrace.ingest as ing
+
+    text = "# pvtrace-log v1\n" + "".join(f"{ts} {cpu} {tid} {ev} - 0 - 0 {pa} {op}\n"
+                                           for ts, cpu, tid, ev, pa, op in records)
+    path = write(tmp_path, "in.log", text)
+    original = ing._ordered_parts
+    ing._ordered_parts = lambda events, **kw: original(events, rows=rows, **kw)
+    try:
+        result = run_ingest([str(path)], str(tmp_path / "out"), force=True)
+        assert len(set(records)) == len(records)
+        assert result.records == len(records)
+    except PvtraceError as exc:
+        assert len(set(records)) < len(records)
+        assert str(exc).startswith("records repeat others field for field")
+    finally:
+        ing._ordered_parts = original
+
+
 def test_equal_times_of_different_records_are_not_repeats(tmp_path):
     # Synthetic captures (and coarse clocks) give many records one timestamp.
     log = ("# pvtrace-log v1\n"
