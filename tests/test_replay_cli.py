@@ -337,3 +337,20 @@ def test_the_script_waits_for_threads_it_would_otherwise_cut_short() -> None:
 def test_table_durations_keep_three_significant_digits(ns, text):
     # "5.00 ms" next to "5.09 ms": a dropped trailing zero read as a coarser figure
     assert fmt_ns(ns) == text
+
+
+def test_the_text_report_names_the_capture_files_of_a_bundle(tmp_path, spec_log):
+    # A table pasted into a mail keeps where its numbers came from.
+    from pvtrace.ingest import run_ingest
+    from pvtrace.replay.api import replay_trace
+    from pvtrace.report.table import trace_line
+
+    later = tmp_path / "later.log"
+    later.write_text(SPEC_LOG.replace("1000 ", "91000 ").replace("6000 ", "96000 "))
+    for inputs, shown in (([spec_log], f"capture file: {spec_log}"),
+                          ([spec_log, later], f"capture files: {spec_log}, {later}")):
+        run_ingest([str(p) for p in inputs], str(tmp_path / "b"), force=True)
+        line = trace_line(replay_trace(str(tmp_path / "b"), ["obm"]))
+        assert line.splitlines()[1] == f"  {shown}"
+    # a raw log is its own capture file: no second line
+    assert "\n" not in trace_line(replay_trace(str(spec_log), ["obm"]))

@@ -53,10 +53,17 @@ def trace_line(report: dict) -> str:
     t = report["trace"]
     # Paths, lock classes and op names are the user's text: "[/x]" is a legal op name, and
     # rich would read it as markup (and fail, or hide it).
-    return (f"{escape(t['path'])}: {count(t['events'], 'event')}, "
+    line = (f"{escape(t['path'])}: {count(t['events'], 'event')}, "
             f"{count(t['threads'], 'thread')}, {fmt_ns(t['span_ns'])} span, captured layout "
             f"{t['layout']}"
             + (" (assumed)" if t.get("layout_assumed") else ""))
+    # Where a bundle's events came from: a table pasted elsewhere keeps its provenance.
+    files = [i["path"] for i in t.get("inputs", []) if i.get("path")]
+    if files and files != [t["path"]]:
+        shown = ", ".join(escape(f) for f in files[:3]) + (
+            f" and {len(files) - 3} more" if len(files) > 3 else "")
+        line += f"\n  capture {'file' if len(files) == 1 else 'files'}: {shown}"
+    return line
 
 
 def compare_table(report: dict) -> Table:
