@@ -50,7 +50,7 @@ import pvtrace
 from pvtrace import bundle, progress, signals
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import detect, layout as layouts, order
-from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
 from pvtrace.ingest.source import open_source
 
 PARSERS: dict[Format, str] = {
@@ -249,9 +249,6 @@ def _ordered_parts(events: pl.DataFrame, rows: int | None = None,
     if names is not None:
         parts = _without_repeats(parts, names)
     return bundle.Parts(parts, events.height, first)
-
-
-RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
 
 
 def _without_repeats(parts: Iterator[pa.Table], names: list[str]) -> Iterator[pa.Table]:

@@ -16,6 +16,10 @@ from typing import Any
 import polars as pl
 
 
+# The ten fields of an event-log record (SPEC section 1), in their order on a line.
+RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
+
+
 class Format(StrEnum):
     PVLOG = "pvlog"                      # pvtrace event log v1 (pvtrace.d output)
     LOCKSTAT = "lockstat"                # lockstat(1) human-readable report(s)

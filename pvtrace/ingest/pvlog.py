@@ -43,7 +43,7 @@ import pyarrow as pa
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import hexfield
-from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
 
 LOG_MAJOR = 1                        # the event-log major version this module reads
 ONE_BATCH_BYTES = 512 * 1024 * 1024  # larger files are streamed in batches ...
@@ -285,7 +285,7 @@ def _valid() -> pl.Expr:
             & c("op").is_not_null()).fill_null(False)
 
 
-_EVENT_COLUMNS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op", "line")
+_EVENT_COLUMNS = (*RECORD_FIELDS, "line")
 
 
 def _fast(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
