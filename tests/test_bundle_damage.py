@@ -141,6 +141,7 @@ def test_metadata_readers_do_without_still_replays(bundle, monkeypatch, capsys, 
     # the provenance keeps what has the expected type
     assert after["trace"]["inputs"] in (before["trace"]["inputs"], [], [dict.fromkeys(
         ("path", "format", "compression", "records"))])
+    assert set(after["trace"]["ingested"]) == {"pvtrace_version", "at"}
 
 
 def test_valid_metadata_reaches_the_report(bundle, monkeypatch, capsys):

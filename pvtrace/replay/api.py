@@ -246,9 +246,8 @@ def _provenance(meta: dict) -> dict[str, Any]:
             inputs.append({k: one.get(k) if isinstance(one.get(k), kind) else None
                            for k, kind in (("path", str), ("format", str),
                                            ("compression", str), ("records", int))})
-    ingested = {k: meta.get(m) for k, m in (("pvtrace_version", "pvtrace_version"),
-                                           ("at", "ingested_at"))
-                if isinstance(meta.get(m), str)}
+    ingested = {k: meta.get(m) if isinstance(meta.get(m), str) else None
+                for k, m in (("pvtrace_version", "pvtrace_version"), ("at", "ingested_at"))}
     return {"inputs": inputs, "ingested": ingested}
 
 
