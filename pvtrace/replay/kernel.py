@@ -105,21 +105,22 @@ def _overlap(p1, big1, p2, big2):
 
 @nb.njit(cache=True, inline="always")
 def _hold_pv(th, s, k, rec, t_pvlo, t_pvhi, t_page, t_big):
-    """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one."""
+    """Thread ``th`` now holds pv key ``k`` (step ``s``): extend its run or start a new one.
+    Without branches (selects): whether an acquisition is a pv one follows no pattern the CPU
+    can predict when threads interleave (see _run)."""
     w = rec[_u(s)].word
-    if w & W_PV:
-        if w & W_CONT:
-            t_pvhi[_u(th)] = k
-        else:
-            t_pvlo[_u(th)] = k
-            t_pvhi[_u(th)] = k
-            t_page[_u(th)] = step_page(rec[_u(s)].word)
-            t_big[_u(th)] = step_2m(rec[_u(s)].word)
+    pv = (w & W_PV) != 0
+    new = pv and (w & W_CONT) == 0
+    t_pvhi[_u(th)] = k if pv else t_pvhi[_u(th)]
+    t_pvlo[_u(th)] = k if new else t_pvlo[_u(th)]
+    t_page[_u(th)] = step_page(w) if new else t_page[_u(th)]
+    t_big[_u(th)] = step_2m(w) if new else t_big[_u(th)]
 
 
 @nb.njit(cache=True, inline="always")
 def _set_leaf(tree, leaf0, th, v):
-    """Leaf ``th`` becomes ``v``: recompute the mins up to the root (branch-free)."""
+    """Leaf ``th`` becomes ``v``: recompute the mins up to the root (branch-free). Returns
+    the root: the loop keeps it in a register instead of reading it back from memory."""
     i = leaf0 + th
     tree[_u(i)] = v
     while i > 1:
@@ -127,6 +128,7 @@ def _set_leaf(tree, leaf0, th, v):
         v = v if v < o else o
         i >>= 1
         tree[_u(i)] = v
+    return v
 
 
 @nb.njit(cache=True, inline="always")
@@ -275,8 +277,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
     released = 0
     now = base
     ok = True
+    top = tree[1]
     while True:
-        top = tree[1]
         if top == NONE:
             if nwaiting == 0:
                 break
@@ -312,21 +314,27 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                           ts_head, kr, tree, leaf0, base, shift, bits, tmax):
                 ok = False
                 break
+            top = tree[1]
             continue
         th = top & tmask
         t = (top >> shift) + base
         now = t
         s = t_step[_u(th)]
-        if t_mvat[_u(th)] >= 0:             # a page move passed over on the way here happened
-            t_page[_u(th)] = t_mvpage[_u(th)]
-            t_big[_u(th)] = t_mvbig[_u(th)]
-            t_mvat[_u(th)] = -1
+        # Branch-free, as are the other tests below of what kind of step or lock a turn has:
+        # the scheduler picks threads in no order the CPU can learn, so such a branch missed
+        # about every other time (15-20 cycles each, out of about 100 per turn). The kind of
+        # a step is in its key (the priority bit: acquisitions come last at an instant), so
+        # that branch does not wait for the step record.
+        mv = t_mvat[_u(th)] >= 0            # a page move passed over on the way here happened
+        t_page[_u(th)] = t_mvpage[_u(th)] if mv else t_page[_u(th)]
+        t_big[_u(th)] = t_mvbig[_u(th)] if mv else t_big[_u(th)]
+        t_mvat[_u(th)] = -1
         if s == thread_first[_u(th)]:       # the thread starts
             n_act = act[0] + 1
             act[_u(n_act)] = th
             act_at[_u(th)] = n_act
             act[0] = n_act
-        kd = step_kind(rec[_u(s)].word)
+        kd = 0 if (top >> bits) & 1 else step_kind(rec[_u(s)].word)
         nxt = NONE          # the thread's next packed key
         if kd == 0:
             k = rec[_u(s)].key
@@ -388,16 +396,16 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                     if cls == CLS_TRUE and unknown:
                         cls = CLS_UNKNOWN
                     a_class[_u(a)] = cls
-                _set_leaf(tree, leaf0, th, NONE)
+                top = _set_leaf(tree, leaf0, th, NONE)
                 continue
         elif kd == 1:
             a0 = rec[_u(s)].acq
             for j in range(step_count(rec[_u(s)].word)):
                 a_rel[_u(a0 + j)] += t + 1      # -1 - start becomes the hold
             released += step_count(rec[_u(s)].word)
-            if rec[_u(s)].word & W_PV:
-                t_pvlo[_u(th)] = -1
-                t_pvhi[_u(th)] = -1
+            pv = (rec[_u(s)].word & W_PV) != 0
+            t_pvlo[_u(th)] = -1 if pv else t_pvlo[_u(th)]
+            t_pvhi[_u(th)] = -1 if pv else t_pvhi[_u(th)]
             k0 = rec[_u(s)].key
             for k in range(k0, k0 + step_count(rec[_u(s)].word)):
                 k4 = np.int64(k) << 2
@@ -449,7 +457,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             act[_u(act_at[_u(th)])] = last
             act_at[_u(last)] = act_at[_u(th)]
             act[0] -= 1
-            _set_leaf(tree, leaf0, th, NONE)
+            top = _set_leaf(tree, leaf0, th, NONE)
             continue
         # Advance this thread to its next step.
         s += 1
@@ -460,7 +468,8 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 # A page move needs no turn of its own: it never waits, and only the
                 # classification of other threads' pv waits reads the page, as of their
                 # time. Note it as pending at its time and go on to the next step, which
-                # applies it (the END step at the latest).
+                # applies it (the END step at the latest). (Branch-free, this ran slower:
+                # the next step's record then waits for the test.)
                 t_mvat[_u(th)] = rel + base
                 t_mvpage[_u(th)] = step_page(rec[_u(s)].word)
                 t_mvbig[_u(th)] = step_2m(rec[_u(s)].word)
@@ -473,9 +482,9 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             kd = step_kind(rec[_u(s)].word)
             # Nothing below changes a result. 64 threads interleave, so the step records are
             # read as 64 streams, too many for the hardware prefetcher, and lock records
-            # (millions under OBM) at random: ask for the lines a few steps ahead.
-            if kd == 0:
-                _prefetch(kr, np.int64(rec[_u(s)].key) << 2)
+            # (millions under OBM) at random: ask for the lines a few steps ahead. The key's
+            # line whatever the kind: a release uses it too, and a test would be a branch.
+            _prefetch(kr, np.int64(max(rec[_u(s)].key, 0)) << 2)
             # (the thread's own step: ``rec`` may hold unused space between groups of
             # threads, see build_steps, whose keys mean nothing)
             if s + KEY_AHEAD < thread_end[_u(th)]:
@@ -487,7 +496,7 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                 _prefetch(a_req, a_next)
                 _prefetch(a_rel, a_next)
             nxt = (rel << shift) | (np.int64(kd == 0) << bits) | th
-        _set_leaf(tree, leaf0, th, nxt)
+        top = _set_leaf(tree, leaf0, th, nxt)
     if ok and released < nacq:
         # Not every acquisition was released (the step builder releases every lock still held
         # at the end of the capture, so this does not happen; when all are, as usual, this
