@@ -78,6 +78,26 @@ def test_dense_ids_match_numpy_unique(values, method, offset):
     assert ids.dtype == np.int32
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=200),
+       st.lists(st.integers(0, 200), max_size=4), st.booleans(), st.booleans())
+def test_dense_ids_of_chunks_with_a_flip_match_numpy_unique(values, cuts, flip, small):
+    """A column's chunks taken as one, each value XORed with ``flip`` (the sign bit: int64
+    order), by either method (small values take the bitmap)."""
+    v = np.array(values, np.int64)
+    if small:
+        v %= 5000
+    chunks = np.split(v, sorted(c % (len(v) + 1) for c in cuts))
+    ids, distinct = dense_ids(chunks, flip=1 << 63 if flip else 0)
+    if flip:        # flipped, the ranks are those of the signed values
+        u, inv = np.unique(v, return_inverse=True)
+        assert (distinct ^ np.uint64(1 << 63)).view(np.int64).tolist() == u.tolist()
+    else:
+        u, inv = np.unique(v.view(np.uint64), return_inverse=True)
+        assert distinct.tolist() == u.tolist()
+    assert ids.tolist() == inv.ravel().tolist()
+
+
 def _group_stats_by_hand(names, codes, waits, extra, holds, spin_limit):
     """Per group, the obvious way: a boolean mask per code."""
     out = {}
