@@ -5,7 +5,9 @@ Generates bundles of a pmap-like workload (threads doing pmap_enter-style operat
 mutex -> pv-list lock -> a page move -> releases, with recorded waits), then prints:
 
 - steps/s and critical sections (acquisitions)/s of the compiled kernel alone (one core,
-  compilation excluded, best of 7);
+  compilation excluded): the best and the median of 5 runs on each of 3 builds of the steps
+  (on this VM, the same kernel on the same steps runs up to 1.5x slower in one build of them
+  than in another, all of its runs, as well as from one minute to the next);
 - end-to-end seconds of ``pvtrace replay`` and ``pvtrace compare`` (5 designs) on two bundle
   sizes, and the marginal rate between them (fixed start-up costs excluded): for a bundle's
   first replay, which builds the timeline and writes its cache, and for a replay again, which
@@ -280,18 +282,23 @@ def main() -> None:
         params = make_params("superpage", None, 0, 0)
         design = get_design("stock", params.layout)
         dk, nkeys, turnstile, _ = _design_keys(tl, design, params)
-        steps = build_steps(tl, dk)
-        kargs = (steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, nkeys,
-                 turnstile, False, len(steps.acq_cls), 0, 0)
-        run_kernel(*kargs)  # compile / load from cache
-        best = min(_timed(run_kernel, kargs) for _ in range(7))
-        del kargs
+        times = []
+        for _ in range(3):
+            steps = None        # the previous build's memory first
+            steps = build_steps(tl, dk)
+            kargs = (steps.rec, steps.thread_first, steps.thread_end, steps.thread_start,
+                     nkeys, turnstile, False, len(steps.acq_cls), 0, 0)
+            run_kernel(*kargs)  # compile / load from cache; fault the arrays in
+            times += [_timed(run_kernel, kargs) for _ in range(5)]
+            del kargs
+        best, median = min(times), float(np.median(times))
         nsteps, nacq = len(steps.kind), len(steps.acq_cls)
         # The kernel passes over page moves without a scheduler turn (see its docstring).
         moves = int(np.count_nonzero(steps.kind == STEP_PAGE))
         print(f"kernel: {nsteps:,} steps ({nacq:,} acquisitions; {moves:,} page moves, which "
               f"take no scheduler turn) in {best:.3f} s = {nsteps / best / 1e6:.1f} M steps/s, "
-              f"{nacq / best / 1e6:.1f} M critical sections (acquisitions) /s")
+              f"{nacq / best / 1e6:.1f} M critical sections (acquisitions) /s at best; median "
+              f"{median:.3f} s = {nacq / median / 1e6:.1f} M sections/s (3 builds x 5 runs)")
 
         # Plain Python on the first steps of every thread (it is slow), per step, under a
         # design without and one with shared turnstiles; checked against the kernel on the
