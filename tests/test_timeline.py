@@ -123,3 +123,30 @@ def test_a_release_in_the_other_mode_is_paired_and_counted() -> None:
         "1 release in the other mode (w, r) than the acquisition paired with it: records "
         "between them were lost, and each such hold spans two acquisitions (docs/REPLAY.md "
         "section 1)"]
+
+
+def test_waits_attach_to_their_acquisitions_from_the_sparse_ns_column() -> None:
+    # Two threads interleaved in time (the timeline regroups them): B and S before an A add
+    # up; a B of 0 ns attaches without a wait; a B followed by an A of another lock is an
+    # orphan; an ns on an A record (not a B/S one) is ignored.
+    rows = [  # ts, tid, ev, lock, ns
+        (10, 101, "B", 1, 100), (11, 101, "S", 1, 40), (12, 101, "A", 1, 0),
+        (13, 102, "S", 1, 5), (20, 101, "R", 1, 0), (21, 102, "A", 1, 0),
+        (25, 102, "R", 1, 0), (30, 101, "B", 2, 0), (31, 101, "A", 2, 0),
+        (40, 101, "R", 2, 0), (50, 101, "B", 3, 70), (51, 101, "A", 4, 999),
+        (60, 101, "R", 4, 0),
+    ]
+    n = len(rows)
+    events = pl.DataFrame(
+        {"ts": [r[0] for r in rows], "cpu": [0] * n, "tid": [r[1] for r in rows],
+         "ev": [r[2] for r in rows], "cls": ["pmap"] * n, "lock": [r[3] for r in rows],
+         "mode": ["w"] * n, "ns": [r[4] for r in rows], "pa": [0] * n,
+         "op": ["pmap_enter"] * n},
+        schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64})
+    tl = Timeline.from_events(events)
+    # 101's ten records first (B S A R B A R B A R), then 102's (S A R)
+    assert tl.thread_ids.tolist() == [101, 102]
+    assert tl.waited_idx.tolist() == [2, 11] and tl.waited_ns.tolist() == [140, 5]
+    assert tl.spun_idx.tolist() == [2, 11] and tl.spun_ns.tolist() == [40, 5]
+    assert tl.counts.orphan_waits == 1
+    assert tl.partner.tolist() == [-1, -1, 3, 2, -1, 6, 5, -1, 9, 8, -1, 12, 11]
