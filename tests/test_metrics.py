@@ -80,13 +80,15 @@ def test_dense_ids_match_numpy_unique(values, method, offset):
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=200),
-       st.lists(st.integers(0, 200), max_size=4), st.booleans(), st.booleans())
-def test_dense_ids_of_chunks_with_a_flip_match_numpy_unique(values, cuts, flip, small):
+       st.lists(st.integers(0, 200), max_size=4), st.booleans(),
+       st.sampled_from([5000, 200_000, None]))
+def test_dense_ids_of_chunks_with_a_flip_match_numpy_unique(values, cuts, flip, spread):
     """A column's chunks taken as one, each value XORed with ``flip`` (the sign bit: int64
-    order), by either method (small values take the bitmap)."""
+    order), by each method: values within 5,000 of each other take the table, within 200,000
+    the bitmap, any the hash."""
     v = np.array(values, np.int64)
-    if small:
-        v %= 5000
+    if spread:
+        v %= spread
     chunks = np.split(v, sorted(c % (len(v) + 1) for c in cuts))
     ids, distinct = dense_ids(chunks, flip=1 << 63 if flip else 0)
     if flip:        # flipped, the ranks are those of the signed values
