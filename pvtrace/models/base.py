@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pvtrace.models.layout import PAGES_PER_FRAME, Layout, frame_of, page_of
+from pvtrace.models.layout import PAGES_PER_FRAME, Layout, page_of
 
 # Key spaces: a lock key is (space, value); values of different spaces never meet.
 SPACE_LOCK = 0    # the captured lock address
@@ -80,8 +80,10 @@ class PageLockDesign(Design):
         return True
 
     def pv_keys(self, pa: np.ndarray, is2m: np.ndarray) -> PvKeys:
-        # (copy=False: these are millions of values, and each fresh array costs page faults)
-        first_page = frame_of(pa) * np.uint64(PAGES_PER_FRAME)
-        value = np.where(is2m, first_page, page_of(pa)).astype(np.uint64, copy=False)
+        # In place where it can be (these are millions of values, and each fresh array costs
+        # page faults): a superpage's key is its frame's first page, its page number with the
+        # low 9 bits cleared.
+        value = np.asarray(page_of(pa), np.uint64)
+        np.bitwise_and(value, ~np.uint64(PAGES_PER_FRAME - 1), out=value, where=is2m)
         return PvKeys(SPACE_PAGE, value, is2m.astype(bool, copy=False),
                       self.layout.slot(pa).astype(np.uint64, copy=False))

@@ -91,6 +91,28 @@ def _pv_entry(tl: Timeline) -> tuple[dict, dict]:
     return cache.derived(tl, "pv_records", compute, check)
 
 
+@nb.njit(cache=True, nogil=True)
+def _pv_pages(pa, mode, idx):
+    """The page-keyed records' pages and superpage marks, in one compiled pass (numpy's
+    gathers first copied the int32 indices to intp: 0.1 s at 6 M records)."""
+    pages = np.empty(len(idx), np.uint64)
+    is2m = np.empty(len(idx), np.bool_)
+    for j in range(len(idx)):
+        i = idx[j]
+        pages[j] = pa[i]
+        is2m[j] = mode[i] == MODE_2M
+    return pages, is2m
+
+
+@nb.njit(cache=True, nogil=True)
+def _per_key(ids, base, turnstile, out):
+    """``out[ids[j] - base] = turnstile[j]``: each key's turnstile (numpy's fancy assignment
+    took 0.08-0.1 s at 6 M records)."""
+    for j in range(len(ids)):
+        out[ids[j] - base] = turnstile[j]
+    return out
+
+
 def _within(span: tuple[int, int], lo: int, hi: int) -> bool:
     """A loaded array's values (``span``: its least and greatest) lie in ``[lo, hi]``."""
     return lo <= span[0] and span[1] <= hi
@@ -124,19 +146,20 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
 
     def compute():
         idx, _ = _pv_records(tl)
-        pk = design.pv_keys(tl.pa[idx], tl.mode[idx] == MODE_2M)
+        pk = design.pv_keys(*_pv_pages(tl.pa, tl.mode, idx))
         ids, vals = dense_ids(pk.value)
-        lo = ids + np.int32(tl.nlocks)
-        hi = lo.copy()
+        ids += np.int32(tl.nlocks)
+        lo = hi = ids       # the same array, unless a superpage run widens hi (read only)
         if pk.space == SPACE_PAGE and pk.is_range.any():
             r = pk.is_range
             last = pk.value[r] + np.uint64(PAGES_PER_FRAME)
+            hi = lo.copy()
             hi[r] = tl.nlocks + np.searchsorted(vals, last) - 1
         arrays = {"lo": lo, "hi": hi, "is_range": pk.is_range}
         if pk.turnstile is not None:
             # The design's turnstile of each key (all requests for a key share its turnstile).
-            per_key = np.empty(len(vals), np.uint64)
-            per_key[ids] = pk.turnstile
+            per_key = _per_key(lo, tl.nlocks, np.ascontiguousarray(pk.turnstile, np.uint64),
+                               np.empty(len(vals), np.uint64))
             arrays["turnstile"], _ = dense_ids(per_key)
         return arrays, {"nvals": len(vals)}
 
