@@ -47,28 +47,42 @@ def dense_ids(values, flip: int = 0) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = min(int(b[0]) for b in bounds), max(int(b[1]) for b in bounds)
     spread = hi - lo + 1
     lo = np.uint64(lo)      # (a Python int would be typed int64 by numba)
-    ids = np.empty(n, np.int32)
     if spread <= _TABLE_SMALL:
-        present = np.zeros(spread, np.uint8)
-        for c in chunks:
-            _table_mark(c, lo, flip, present)
-        rank, distinct = _table_rank(present, lo)
-        off = 0
-        for c in chunks:
-            _table_assign(c, lo, flip, rank, ids, off)
-            off += len(c)
-        return ids, distinct
+        return _by_table(chunks, n, lo, spread, flip)
     if spread <= max(_BITMAP_SMALL, _BITMAP_BITS_PER_VALUE * n):
-        bits = np.zeros((spread + 63) >> 6, np.uint64)
-        for c in chunks:
-            _bitmap_mark(c, lo, flip, bits)
-        below, distinct = _bitmap_rank(bits, lo)
-        off = 0
-        for c in chunks:
-            _bitmap_assign(c, lo, flip, bits, below, ids, off)
-            off += len(c)
-        return ids, distinct
+        return _by_bitmap(chunks, n, lo, spread, flip)
+    return _by_hash(chunks, n, flip)
+
+
+def _by_table(chunks, n, lo, spread, flip):
+    present = np.zeros(spread, np.uint8)
+    for c in chunks:
+        _table_mark(c, lo, flip, present)
+    rank, distinct = _table_rank(present, lo)
+    ids = np.empty(n, np.int32)
+    off = 0
+    for c in chunks:
+        _table_assign(c, lo, flip, rank, ids, off)
+        off += len(c)
+    return ids, distinct
+
+
+def _by_bitmap(chunks, n, lo, spread, flip):
+    bits = np.zeros((spread + 63) >> 6, np.uint64)
+    for c in chunks:
+        _bitmap_mark(c, lo, flip, bits)
+    below, distinct = _bitmap_rank(bits, lo)
+    ids = np.empty(n, np.int32)
+    off = 0
+    for c in chunks:
+        _bitmap_assign(c, lo, flip, bits, below, ids, off)
+        off += len(c)
+    return ids, distinct
+
+
+def _by_hash(chunks, n, flip):
     table = (np.full(1024, -1, np.int32), np.zeros(1024, np.uint64), 0)
+    ids = np.empty(n, np.int32)
     off = 0
     for c in chunks:
         table = _hash_chunk(c, flip, *table, ids, off)
@@ -174,12 +188,7 @@ def _bitmap_assign(values, lo, flip, bits, below, ids, at):
 def _bitmap_ids(values, lo, spread):
     """The bitmap method alone on one array (for tests)."""
     values = _u64(values)
-    bits = np.zeros((spread + 63) >> 6, np.uint64)
-    _bitmap_mark(values, np.uint64(lo), np.uint64(0), bits)
-    below, distinct = _bitmap_rank(bits, np.uint64(lo))
-    ids = np.empty(len(values), np.int32)
-    _bitmap_assign(values, np.uint64(lo), np.uint64(0), bits, below, ids, 0)
-    return ids, distinct
+    return _by_bitmap([values], len(values), np.uint64(lo), spread, np.uint64(0))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -237,7 +246,4 @@ def _rank(distinct, ids):
 def _hash_ids(values):
     """The hash method alone on one array (for tests)."""
     values = _u64(values)
-    ids = np.empty(len(values), np.int32)
-    slots, distinct, nd = _hash_chunk(values, np.uint64(0), np.full(1024, -1, np.int32),
-                                      np.zeros(1024, np.uint64), 0, ids, 0)
-    return ids, _rank(distinct[:nd], ids)
+    return _by_hash([values], len(values), np.uint64(0))
