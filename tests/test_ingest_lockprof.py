@@ -140,9 +140,10 @@ def test_several_dumps_and_bad_lines(tmp_path):
     df = parsed.tables["lockprof"]
     assert df.select("line_no", "dump").rows() == [(3, 1), (7, 2), (8, 2)]
     assert [(q.line, q.kind) for q in parsed.problems] == [
-        (4, ProblemKind.MALFORMED), (9, ProblemKind.MALFORMED), (10, ProblemKind.MALFORMED),
-        (11, ProblemKind.CUT_OFF)]
-    assert "file:line (class:name)" in parsed.problems[2].reason
+        (4, ProblemKind.MALFORMED), (6, ProblemKind.WARNING), (9, ProblemKind.MALFORMED),
+        (10, ProblemKind.MALFORMED), (11, ProblemKind.CUT_OFF)]
+    assert "file:line (class:name)" in parsed.problems[3].reason
+    assert "dump 2 counts at least what dump 1 did" in parsed.problems[1].reason
 
 
 def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
@@ -150,7 +151,7 @@ def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
     text = print_stats([p]) + "       1 " + "9" * 20 + "           3 4 5 6 7 8 9 a.c:1 (rw:x)\n"
     parsed = parse_text(tmp_path, text)
     assert [(q.line, q.kind) for q in parsed.problems] == [(4, ProblemKind.MALFORMED)]
-    assert "beyond 64 bits" in parsed.problems[0].reason
+    assert "beyond the signed 64-bit range" in parsed.problems[0].reason
     assert parsed.tables["lockprof"].height == 1
 
 
@@ -228,3 +229,34 @@ def test_families(tmp_path, lock, family):
     pv = "wait 5.000 us (100.0%)" in lines[1]
     pvc = "wait 5.000 us (100.0%)" in lines[2]
     assert (pv, pvc) == (family == "pv", family == "pvc")
+
+
+def test_dumps_are_summarised_one_by_one(tmp_path):
+    """The counters run from the last reset: two dumps in one file overlap unless the profile
+    was reset between them, so they are never summed. A dump that counts at least the one
+    before it everywhere (no reset, or one dump saved twice) is pointed out."""
+    pv = Point("amd64/amd64/pmap.c", 4210, "rw", "pmap pv list", 120_000, 3_400_000,
+               900_000_000, 450_000_000, 100_000, 5000)
+    pvc = Point("amd64/amd64/pmap.c", 5012, "sleep mutex", "pmap pv chunk list", 80_000,
+                900_000, 300_000_000, 120_000_000, 50_000, 2000)
+    parsed = parse_text(tmp_path, print_stats([pv, pvc]) + print_stats([pv, pvc]))
+    assert [(q.line, q.kind) for q in parsed.problems] == [(6, ProblemKind.WARNING)]
+    assert lockprof.summary_lines(parsed.tables) == [
+        "lock profiling: 2 dumps, each on its own (the counters run from the last reset, so "
+        "dumps taken without one between them overlap, and their sum would count events twice)",
+        "dump 1 of input 2 (from line 3): 150000 acquisitions, 7000 contested, wait 570.000 ms, "
+        "hold 1.200 s (all locks)",
+        "  pv list: wait 450.000 ms (78.9%), 100000 acquisitions (66.7%), 5000 contested "
+        "(71.4%), hold 900.000 ms (75.0%)",
+        "  pv chunk list: wait 120.000 ms (21.1%), 50000 acquisitions (33.3%), 2000 contested "
+        "(28.6%), hold 300.000 ms (25.0%)",
+        "dump 2 of input 2 (from line 7): 150000 acquisitions, 7000 contested, wait 570.000 ms, "
+        "hold 1.200 s (all locks)",
+        "  pv list: wait 450.000 ms (78.9%), 100000 acquisitions (66.7%), 5000 contested "
+        "(71.4%), hold 900.000 ms (75.0%)",
+        "  pv chunk list: wait 120.000 ms (21.1%), 50000 acquisitions (33.3%), 2000 contested "
+        "(28.6%), hold 300.000 ms (25.0%)"]
+    # after a reset: fewer events at a point, no warning
+    pv_less = Point(**{**pv.__dict__, "cnt": 10, "wait_ns": 1000})
+    parsed = parse_text(tmp_path, print_stats([pv, pvc]) + print_stats([pv_less, pvc]))
+    assert parsed.problems == []

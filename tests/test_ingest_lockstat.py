@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pvtrace.errors import PvtraceError
 from pvtrace.ingest import lockstat
 from pvtrace.ingest.common import Format, ProblemKind
 from pvtrace.ingest.detect import sniff
@@ -139,15 +140,20 @@ def test_detects_parsable_basic_lines():
         Format.LOCKSTAT_PARSABLE
 
 
-@pytest.mark.parametrize("name, rows, reports, hist, stack", [
-    ("freebsd_manpage_sleep5.txt", 23, 2, 0, 0),
-    ("freebsd_manpage_H_D10.txt", 20, 2, 0, 0),
-    ("freebsd_manpage_H_f_s50.txt", 2, 1, 7, 15),
-    ("illumos_manpage.txt", 99, 8, 0, 0),
+@pytest.mark.parametrize("name, rows, reports, hist, stack, unclosed", [
+    ("freebsd_manpage_sleep5.txt", 23, 2, 0, 0, [24]),
+    ("freebsd_manpage_H_D10.txt", 20, 2, 0, 0, []),
+    ("freebsd_manpage_H_f_s50.txt", 2, 1, 7, 15, []),
+    ("illumos_manpage.txt", 99, 8, 0, 0, [29, 43, 106, 116]),
 ])
-def test_man_page_examples_parse_without_problems(name, rows, reports, hist, stack):
+def test_man_page_examples_parse_without_problems(name, rows, reports, hist, stack, unclosed):
+    """The manual pages' examples parse whole. Some of them shorten a report (the sleep 5
+    example shows 17 of its 41,411 events' rows) and drop its closing line of dashes, which
+    lockstat always prints: each such report is pointed out, at the next title."""
     parsed = lockstat.parse(DATA / name, 0, name)
-    assert parsed.problems == []
+    assert [p.line for p in parsed.problems] == unclosed
+    assert all(p.kind is ProblemKind.WARNING and "no closing line of dashes" in p.reason
+               for p in parsed.problems)
     assert parsed.format is Format.LOCKSTAT
     assert parsed.records == rows
     assert parsed.meta["reports"] == reports
@@ -447,7 +453,7 @@ def test_numbers_beyond_64_bits_are_malformed_lines(tmp_path):
     assert [(p.line, p.kind) for p in parsed.problems] == [
         (row + 2, ProblemKind.MALFORMED), (row + 3, ProblemKind.MALFORMED),
         (row + 4, ProblemKind.MALFORMED)]
-    assert "beyond 64 bits" in parsed.problems[0].reason
+    assert "beyond the signed 64-bit range" in parsed.problems[0].reason
     assert "count x nsec" in parsed.problems[2].reason
     assert parsed.records == 1
 
@@ -491,27 +497,36 @@ def test_numbers_past_the_column_types_are_malformed_lines(tmp_path):
 
 def test_title_events_per_sec_that_int_refuses(tmp_path):
     """"²³" passes str.isdigit but not int(): the title keeps no events/sec, no crash."""
-    parsed = parse_text(tmp_path, TITLE.replace("(2395 ", "(\u00b2\u00b3 ") + HDR + SEP + ROW)
+    parsed = parse_text(tmp_path, TITLE.replace("(2395 ", "(\u00b2\u00b3 ") + HDR + SEP + ROW
+                        + SEP)
     assert parsed.problems == []
     assert rows_of(parsed, "line", "events_total", "events_per_sec") == [(6, 12000, None)]
 
 
 def test_an_unterminated_last_row_is_kept_with_a_warning(tmp_path):
-    # A report cut inside its caller ("pmap_enter+0x2f1" -> "pmap_en") parses: not silently.
+    # A row cut inside its caller ("pmap_enter+0x2f1" -> "pmap_en") lacks the caller's
+    # padding: a cut-off line, not a row with a wrong caller.
     parsed = parse_text(tmp_path, TITLE + HDR + SEP + ROW.rstrip("\n")[:-9])
-    assert rows_of(parsed, "line", "caller") == [(6, "pmap_en")]
-    assert [(p.line, p.kind) for p in parsed.problems] == [(6, ProblemKind.WARNING)]
+    assert rows_of(parsed, "line", "caller") == []
+    assert [(p.line, p.kind) for p in parsed.problems] == [(6, ProblemKind.CUT_OFF)]
+    # A -p line cut in its last field still parses: kept, not silently.
+    parsed = parse_text(tmp_path, "4 6000 pmap pv list pmap_enter+0x2f1 0.000000 3138")
+    assert rows_of(parsed, "line", "total_ns") == [(1, 3138)]
+    assert [(p.line, p.kind) for p in parsed.problems] == [(1, ProblemKind.WARNING)]
     assert "no newline" in parsed.problems[0].reason
-    # one that does not parse is the cut-off line, once; a terminated file has no warning
+    # one that does not parse is the cut-off line, once (and the report is left unclosed);
+    # a terminated file has no warning
     parsed = parse_text(tmp_path, TITLE + HDR + SEP + ROW + " 6000  50%")
-    assert [(p.line, p.kind) for p in parsed.problems] == [(7, ProblemKind.CUT_OFF)]
-    assert parse_text(tmp_path, TITLE + HDR + SEP + ROW).problems == []
+    assert [(p.line, p.kind) for p in parsed.problems] == [(7, ProblemKind.CUT_OFF),
+                                                           (7, ProblemKind.WARNING)]
+    assert parse_text(tmp_path, TITLE + HDR + SEP + ROW + SEP).problems == []
 
 
 def test_histogram_lines_of_a_row_not_kept_are_not_the_previous_rows(tmp_path):
     text = (TITLE + HDR + SEP + ROW                                                   # 1-6
             + " 6000  50%  4294967296% 0.00    5230 pmap pv list  pmap_enter+0x2f1\n"   # 7
-            + "\n" + HIST_HDR + "      1024 |@@@@@@@@                       11\n")    # 8-10
+            + "\n" + HIST_HDR + "      1024 |@@@@@@@@                       11\n"     # 8-10
+            + SEP)
     parsed = parse_text(tmp_path, text)
     assert [(p.line, p.kind) for p in parsed.problems] == [(7, MAL), (9, MAL), (10, MAL)]
     assert parsed.problems[1].reason == "histogram header without a report row before it"
@@ -569,7 +584,8 @@ def test_totals_past_64_bits_are_summed_exactly(tmp_path):
         "  pv chunk list: 0 events (0.0% of all locks), 0 ns (0.0% of the time listed)"]
     row = f" {m}  50%  50% 0.00     1 pmap pv list           pmap_enter+0x2f1\n"
     parsed = parse_text(tmp_path, TITLE + HDR + SEP + row * 2 + SEP)
-    assert parsed.problems == []
+    assert [(p.line, p.kind) for p in parsed.problems] == [(6, ProblemKind.WARNING)]
+    assert "more than the 12000 of its title" in parsed.problems[0].reason
     assert lockstat.summary_lines(parsed.tables)[:2] == [
         "lockstat R/W writer blocked by writer: 12000 events, est. 18446744073.710 s in the "
         "rows listed",
@@ -689,3 +705,132 @@ def test_property_summary_lines(tmp_path, totals):
     assert parsed.problems == []
     assert rows_of(parsed, "event", "count", "summary") == [
         (EVENT_NAMES[e], n, True) for e, n in totals]
+
+
+# ---------------------------------------------------------------------------- damaged reports
+
+def test_g_rows_overlap_so_no_shares(tmp_path):
+    """lockstat -g counts an event once for every caller in its stack: rows overlap and add
+    up past the title's total. The summary gives each family's largest row as a lower bound,
+    never a share (summing gave 111% of all locks)."""
+    recs = [Rec(10, "pmap pv list", "pmap_enter+0x2f1", 30000),
+            Rec(10, "pmap pv list", "vm_fault+0x1f3", 30000),
+            Rec(8, "vm object", "vm_object_deallocate+0x1", 8000),
+            Rec(8, "vm object", "vm_map_delete+0x22", 8000)]
+    parsed = parse_text(tmp_path, print_report("R/W writer blocked by writer", recs, total=18,
+                                               elapsed_ns=E, g=True))
+    assert parsed.problems == []
+    assert lockstat.summary_lines(parsed.tables) == [
+        "lockstat R/W writer blocked by writer: 18 events",
+        "  pv list: at least 10 events (the largest -g row of its locks)",
+        "  pv chunk list: at least 0 events (the largest -g row of its locks)",
+        "  (-g rows overlap: each event counts once for every caller in its stack, so rows do "
+        "not add up to shares; run lockstat without -g)"]
+
+
+def test_a_lost_title_starts_an_unknown_report(tmp_path):
+    """Rows under a header that follows a closed report without a title of its own are not
+    the previous event's (a lost or overwritten title line)."""
+    first = print_report("Adaptive mutex spin", [Rec(700, "pmap pv chunk list", "x+0x1", 700)],
+                         total=700, elapsed_ns=E)
+    second = print_report("R/W writer blocked by writer", PV[:1], total=6000, elapsed_ns=E)
+    lines = second.splitlines(keepends=True)
+    assert lines[1].startswith("R/W writer blocked")
+    parsed = parse_text(tmp_path, first + "".join(lines[:1] + lines[2:]))
+    assert rows_of(parsed, "line", "report", "event", "count") == [
+        (6, 1, "Adaptive mutex spin", 700), (12, 2, None, 6000)]
+    assert [(p.line, p.kind) for p in parsed.problems] == [(10, ProblemKind.WARNING)]
+    assert "without a title line" in parsed.problems[0].reason
+    summary = lockstat.summary_lines(parsed.tables)
+    assert "lockstat Adaptive mutex spin: 700 events, est. 700 ns in the rows listed" in summary
+    assert "lockstat (no title): 6000 events, est. 31.380 ms in the rows listed" in summary
+
+
+def test_rows_beyond_the_titles_total_are_pointed_out(tmp_path):
+    text = print_report("R/W writer blocked by writer", PV[:1], total=5000, elapsed_ns=E)
+    parsed = parse_text(tmp_path, text)
+    assert [(p.line, p.kind) for p in parsed.problems] == [(6, ProblemKind.WARNING)]
+    assert "add up to 6000 events, more than the 5000 of its title" in \
+        parsed.problems[0].reason
+
+
+def test_a_report_without_its_closing_dashes_was_cut(tmp_path):
+    """report_stats ends every report with a line of dashes: a report cut at a line boundary
+    is no longer silent, at the next title or at the end of the input."""
+    whole = print_report("R/W writer blocked by writer", PV[:2], total=12000, elapsed_ns=E)
+    cut = whole[:whole.rindex(SEP)]
+    parsed = parse_text(tmp_path, cut + cut)
+    assert [(p.line, p.kind) for p in parsed.problems] == [
+        (9, ProblemKind.WARNING), (14, ProblemKind.WARNING)]
+    assert "no closing line of dashes before the next title (line 9)" in \
+        parsed.problems[0].reason
+    assert "before the end of the input" in parsed.problems[1].reason
+    assert "after its row of line 7" in parsed.problems[0].reason
+    # -h/-s reports put dashes before each row's header: closed only by the last ones
+    hist = print_report("Adaptive mutex spin", [Rec(5, "pmap pv list", "f+0x1", 500, hist={3: 5}),
+                                                Rec(4, "vm object", "g+0x2", 40, hist={2: 4})],
+                        total=9, elapsed_ns=E, mode="h")
+    assert parse_text(tmp_path, hist).problems == []
+    parsed = parse_text(tmp_path, hist[:hist.rindex(SEP)])
+    assert [p.kind for p in parsed.problems] == [ProblemKind.WARNING]
+
+
+def test_a_row_cut_inside_its_lock_is_dropped(tmp_path):
+    """lockstat pads the caller to 24 columns: an unterminated last row whose short caller has
+    no padding was cut, and what it read as lock and caller are fragments ("pmap", "pv")."""
+    body = print_report("R/W writer blocked by writer", PV[:1], total=12000, elapsed_ns=E)
+    body = body[:body.rindex(SEP)]
+    parsed = parse_text(tmp_path, body + " 6000  50% 100% 0.00     5230 pmap pv")
+    assert rows_of(parsed, "line", "lock") == [(6, "pmap pv list")]
+    assert [(p.line, p.kind) for p in parsed.problems] == [(7, ProblemKind.CUT_OFF)]
+    assert "lacks the padding" in parsed.problems[0].reason
+    # with its padding the row is whole
+    parsed = parse_text(tmp_path, body + ROW.rstrip("\n").ljust(79) + " ")
+    assert rows_of(parsed, "line", "caller")[-1] == (7, "pmap_enter+0x2f1")
+    # a -D 0 line cut inside its event name
+    parsed = parse_text(tmp_path, print_summary("Adaptive mutex spin", 5) + "%20d R/W wri" % 7)
+    assert rows_of(parsed, "event") == [("Adaptive mutex spin",)]
+    assert [(p.line, p.kind) for p in parsed.problems] == [(2, ProblemKind.CUT_OFF)]
+
+
+def test_numa_dummy_lock_symbol_is_a_pv_list_lock(tmp_path):
+    """pv_dummy_large (pmap.c) holds the pv lock of pages past the last segment at offset 0:
+    lockstat prints its bare symbol, or with -c its size."""
+    recs = [Rec(30, "pv_list_locks[8192]", "pmap_enter+0x2f1", 90000),
+            Rec(20, "pv_dummy_large", "pmap_enter+0x2f1", 60000),
+            Rec(10, "pv_chunks+0x40", "get_pv_entry+0x11", 10000)]
+    parsed = parse_text(tmp_path, print_report("R/W writer blocked by writer", recs, total=60,
+                                               elapsed_ns=E))
+    assert lockstat.summary_lines(parsed.tables)[1:] == [
+        "  pv list: 50 events (83.3% of all locks), est. 150.000 us (93.8% of the time listed)",
+        "  pv chunk list: 10 events (16.7% of all locks), est. 10.000 us (6.2% of the time "
+        "listed)"]
+
+
+def test_error_events_column_is_no_time(tmp_path):
+    """The error events' column is "(N/A)" (a recursion count, say): not summed as time, in
+    the human report (its header says so) or in -p (by the event's number)."""
+    recs = [Rec(10, "pmap pv list", "pmap_enter+0x2f1", 30000),
+            Rec(5, "pmap pv chunk list", "get_pv_entry+0x11", 5000)]
+    human = print_report("Recursive lock entry detected", recs, total=15, elapsed_ns=E,
+                         units="(N/A)")
+    for text in (human, print_p(60, recs)):
+        parsed = parse_text(tmp_path, text)
+        assert parsed.problems == []
+        assert lockstat.summary_lines(parsed.tables) == [
+            "lockstat Recursive lock entry detected: 15 events",
+            "  pv list: 10 events (66.7% of all locks)",
+            "  pv chunk list: 5 events (33.3% of all locks)"]
+
+
+def test_trace_output_is_refused_in_one_line(tmp_path):
+    """lockstat -T prints report_trace's own header and rows: detected as lockstat, refused
+    with the reason, not as an unrecognised input."""
+    text = ("%5s  %7s  %11s  %-24s  %-24s\n" % ("Event", "Time", "Owner", "Lock", "Caller")
+            + SEP + "%2d  %10d  %11s  %-24s  %-24s\n" % (4, 52300, "0xfffff80012345000",
+                                                         "pmap pv list", "pmap_enter+0x2f1"))
+    assert sniff(text, "t") is Format.LOCKSTAT
+    with pytest.raises(PvtraceError) as err:
+        parse_text(tmp_path, text, name="t.txt")
+    assert err.value.one_line() == ("t.txt:1: lockstat -T (trace) output is not supported: "
+                                    "run lockstat without -T")

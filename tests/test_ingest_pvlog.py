@@ -201,6 +201,16 @@ def test_truncated_compressed_stream_keeps_decoded_part(tmp_path, compress):
     assert any("stream ends early" in p.reason for p in result.problems)
 
 
+def test_a_stream_cut_too_short_to_recognise_says_so(tmp_path):
+    """A gzip cut after a few lines of text, or before any: the error names the cut, not only
+    an unrecognised or empty input."""
+    data = gzip.compress(("# pvtrace" + "x" * 5000 + "\n").encode() * 20)
+    with pytest.raises(PvtraceError, match=r"gzip stream ends early after \d+ bytes of text"):
+        ingest(tmp_path, data[:60])
+    with pytest.raises(PvtraceError, match="gzip stream ends before any text"):
+        ingest(tmp_path, data[:12])
+
+
 def test_corrupt_gzip_is_an_error(tmp_path):
     data = bytearray(gzip.compress(SPEC_LOG.encode() * 50))
     data[30:60] = b"\xff" * 30

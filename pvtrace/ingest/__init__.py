@@ -146,7 +146,15 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
     for src, arg in enumerate(inputs):
         with open_source(arg, scratch) as source:
             _refuse_repeat(source.path, source.name, seen)
-            fmt = detect.sniff(source.head(), source.name)
+            try:
+                fmt = detect.sniff(source.head(), source.name)
+            except PvtraceError as exc:
+                if not source.truncated:
+                    raise
+                # What a stream cut this short leaves is no format at all: say why.
+                raise PvtraceError(f"{exc.message} ({source.compression} stream ends early "
+                                   f"after {source.size} bytes of text: file truncated?)",
+                                   path=source.name) from None
             if fmt is not Format.PVLOG:   # the event-log parser announces its line count
                 progress.stage(f"parsing {source.name}")
             # An event log too big to parse in one go spills its records to scratch.

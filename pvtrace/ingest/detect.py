@@ -6,8 +6,8 @@ Signatures, checked line by line over the first 64 KiB; the first line that matc
 - ``debug.lock.prof.stats:`` or the LOCK_PROFILING header (``max wait_max total ...``, or
   ``max total ...`` from kernels before wait_max) -> lockprof;
 - a lockstat title (``Adaptive mutex spin: 12 events in 1.003 seconds (...)``), the column
-  header (``Count indv cuml rcnt ...``), a ``-D 0`` summary line, or ``lockstat: warning:``
-  -> lockstat report;
+  header (``Count indv cuml rcnt ...``), a ``-D 0`` summary line, ``lockstat: warning:``, or
+  ``lockstat -T``'s header (which that parser refuses, saying why) -> lockstat report;
 - a line of ``-p`` output (event index, count, lock..., caller, rcnt, and unless ``-b`` total ns)
   -> lockstat -p.
 """
@@ -32,6 +32,8 @@ _SIGNATURES: list[tuple[re.Pattern[str], Format]] = [
     (re.compile(r"^\s*\d+ (Adaptive mutex|Spin lock|Thread lock|R/W|SX|Profiling interrupt|"
                 r"Recursive lock)"), Format.LOCKSTAT),
     (re.compile(r"^lockstat: warning:"), Format.LOCKSTAT),
+    # lockstat -T's header: the lockstat parser refuses such output with its own message
+    (re.compile(r"^\s*Event\s+Time\s+Owner\s+Lock\s+Caller\s*$"), Format.LOCKSTAT),
     (re.compile(r"^\d+ \d+ .+ \S+ \d+\.\d+( \d+)*( \S+)*\s*$"), Format.LOCKSTAT_PARSABLE),
 ]
 

@@ -19,6 +19,12 @@ The name column is ``file:line (class:name)``; the lock class has no colon ("sle
 "spin mutex", "rw", "sx", "lockmgr"), the lock name may contain spaces, colons and parentheses,
 so the split is: the file up to the first ``:<digits> (``, the class up to the next colon, the
 name up to the final ``)``. Rows are parsed with one regex per line; anything else is a problem.
+
+The counters run from the last ``debug.lock.prof.reset``: two dumps in one file (``sysctl ... >>
+file`` twice) overlap unless the profile was reset between them, and a sum of their rows would
+count the first one twice. Each dump keeps its number (``dump``), the summary takes them one by
+one, and a dump whose every point counts at least what the dump before it did (no reset between
+them, or the same dump saved twice) is pointed out.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import polars as pl
 
-from pvtrace.ingest.common import Format, Parsed, Problem
+from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
 from pvtrace.ingest.lockstat_parse import (Diagnostics, family_expr, fmt_ns, frame,
                                            line_problem, out_of_range, read_lines, too_big)
 
@@ -49,11 +55,13 @@ def parse(path: Path, src: int, name: str) -> Parsed:
     problems: list[Problem] = []
     rows: list[dict[str, Any]] = []
     dump, wide = 0, None          # wide: the header has wait_max (9 numbers); None: no header
+    headers: dict[int, int] = {}  # dump -> line of its header
     for no, text in enumerate(lines, start=1):
         if not text.strip() or _PREFIX.match(text):
             continue
         if (m := _HEADER.match(text)) is not None:
             dump, wide = dump + 1, m["wm"] is not None
+            headers[dump] = no
             continue
         reason = too_big(text) or _row(rows, src, no, max(dump, 1), wide, text)
         if reason is not None:
@@ -61,8 +69,14 @@ def parse(path: Path, src: int, name: str) -> Parsed:
         if reason is not None:
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
     problems.extend(diags.problems)
-    problems.sort(key=lambda p: p.line or 0)
     df = frame(rows, "lockprof")
+    problems.extend(Problem(src, name, headers.get(d), ProblemKind.WARNING,
+                            f"LOCK_PROFILING dump {d} counts at least what dump {d - 1} did at "
+                            f"every point: the profile was not reset between them (or one dump "
+                            f"was saved twice), so it contains dump {d - 1}; the summary takes "
+                            "each dump on its own")
+                    for d in _cumulative_dumps(df))
+    problems.sort(key=lambda p: p.line or 0)
     meta = {
         "format": Format.LOCKPROF.value, "dumps": dump, "rows": len(df),
         "acquisitions": _sum(df["count"]), "contested": _sum(df["cnt_lock"]),
@@ -99,6 +113,26 @@ def _row(rows: list[dict[str, Any]], src: int, no: int, dump: int, wide: bool | 
     return None
 
 
+def _cumulative_dumps(df: pl.DataFrame) -> list[int]:
+    """Dumps (after the first) whose acquisitions and waits at every point of the dump before
+    them are at least that dump's: counters that ran on without a reset."""
+    out = []
+    key = ["name"]
+    for d in range(2, int(df["dump"].max() or 0) + 1):
+        before = df.filter(pl.col("dump") == d - 1).group_by(key).agg(
+            pl.col("count", "wait_total").sum())
+        now = df.filter(pl.col("dump") == d).group_by(key).agg(
+            pl.col("count", "wait_total").sum())
+        if before.is_empty() or now.is_empty():
+            continue
+        joined = before.join(now, on=key, how="left", suffix="_now")
+        if (joined["count_now"].is_not_null().all()
+                and (joined["count_now"] >= joined["count"]).all()
+                and (joined["wait_total_now"] >= joined["wait_total"]).all()):
+            out.append(d)
+    return out
+
+
 def _sum(col: pl.Series) -> int:
     """Exact sum of an int64 column: summed in 128 bits, since every value fits int64 but
     their sum need not, and int64 sums wrap negative."""
@@ -111,8 +145,23 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
     if df is None or df.is_empty():
         return []
     df = df.with_columns(family=family_expr(pl.col("lock_name")))
+    dumps = df.select("src", "dump").unique().sort("src", "dump").rows()
+    if len(dumps) == 1:
+        return _dump_lines(df, "lock profiling")
+    out = [f"lock profiling: {len(dumps)} dumps, each on its own (the counters run from the "
+           "last reset, so dumps taken without one between them overlap, and their sum would "
+           "count events twice)"]
+    for src, dump in dumps:
+        one = df.filter((pl.col("src") == src) & (pl.col("dump") == dump))
+        out += _dump_lines(one, f"dump {dump} of input {src + 1} (from line "
+                                f"{one['line_no'].min()})")
+    return out
+
+
+def _dump_lines(df: pl.DataFrame, what: str) -> list[str]:
+    """The summary of one dump's rows (or of all rows, when there is one dump)."""
     tot = [_sum(df[c]) for c in ("wait_total", "count", "cnt_lock", "total")]
-    out = [f"lock profiling: {tot[1]} acquisitions, {tot[2]} contested, "
+    out = [f"{what}: {tot[1]} acquisitions, {tot[2]} contested, "
            f"wait {fmt_ns(tot[0] * 1000)}, hold {fmt_ns(tot[3] * 1000)} (all locks)"]
     for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
         fd = df.filter(pl.col("family") == fam)

@@ -42,10 +42,11 @@ from typing import Any
 import polars as pl
 
 from pvtrace import schemas
-from pvtrace.ingest.common import Format, Parsed, Problem
-from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, HIST_BUCKETS, INT64_MAX,
-                                           Diagnostics, PLine, family_expr, fmt_ns, frame,
-                                           int_range, line_problem, looks_parsable,
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest.common import Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.lockstat_parse import (EVENT_INDEX, EVENT_NAMES, EVENT_UNITS, HIST_BUCKETS,
+                                           INT64_MAX, Diagnostics, PLine, family_expr, fmt_ns,
+                                           frame, int_range, line_problem, looks_parsable,
                                            out_of_range, parse_p_line, read_lines, too_big,
                                            unterminated_row)
 
@@ -70,6 +71,8 @@ _COLUMNS = [f.name for f in schemas.load("lockstat").arrow]
 # frames at most, so only a corrupt report (or lines glued on from elsewhere) gets here; the
 # frames past it are malformed lines, each reported, not a count that wraps or fails.
 _MAX_FRAMES = int_range("lockstat", "stack_depth")[1]
+# A row's caller is printed "%-24s\n": a complete row whose caller is shorter ends in blanks.
+_CALLER_WIDTH = 24
 
 
 @dataclass
@@ -93,6 +96,7 @@ class _Report:
     seconds: float | None = None
     events_per_sec: int | None = None
     parsable_event: int | None = None   # event index of the -p run, when this is one
+    line: int | None = None             # of its title
 
 
 @dataclass
@@ -105,6 +109,13 @@ class _State:
     header: _Header = field(default_factory=_Header)
     hist_row: dict[str, Any] | None = None   # row whose histogram/stack lines may follow
     in_hist: bool = False
+    # The current report's rows in the human form, and the line of its last row while no
+    # line of dashes has followed it: report_stats ends every report with one, so a report
+    # still open at the next title or at the end of the input was cut short.
+    report_rows: int = 0
+    open_row: int | None = None
+    trace_header: int | None = None          # line of a lockstat -T header
+    warnings: list[tuple[int, str]] = field(default_factory=list)
 
 
 def parse(path: Path, src: int, name: str) -> Parsed:
@@ -119,8 +130,16 @@ def parse(path: Path, src: int, name: str) -> Parsed:
             reason = diags.take(no, text, reason)
         if reason is not None:
             problems.append(line_problem(src, name, no, reason, cut_off, len(lines)))
+    if not st.rows and st.trace_header is not None:
+        raise PvtraceError("lockstat -T (trace) output is not supported: run lockstat "
+                           "without -T", path=name, line=st.trace_header)
+    if cut_off and (why := _cut_row(st, lines[-1], len(lines))) is not None:
+        problems.append(line_problem(src, name, len(lines), why, True, len(lines)))
+    _end_report(st, len(lines), "the end of the input")
     problems.extend(diags.problems)
     problems.extend(unterminated_row(src, name, lines, cut_off, problems))
+    problems.extend(Problem(src, name, no, ProblemKind.WARNING, why)
+                    for no, why in st.warnings + _overfull_reports(st))
     problems.sort(key=lambda p: p.line or 0)
     rows = frame(st.rows, "lockstat")
     parsable = len(rows) > 0 and bool(rows["parsable"].all())
@@ -152,16 +171,19 @@ def _line(st: _State, no: int, text: str) -> str | None:
             return _hist_line(st, no, None, m["frame"])
         st.in_hist = False
     if (m := _TITLE.match(text)) is not None:
+        _end_report(st, no, f"the next title (line {no})")
         eps = m["eps"]   # isdecimal, not isdigit: int() refuses digits such as "²"
         st.report = _Report(st.report.number + 1, m["desc"], int(m["n"]), float(m["sec"]),
-                            int(eps) if eps.isdecimal() else None)
+                            int(eps) if eps.isdecimal() else None, line=no)
         st.header = _Header()
         st.hist_row = None
+        st.report_rows = 0
         return None
     if _SEPARATOR.match(text):
+        st.open_row = None
         return None
     if (m := _HEADER.match(text)) is not None:
-        return _header(st, m)
+        return _header(st, no, m)
     if (m := _HIST_HEADER.match(text)) is not None:
         if st.hist_row is None or st.hist_row["hist_buckets"] or st.hist_row["parsable"]:
             return "histogram header without a report row before it"
@@ -177,6 +199,7 @@ def _line(st: _State, no: int, text: str) -> str | None:
     if _BUCKET.match(text) or (st.hist_row is None and _CONTINUATION.match(text)):
         return "histogram or stack line without a row and histogram header before it"
     if _TRACE_HEADER.match(text):
+        st.trace_header = st.trace_header or no
         return "lockstat -T (trace) output is not supported; run lockstat without -T"
     reason = _row(st, no, text)
     if reason is not None:
@@ -186,7 +209,7 @@ def _line(st: _State, no: int, text: str) -> str | None:
     return reason
 
 
-def _header(st: _State, m: re.Match[str]) -> str | None:
+def _header(st: _State, no: int, m: re.Match[str]) -> str | None:
     words = m["rest"].split()
     units = None
     if words and words[0] in _UNITS:
@@ -200,6 +223,16 @@ def _header(st: _State, m: re.Match[str]) -> str | None:
     if not words:
         return "lockstat column header without the Lock column"
     lock_header = " ".join(words)
+    if st.report_rows and not st.rows[-1]["hist_buckets"]:
+        # Rows, their closing dashes, then a header: without -h/-s a report has one header,
+        # under its title, so the title of a new report is missing (lost, or a line of
+        # stderr written over it). Its rows are not the last title's event.
+        st.warnings.append((no, "lockstat column header without a title line before it (lost, "
+                                "or overwritten by other output?): the rows below it are not "
+                                f"the {st.report.event or 'untitled'} report's and are kept "
+                                "under an unknown event"))
+        st.report = _Report(st.report.number + 1)
+        st.report_rows = 0
     st.header = _Header(rate=m["count"] == "ops/s", genr=m["indv"] == "genr",
                         hottest_lock=lock_header.startswith("Hottest "),
                         hottest_caller=hottest_caller, basic=units is None,
@@ -233,7 +266,63 @@ def _row(st: _State, no: int, text: str) -> str | None:
                   total_ns=count * nsec if nsec is not None and not h.rate else None,
                   total_ns_exact=False, lock=text[toks[first][1]:toks[-2][2]],
                   caller=toks[-1][0], parsable=False, basic=basic)
-    return row if isinstance(row, str) else None
+    if isinstance(row, str):
+        return row
+    st.report_rows += 1
+    st.open_row = no
+    return None
+
+
+def _end_report(st: _State, no: int, where: str) -> None:
+    """The current report ends at line ``no`` (``where`` says what is there): a warning when
+    its rows were not closed by a line of dashes."""
+    if st.open_row is not None:
+        title = f"report of line {st.report.line}" if st.report.line else "untitled report"
+        st.warnings.append((no, f"lockstat {title} has no closing line of dashes before "
+                                f"{where}: the report was cut short after its row of line "
+                                f"{st.open_row}, rows after it may be missing"))
+        st.open_row = None
+
+
+def _cut_row(st: _State, text: str, no: int) -> str | None:
+    """Why the unterminated last line, understood as a row, was cut inside its lock or
+    caller (the row is then dropped), or None. lockstat pads a caller to 24 columns: a
+    complete row whose caller is shorter ends in blanks, one cut short does not."""
+    if not st.rows or st.rows[-1]["line"] != no or st.rows[-1]["parsable"]:
+        return None
+    row = st.rows[-1]
+    if row["summary"]:
+        if row["event"] in EVENT_INDEX:
+            return None
+        why = f"-D 0 summary line cut inside its event name {row['event']!r}"
+    elif text[-1:].isspace() or len(row["caller"]) >= _CALLER_WIDTH:
+        return None
+    else:
+        why = (f"row cut short: its caller {row['caller']!r} lacks the padding to "
+               f"{_CALLER_WIDTH} columns, so the lock or caller read may be a fragment")
+    st.rows.pop()
+    st.hist_row = None
+    st.open_row = None
+    st.report_rows -= not row["summary"]
+    return why
+
+
+def _overfull_reports(st: _State) -> list[tuple[int, str]]:
+    """Reports whose rows hold more events than their title counts: rows of another report
+    ran into them. lockstat's rows never exceed the title's total, except with -g, where each
+    event counts once per caller in its stack, and with -R, whose rows are rates."""
+    counts: dict[int, int] = {}
+    first: dict[int, dict[str, Any]] = {}
+    for row in st.rows:
+        if row["summary"] or row["parsable"] or row["genr"] or row["rate"] \
+                or row["events_total"] is None:
+            continue
+        counts[row["report"]] = counts.get(row["report"], 0) + row["count"]
+        first.setdefault(row["report"], row)
+    return [(first[r]["line"], f"lockstat rows of the {first[r]['event']} report add up to "
+             f"{n} events, more than the {first[r]['events_total']} of its title: rows of "
+             "another report (whose title was lost?) are among them")
+            for r, n in counts.items() if n > first[r]["events_total"]]
 
 
 def _summary(st: _State, no: int, n: int, desc: str) -> str | None:
@@ -285,6 +374,8 @@ def _append(st: _State, no: int, rep: _Report, h: _Header,
         row.update(rate=False, genr=False, hottest_lock=False, hottest_caller=False)
     if (why := out_of_range("lockstat", row)) is not None:
         return why
+    if rep.number != st.report.number:
+        st.report_rows = 0
     st.report, st.header = rep, h
     st.rows.append(row)
     st.hist_row = row
@@ -349,13 +440,19 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
     ``-p`` has no titles, so its rows are summed) over the reports that list rows: a ``-D 0``
     report (totals only) of the same events is counted in the event total and said apart. Times are count x average (``est.``), or the
     exact totals of ``-p``, over the rows listed. ``-R`` reports (rates) are summarised apart,
-    against the titles' events/sec.
+    against the titles' events/sec. Times are summed only for events whose column is in
+    nanoseconds (not the error events' ``(N/A)`` counts). ``-g`` rows overlap (an event counts
+    once for every caller in its stack): their families are counted but not put as shares.
     """
     rows = tables.get("lockstat")
     if rows is None or rows.is_empty():
         return []
     out: list[str] = []
-    rows = rows.with_columns(family=family_expr(pl.col("lock")))
+    units = pl.coalesce("units", pl.col("event_index").replace_strict(
+        EVENT_UNITS, default=None, return_dtype=pl.String))
+    rows = rows.with_columns(family=family_expr(pl.col("lock")),
+                             total_ns=pl.when(units.fill_null("nsec") == "nsec")
+                             .then("total_ns"))
     keys = (rows.select("event", "event_index", "rate").unique()
             .sort("event_index", "event", "rate", nulls_last=True))
     for event, _, rate in keys.rows():
@@ -371,7 +468,8 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
         # (a totals line) would otherwise count them twice and halve every share.
         with_rows = int(per_report.filter("has_rows")["n"].sum() or 0)
         listed = ev.filter(~pl.col("summary"))
-        all_ns = int(listed["total_ns"].cast(pl.Int128).sum() or 0)
+        genr = bool(listed["genr"].any())       # overlapping rows: their times too
+        all_ns = 0 if genr else int(listed["total_ns"].cast(pl.Int128).sum() or 0)
         est = "" if len(listed) and listed["total_ns_exact"].all() else "est. "
         head = f"lockstat {event or '(no title)'}{' (-R rates)' if rate else ''}: {total} {unit}"
         if all_ns:
@@ -379,6 +477,13 @@ def summary_lines(tables: dict[str, pl.DataFrame]) -> list[str]:
         out.append(head)
         if listed.is_empty():
             out.append("  (-D 0 summary only: no per-lock rows)")
+            continue
+        if genr:
+            for fam, label in (("pv", "pv list"), ("pvc", "pv chunk list")):
+                n = int(listed.filter(pl.col("family") == fam)["count"].max() or 0)
+                out.append(f"  {label}: at least {n} {unit} (the largest -g row of its locks)")
+            out.append("  (-g rows overlap: each event counts once for every caller in its "
+                       "stack, so rows do not add up to shares; run lockstat without -g)")
             continue
         if with_rows != total:
             out.append(f"  (shares of the {with_rows} {unit} of the reports with per-lock rows; "

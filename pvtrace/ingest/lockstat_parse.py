@@ -82,6 +82,13 @@ EVENT_NAMES: dict[int, str] = {
     i: _KNOWN.get(i, f"Unknown event (type {i})") for i in range(LS_MAX_EVENTS)
 }
 EVENT_INDEX: dict[str, int] = {desc: i for i, desc in EVENT_NAMES.items()}
+# What an event's time column holds (g_event_info's ev_units): nanoseconds, except for the
+# error events 60, 61 and 63, whose column is no time ("(N/A)": a recursion count, say), and
+# the empty slots ("units").
+EVENT_UNITS: dict[int, str] = {
+    i: ("(N/A)" if i in (60, 61, 63) else "nsec" if i in _KNOWN else "units")
+    for i in range(LS_MAX_EVENTS)
+}
 
 HIST_BUCKETS = 64
 
@@ -93,11 +100,11 @@ INT64_MAX = 2**63 - 1
 
 
 def too_big(text: str) -> str | None:
-    """Why ``text`` cannot be a report line when it holds a decimal number beyond the 64-bit
-    counters the kernel prints (a corrupt line), or None."""
+    """Why ``text`` cannot be a report line when it holds a decimal number beyond what the
+    tables' signed 64-bit columns hold (2^63 - 1 ns is 292 years: a corrupt line), or None."""
     for m in _LONG_NUMBER.finditer(text):
         if int(m.group()) > INT64_MAX:
-            return f"number {m.group()[:30]} is beyond 64 bits (corrupt line?)"
+            return f"number {m.group()[:30]} is beyond the signed 64-bit range (corrupt line?)"
     return None
 
 
@@ -290,10 +297,12 @@ class Diagnostics:
 
 # Lock families for the summaries. pv list: the lock name "pmap pv list" (and the NUMA kernel's
 # "pmap pv list dummy"), or in older output the symbols of the lock arrays, pv_list_locks
-# (hashed kernels) and pv_table/pv_dummy (per-superpage kernels), with +0xoff or -c's [size].
+# (hashed kernels) and pv_table (per-superpage kernels), and pv_dummy_large, the NUMA kernel's
+# lock of pages past the last segment (its pv_lock is at offset 0, so lockstat prints the bare
+# symbol; pv_dummy is pmap.c's name for its md page), with +0xoff or -c's [size].
 # pv chunk list: "pmap pv chunk list", or the pv_chunks_mutex / pv_chunks symbols.
 _SUFFIX = r"(?:\+0x[0-9a-fA-F]+)?(?:\[\d+\])?"
-PV_LIST = re.compile(rf"^(?:pmap pv list(?: dummy)?|(?:pv_list_locks|pv_table|pv_dummy){_SUFFIX})$")
+PV_LIST = re.compile(rf"^(?:pmap pv list(?: dummy)?|(?:pv_list_locks|pv_table|pv_dummy(?:_large)?){_SUFFIX})$")
 PV_CHUNK = re.compile(rf"^(?:pmap pv chunk list|(?:pv_chunks_mutex|pv_chunks){_SUFFIX})$")
 
 

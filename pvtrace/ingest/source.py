@@ -216,7 +216,9 @@ def _check_text(source: Source) -> None:
     """Refuse empty inputs and binary data before any parser sees them."""
     what = f"{source.compression}-compressed input" if source.compression else "input"
     if source.size == 0:
-        raise PvtraceError(f"empty {what}: nothing to ingest", path=source.name)
+        cut = (f" ({source.compression} stream ends before any text: file truncated?)"
+               if source.truncated else "")
+        raise PvtraceError(f"empty {what}: nothing to ingest{cut}", path=source.name)
     head = source.head()
     if looks_binary(head):
         raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
