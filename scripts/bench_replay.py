@@ -196,9 +196,12 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
                 a_rel[acq[s] + j] = now
             if flags[s] & 1:
                 pvlo[t], pvhi[t] = -1, -1
+            freed = set()
             for k in range(key[s], key[s] + acq_n[s]):
                 st = state[k]
                 st = state[k] = 0 if st <= 1 else st - 1
+                if st == 0:
+                    freed.add(k)
                 q = queue.get(k)
                 while q:
                     w = q[0]
@@ -212,9 +215,10 @@ def python_replay(steps, nkeys: int, turnstile, shared_ts: bool, nacq: int,
                         break
                 if q is not None and not q:
                     del queue[k]
-                if shared_ts and st == 0:
-                    for o in asleep.get(turnstile[k], ()):
-                        if wkey[o] != k and now - req[o] > spin_limit:
+            if shared_ts and freed:     # once per release, not for sleepers it freed
+                for ts in {turnstile[k] for k in freed}:
+                    for o in asleep.get(ts, ()):
+                        if wkey[o] not in freed and now - req[o] > spin_limit:
                             a_sib[acq[step[o]]] += 1
             advance(t, now)
         elif k_ == 2:

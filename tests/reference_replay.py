@@ -447,8 +447,9 @@ class _Engine:
     def execute(self, tid: int, step: Step, done: simpy.Event) -> None:
         if step.page is not None:
             self.page[tid] = step.page
-        for key in step.releases:
-            self.release(tid, key)
+        freed = [key for key in step.releases if self.release(tid, key)]
+        if freed:
+            self.sibling_wakeups(freed)
         if step.kind == "acquire":
             self.request(tid, step, done)
         else:
@@ -470,7 +471,9 @@ class _Engine:
         state.queue.append(w)
         self.waiting[tid] = w
 
-    def release(self, tid: int, key: tuple) -> None:
+    def release(self, tid: int, key: tuple) -> bool:
+        """``tid`` releases ``key`` and its waiters are granted; True when the release left
+        the key free (a reader leaving other readers behind frees nothing)."""
         state = self.keys[key]
         for i, (holder, _) in enumerate(state.holders):
             if holder == tid:
@@ -478,7 +481,6 @@ class _Engine:
                 break
         else:
             raise AssertionError(f"thread {tid} releases {key} it does not hold")
-        # A reader leaving other readers behind wakes nobody (REPLAY.md 4, turnstiles).
         became_free = state.free()
         while state.queue:
             head = state.queue[0]
@@ -489,13 +491,14 @@ class _Engine:
                 self.grant(state.queue.popleft())
                 continue
             break
-        if became_free:
-            self.sibling_wakeups(key)
+        return became_free
 
-    def sibling_wakeups(self, key: tuple) -> None:
-        turnstile = self.design.turnstile(key)
+    def sibling_wakeups(self, freed: list[tuple]) -> None:
+        """One release (one key, or a 2m run's) freed ``freed``: every asleep waiter on their
+        turnstiles whose own key it did not free is woken for nothing, once (REPLAY.md 4)."""
+        turnstiles = {self.design.turnstile(k) for k in freed}
         for w in self.waiting.values():
-            if (w.key != key and self.design.turnstile(w.key) == turnstile
+            if (w.key not in freed and self.design.turnstile(w.key) in turnstiles
                     and self.env.now - w.request > self.L):
                 self.sibling += 1
 

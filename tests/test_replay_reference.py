@@ -337,6 +337,45 @@ def test_sibling_wakeups():
     assert w["makespan_ns"] == 4200
 
 
+def run_release_text(waiter_page: str) -> str:
+    # 102 holds page 0x203000 until 3000. Under obm, 101 gets frame 1's first page at once
+    # at its request (1500), promotes there (P 2m): its run waits for 0x203000 until 3000
+    # (1500 ns), then holds the frame's pages until 5000. 103 wants ``waiter_page`` from
+    # 2500 and gets it at 5000 (2500 ns).
+    lk = h(PV_SP + 64)
+    return f"""
+500 1 102 A pv {lk} w 0 0x203000 pmap_enter
+3000 1 102 R pv {lk} w 0 0x203000 pmap_enter
+3000 0 101 B pv {lk} w 1500 0x200000 pmap_promote_pde
+3000 0 101 A pv {lk} w 0 0x200000 pmap_promote_pde
+3000 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
+5000 0 101 R pv {lk} w 0 0x200000 pmap_promote_pde
+5000 2 103 B pv {lk} w 2500 {waiter_page} pmap_enter
+5000 2 103 A pv {lk} w 0 {waiter_page} pmap_enter
+5200 2 103 R pv {lk} w 0 {waiter_page} pmap_enter
+"""
+
+
+@pytest.mark.parametrize("page, spin_limit, siblings", [
+    ("0x201000", 0, 1), ("0x201000", 1000, 0), ("0x200000", 0, 1), ("0x200000", 1000, 0)])
+def test_a_run_release_is_one_wakeup_and_not_for_its_own_pages(page, spin_limit, siblings):
+    """A sibling wakeup is one after which the waiter must block again (SPEC 3). 101's run
+    release at 5000 frees 103's own page with the others at one instant and grants it: no
+    sibling wakeup, wherever the page lies in the run (counted per freed page, a waiter on
+    the run's second page was woken once for nothing, one on its 300th 299 times). The one
+    sibling wakeup is 102's release of 0x203000 at 3000, while 103 sleeps (asleep from 2500
+    with no spin limit, from 3500 with 1000 ns); 101, which waits for that page, was woken by
+    its own."""
+    text = run_release_text(page)
+    want = replay(text, "obm", spin_limit_ns=spin_limit)
+    assert want["sibling_wakeups"] == siblings
+    assert want["acquisitions"] == 1 + 1 + 512 + 1
+    assert sorted(want["waits"])[-2:] == [1500, 2500]
+    got = _engine()(trace(text), captured_layout="superpage", model="obm",
+                    spin_limit_ns=spin_limit, include_waits=True)
+    assert _comparable(got) == _comparable(want)
+
+
 def test_spin_limit_split():
     # spin limit 1500: 104 waits 1000 (all spun), 103 waits 3000 (1500 spun, 1500 blocked).
     # 103 only falls asleep after 3500, when no sibling release happens any more.

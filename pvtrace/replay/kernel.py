@@ -26,9 +26,10 @@ thousands of short-lived tids. Scanning every thread at each such wait took the 
 instead of 0.18 s on 2.6 M steps with 65,536 tids, 64 alive at once, and 10,000 pv waits.
 
 Waits are split into spin and block with the spin limit; blocked waiters sleep on their key's
-turnstile, which the OBM designs share between the pages of a frame or hash slot: when a key
-becomes free, asleep waiters for other keys on that turnstile are woken for nothing (sibling
-wakeups). See docs/REPLAY.md section 4 for the rules.
+turnstile, which the OBM designs share between the pages of a frame or hash slot: when a
+release frees keys, the asleep waiters on their turnstile whose own key it did not free are
+woken for nothing (sibling wakeups, once per release: a 2m run frees 512 keys at once). See
+docs/REPLAY.md section 4 for the rules.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _state(thread_first: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
 
 @nb.njit(cache=True, nogil=True, **NO_REFCOUNT)
 def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
-         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head,
+         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, kr, ts_head, ts_mark,
          t_step, t_end, t_next, t_tsn, t_tsp, t_wkey, t_req, t_pvlo, t_pvhi, t_page, t_big,
          t_mvat, t_mvpage, t_mvbig, act, act_at, every, tree):
     """The event loop. The caller allocates every array: the per-acquisition ones (zeroed),
@@ -407,11 +408,34 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
             t_pvlo[_u(th)] = -1 if pv else t_pvlo[_u(th)]
             t_pvhi[_u(th)] = -1 if pv else t_pvhi[_u(th)]
             k0 = rec[_u(s)].key
-            for k in range(k0, k0 + step_count(rec[_u(s)].word)):
+            k1 = k0 + step_count(rec[_u(s)].word)
+            if shared_ts:
+                # Release every key of the step first: a sibling wakeup is counted once per
+                # release (a 2m run frees 512 keys at one instant) and only for a sleeper
+                # whose own key this release did not free (else its own lock woke it).
+                for k in range(k0, k1):
+                    k4 = np.int64(k) << 2
+                    st = kr[_u(k4)]
+                    kr[_u(k4)] = 0 if st <= 1 else st - 1
+                for k in range(k0, k1):
+                    k4 = np.int64(k) << 2
+                    tsid = kr[_u(k4 + 3)]
+                    if kr[_u(k4)] != 0 or ts_mark[_u(tsid)] == s:
+                        continue
+                    ts_mark[_u(tsid)] = s       # each turnstile once per release
+                    o = ts_head[_u(tsid)]
+                    while o >= 0:
+                        wk = t_wkey[_u(o)]
+                        own = k0 <= wk < k1 and kr[_u(np.int64(wk) << 2)] == 0
+                        if not own and t - t_req[_u(o)] > spin_limit:
+                            a_sib[_u(rec[_u(t_step[_u(o)])].acq)] += 1
+                            sib_total += 1
+                        o = t_tsn[_u(o)]
+            for k in range(k0, k1):
                 k4 = np.int64(k) << 2
-                st = kr[_u(k4)]
-                st = 0 if st <= 1 else st - 1
-                kr[_u(k4)] = st
+                if not shared_ts:
+                    st = kr[_u(k4)]
+                    kr[_u(k4)] = 0 if st <= 1 else st - 1
                 # Grant from the head of the queue.
                 w = kr[_u(k4 + 1)]
                 while w >= 0:
@@ -439,13 +463,6 @@ def _run(rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin
                     if wm == 0:
                         break
                     w = nw
-                if shared_ts and st == 0:
-                    o = ts_head[_u(kr[_u(k4 + 3)])]
-                    while o >= 0:
-                        if t_wkey[_u(o)] != k and t - t_req[_u(o)] > spin_limit:
-                            a_sib[_u(rec[_u(t_step[_u(o)])].acq)] += 1
-                            sib_total += 1
-                        o = t_tsn[_u(o)]
             if not ok:
                 break
         elif kd == 2:
@@ -523,7 +540,7 @@ def run_kernel(rec, thread_first, thread_end, thread_start, nkeys, turnstile, sh
     forced, sib_total, ok = _run(
         rec, thread_first, thread_end, thread_start, turnstile, shared_ts, spin_limit,
         wakeup_ns, bits, tmax, a_req, a_rel, a_class, a_sib, np.empty(4 * nkeys, np.int32),
-        np.empty(nts, np.int32), *state)
+        np.empty(nts, np.int32), np.full(nts, -1, np.int64), *state)
     if not ok:
         raise PvtraceError(f"replayed times exceed {tmax:,} ns (about {tmax / 3.6e12:,.0f} h) "
                            f"after the first thread start with {nthr:,} threads (or precede "

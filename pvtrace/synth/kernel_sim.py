@@ -12,9 +12,10 @@ tests compare the two. Both follow the lock rules of ``docs/REPLAY.md`` section 
 - a wait of W ns spins ``min(W, L)`` and blocks the rest (``L`` = spin limit); a blocked
   waiter runs ``wakeup_ns`` after the release that granted it, and its wait (and the ``B``
   record's ns, as lockstat's sleep time) lasts until then;
-- OBM keeps turnstiles per frame (``superpage``) or hash slot (``hash:N``): when a page lock
-  becomes free, every waiter asleep (``t - request > L``) on the same turnstile for another
-  page is a *sibling wakeup*;
+- OBM keeps turnstiles per frame (``superpage``) or hash slot (``hash:N``): when a release
+  frees page locks (one, or a 2 MiB run's 512 at one instant), every waiter asleep
+  (``t - request > L``) on their turnstile whose own page that release did not free is one
+  *sibling wakeup*;
 - a pv wait is *true* when a thread holding or queued for the lock works on a page the waiter
   needs, *false* (aliasing) otherwise.
 
@@ -334,6 +335,8 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
         return False
 
     def release(i, t, key, cls, pa, op, mode):
+        """Thread i releases ``key`` at t and grants its waiters; True when the key is free
+        after i's release (before the grants)."""
         lk = locks[key]
         emit((t, i, EV_R, cls, lock_addr(key), mode, 0, pa, op))
         if lk.writer == i:
@@ -345,7 +348,7 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
             else:
                 del lk.readers[i]
         if lk.writer >= 0 or lk.readers:
-            return
+            return False
         q = lk.queue
         while q and lk.writer < 0:
             j = q[0]
@@ -358,12 +361,7 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
             resume(j, t)
             if acq_mode[j] != M_R:
                 break
-        if cls == CLS_PV and obm:
-            waiters = turnstiles.get(turnstile(key))
-            if waiters:
-                for wkey, req in waiters.values():
-                    if wkey != key and t - req > spin_limit:
-                        st["sib"] += 1
+        return True
 
     def resume(j, t):
         """Waiter j was granted by a release at t."""
@@ -374,9 +372,17 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
         keys = held[i]
         mode = held_mode[i]
         page, _ = cur(i, t)
-        for key in keys:
-            pa = ((key & _KEY_MASK) << PAGE_SHIFT) if obm else (page << PAGE_SHIFT)
-            release(i, t, key, CLS_PV, pa, op, mode)
+        freed = {key for key in keys
+                 if release(i, t, key, CLS_PV,
+                            ((key & _KEY_MASK) << PAGE_SHIFT) if obm else (page << PAGE_SHIFT),
+                            op, mode)}
+        if obm and freed:
+            # Once per release, on each turnstile of a freed page, for the sleepers whose own
+            # page it did not free (the granted ones have left their turnstile already).
+            for ts in {turnstile(key) for key in freed}:
+                for wkey, req in turnstiles.get(ts, {}).values():
+                    if wkey not in freed and t - req > spin_limit:
+                        st["sib"] += 1
         held[i] = []
         held_cover[i] = None
 
