@@ -376,6 +376,54 @@ def test_a_run_release_is_one_wakeup_and_not_for_its_own_pages(page, spin_limit,
     assert _comparable(got) == _comparable(want)
 
 
+def test_a_clamped_wait_does_not_start_its_thread_earlier():
+    """101's first record is its E at 4000; its B at 6000 records 5000 ns, more than the time
+    since then: the request is clamped to 4000 (REPLAY.md 3), and the thread starts at 4000,
+    not at 1000. The makespan runs from 102's start at 3000 to 101's end at 6100: observed,
+    stock (which reproduces the capture) and the reference agree."""
+    lk = h(PV_SP + 64)
+    text = f"""
+4000 0 101 E - 0 - 0 0x200000 pmap_enter
+6000 0 101 B pv {lk} w 5000 0x200000 pmap_enter
+6000 0 101 A pv {lk} w 0 0x200000 pmap_enter
+6100 0 101 R pv {lk} w 0 0x200000 pmap_enter
+3000 1 102 A pv {lk} w 0 0x201000 pmap_enter
+6000 1 102 R pv {lk} w 0 0x201000 pmap_enter
+"""
+    from pvtrace.replay.run import observed_events
+    want = replay(text, "stock")
+    got = _engine()(trace(text), captured_layout="superpage", model="stock")
+    assert want["makespan_ns"] == got["makespan_ns"] == observed_events(trace(text))[
+        "makespan_ns"] == 3100
+    assert got["anomalies"]["clamped_gaps"] == 1 and got["wait_ns"] == 2000
+    # an acquisition that is its thread's first record does start it at its request (1000;
+    # the capture ends at 6100; replayed, 101 finds the lock free and ends at 1100)
+    first = text.replace("4000 0 101 E - 0 - 0 0x200000 pmap_enter\n", "")
+    assert observed_events(trace(first))["makespan_ns"] == 5100
+    assert replay(first, "stock")["makespan_ns"] == _engine()(
+        trace(first), captured_layout="superpage", model="stock")["makespan_ns"] == 5000
+
+
+def test_observed_spin_per_operation():
+    """The capture's S records are spin, per lock class and per operation alike."""
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_enter
+2000 0 101 R pv {lk} w 0 0x200000 pmap_enter
+2000 1 102 S pv {lk} w 400 0x201000 pmap_remove_all
+2000 1 102 B pv {lk} w 600 0x201000 pmap_remove_all
+2000 1 102 A pv {lk} w 0 0x201000 pmap_remove_all
+2100 1 102 R pv {lk} w 0 0x201000 pmap_remove_all
+"""
+    from pvtrace.replay.run import observed_events
+    obs = observed_events(trace(text))
+    assert (obs["wait_ns"], obs["spin_ns"], obs["block_ns"]) == (1000, 400, 600)
+    for group in (obs["by_class"]["pv"], obs["by_op"]["pmap_remove_all"]):
+        assert (group["wait_ns"], group["spin_ns"], group["block_ns"]) == (1000, 400, 600)
+    assert (obs["by_op"]["pmap_enter"]["spin_ns"], obs["by_op"]["pmap_enter"]["block_ns"]) == (
+        0, 0)
+
+
 def test_spin_limit_split():
     # spin limit 1500: 104 waits 1000 (all spun), 103 waits 3000 (1500 spun, 1500 blocked).
     # 103 only falls asleep after 3500, when no sibling release happens any more.

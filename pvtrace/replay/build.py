@@ -206,7 +206,7 @@ def thread_facts(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Design-independent facts of each thread (see :func:`_threads`), cached on ``tl``."""
     if "build_threads" not in tl.cache:
         tl.cache["build_threads"] = _threads(tl.thread_first, tl.thread_end, tl.ev, tl.ts,
-                                             tl.waited_idx, tl.waited_ns, tl.partner)
+                                             tl.lock, tl.waited_idx, tl.waited_ns, tl.partner)
     return tl.cache["build_threads"]
 
 
@@ -336,9 +336,9 @@ def _shift_acquisitions(rec, lo, hi, base):
 
 
 @nb.njit(cache=True, nogil=True)
-def _threads(t_first, t_end, ev, ts, waited_idx, waited_ns, partner):
-    """Design-independent facts of each thread: its start (its first record, or an earlier
-    request time), and the releases without an acquire (locks held when the capture began)
+def _threads(t_first, t_end, ev, ts, lock, waited_idx, waited_ns, partner):
+    """Design-independent facts of each thread: its start (its first record, or the earlier
+    request time of an acquisition that is its first record), and the releases without an acquire (locks held when the capture began)
     as record indices with per-thread offsets."""
     nthr = len(t_first)
     t_start = np.zeros(nthr, np.int64)
@@ -357,13 +357,20 @@ def _threads(t_first, t_end, ev, ts, waited_idx, waited_ns, partner):
                 q += 1
         held_off[t + 1] = q
     # A thread's records are in time order, so only a waited acquisition can start earlier
-    # than its first record: its request time is the acquisition's minus the wait.
+    # than its first record: its request time is the acquisition's minus the wait, when
+    # nothing but its own B/S records comes before it. After any other record, the request
+    # is clamped to that record's time (REPLAY.md 3): a recorded wait longer than the time
+    # since the thread's previous record does not move the thread's start before it.
     t = 0
     for q in range(len(waited_idx)):
         i = waited_idx[q]
         while t_end[t] <= i:
             t += 1
-        t_start[t] = min(t_start[t], ts[i] - waited_ns[q])
+        j = i       # its own B/S: those of its lock right before it (timeline._link)
+        while j > t_first[t] and (ev[j - 1] == 2 or ev[j - 1] == 3) and lock[j - 1] == lock[i]:
+            j -= 1
+        if j == t_first[t]:
+            t_start[t] = min(t_start[t], ts[i] - waited_ns[q])
     return t_start, held_idx, held_off
 
 

@@ -399,8 +399,12 @@ def observed(tl: Timeline) -> dict:
     nacq = _count_acquisitions(tl.ev)
     w, holds = np.empty(nacq, np.int64), np.empty(nacq, np.int64)
     cls_a, op_a = np.empty(nacq, tl.cls.dtype), np.empty(nacq, tl.op.dtype)
-    first = int(_acquisitions(tl.ev, tl.ts, tl.partner, tl.cls, tl.op, tl.waited_idx,
-                              tl.waited_ns, w, holds, cls_a, op_a))
+    _acquisitions(tl.ev, tl.ts, tl.partner, tl.cls, tl.op, tl.waited_idx, tl.waited_ns, w,
+                  holds, cls_a, op_a)
+    # The threads start as the replay starts them (a recorded wait longer than the time
+    # since the thread's previous record does not start it earlier): a replay of the
+    # captured design then has the capture's makespan.
+    first = int(thread_facts(tl)[0].min())
     contended = w[w > 0]
     none_extra = np.zeros(len(w), np.int16)
     with ThreadPoolExecutor(1) as pool:     # as in summarize
@@ -409,12 +413,15 @@ def observed(tl: Timeline) -> dict:
             _group_stats(tl.ops, op_a, w, none_extra, holds, 0)))
         report = _observed_totals(tl, w, contended, holds, first)
         by_class, report["by_op"] = groups.result()
-    # Spins are sparse (only the acquisitions with S records): sum them per class directly.
-    spun_cls = tl.cls[tl.spun_idx]
-    spun_by = {c: int(tl.spun_ns[spun_cls == k].sum()) for k, c in enumerate(tl.classes)}
-    for name, d in by_class.items():
-        d["spin_ns"] = spun_by.get(name, 0)
-        d["block_ns"] = d["wait_ns"] - d["spin_ns"]
+    # Spins are sparse (only the acquisitions with S records): sum them per class and per
+    # operation directly.
+    for groups_, codes, names in ((by_class, tl.cls, tl.classes), (report["by_op"], tl.op,
+                                                                   tl.ops)):
+        spun = codes[tl.spun_idx]
+        spun_by = {c: int(tl.spun_ns[spun == k].sum()) for k, c in enumerate(names)}
+        for name, d in groups_.items():
+            d["spin_ns"] = spun_by.get(name, 0)
+            d["block_ns"] = d["wait_ns"] - d["spin_ns"]
     report["by_class"] = by_class
     return report
 
@@ -430,14 +437,11 @@ def _count_acquisitions(ev):
 @nb.njit(cache=True, nogil=True)
 def _acquisitions(ev, ts, partner, cls, op, waited_idx, waited_ns, w, holds, cls_a, op_a):
     """For each acquisition (``A`` record), in record order: its captured wait, its hold (-1:
-    no release), class and operation. Returns the earliest request time (a record's time,
-    or an acquisition's minus its wait). ``waited_idx`` are ``A`` records, ascending."""
-    first = ts[0] if len(ts) else 0
+    no release), class and operation. ``waited_idx`` are ``A`` records, ascending."""
     j = 0
     q = 0
     for i in range(len(ev)):
         t = ts[i]
-        first = min(first, t)
         if ev[i] != EV_A:
             continue
         wait = 0
@@ -445,13 +449,11 @@ def _acquisitions(ev, ts, partner, cls, op, waited_idx, waited_ns, w, holds, cls
             wait = waited_ns[q]
             q += 1
         w[j] = wait
-        first = min(first, t - wait)
         r = partner[i]
         holds[j] = ts[r] - t if r >= 0 else -1
         cls_a[j] = cls[i]
         op_a[j] = op[i]
         j += 1
-    return first
 
 
 def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: np.ndarray,
