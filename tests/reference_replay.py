@@ -243,8 +243,25 @@ def _acquire_steps(spec: KeySpec, mode: str, cls: str, start: int, end: int,
     return steps
 
 
+def _sizes(recs: list[Rec]) -> dict[int, str]:
+    """The size of each pv-list A: "2m" when it takes the frame the thread's latest P 2m
+    announced (no pv A, E or X between; REPLAY.md 2, rule 1), else "4k"."""
+    sizes: dict[int, str] = {}
+    pending = None
+    for r in recs:
+        if r.ev == "P":
+            pending = r.pa if r.mode == "2m" and r.pa else None
+        elif r.ev == "A" and r.cls == "pv":
+            sizes[r.idx] = "2m" if pending is not None and r.pa == pending else "4k"
+            pending = None
+        elif r.ev in ("E", "X"):
+            pending = None
+    return sizes
+
+
 def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> ThreadPlan:
     tid_start = _thread_start(recs)
+    size_of = _sizes(recs)
     steps: list[Step] = []
     acq: dict[str, int] = defaultdict(int)
     holds: dict[int, Hold] = {}            # open holds by the index of their A (or R)
@@ -252,9 +269,9 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
     carried: KeySpec | None = None         # pv key kept across a switch pair (rule 2)
     cur_pa = 0                             # current page (REPLAY.md 2.3: "previous page")
 
-    def design_hold(cls: str, lock: int, mode: str, pa: int) -> Hold:
+    def design_hold(cls: str, lock: int, mode: str, pa: int, size: str = "4k") -> Hold:
         if cls == "pv":
-            return Hold(cls, lock, design.pv_mode(mode), design.pv_key(pa, "4k", lock))
+            return Hold(cls, lock, design.pv_mode(mode), design.pv_key(pa, size, lock))
         return Hold(cls, lock, mode, design.other_key(cls, lock))
 
     def acquire(hold: Hold, start: int, end: int, page: PageSet | None) -> None:
@@ -296,14 +313,15 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
 
     for rec in recs:
         if rec.ev == "A":
-            hold = design_hold(rec.cls, rec.lock, rec.mode, rec.pa)
+            size = size_of.get(rec.idx, "4k")
+            hold = design_hold(rec.cls, rec.lock, rec.mode, rec.pa, size)
             holds[rec.idx] = hold
             open_order.append(rec.idx)
             if rec.cls != "pv":
                 acquire(hold, rec.request, rec.ts, None)
                 continue
             cur_pa = rec.pa
-            page = PageSet.of(rec.pa, "4k")
+            page = PageSet.of(rec.pa, size)
             prev = prev_record(rec)
             switch_pair = prev is not None and prev.ev == "R" and prev.cls == "pv"
             if hold.spec is None:
@@ -323,7 +341,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
             if rec.cls == "pv":
                 nxt = next_record(rec)
                 if (nxt is not None and nxt.ev == "A" and nxt.cls == "pv"
-                        and design.pv_key(nxt.pa, "4k", nxt.lock) == hold.spec
+                        and design.pv_key(nxt.pa, size_of[nxt.idx], nxt.lock) == hold.spec
                         and design.pv_mode(nxt.mode) == hold.mode):
                     carried = hold.spec      # rule 2: nothing happens
                     continue

@@ -286,6 +286,56 @@ def test_superpage_run_of_first_page_only():
     assert stock["acquisitions"] == 1 and stock["waits"] == [0]
 
 
+def test_the_lock_a_superpage_move_switches_to_is_the_frames():
+    """A P 2m moves 101 to frame 2, whose captured lock differs: the capture's R/A pair does
+    the switch, and its A takes the lock of the frame the P announced (pvtrace.d prints the
+    P at pmap_remove_pde's entry, the A in CHANGE_PV_LIST_LOCK_TO_PHYS after it). Under obm
+    that is frame 2's 512 pages; 103 then waits for page 0x401000 from 3000 (its captured
+    request) until 101 releases at 5000: a true block, under stock too (101's page set is
+    the whole frame)."""
+    l1, l2 = h(PV_SP + 64), h(PV_SP + 128)
+    text = f"""
+1000 0 101 A pv {l1} w 0 0x200000 pmap_remove
+2000 0 101 P - 0 2m 0 0x400000 pmap_remove
+2000 0 101 R pv {l1} w 0 0x400000 pmap_remove
+2000 0 101 A pv {l2} w 0 0x400000 pmap_remove
+5000 0 101 R pv {l2} w 0 0x400000 pmap_remove
+5000 1 103 B pv {l2} w 2000 0x401000 pmap_enter
+5000 1 103 A pv {l2} w 0 0x401000 pmap_enter
+5500 1 103 R pv {l2} w 0 0x401000 pmap_enter
+"""
+    for model, acquisitions in (("stock", 3), ("obm", 1 + 512 + 1)):
+        want = replay(text, model)
+        assert want["acquisitions"] == acquisitions
+        assert (want["contended"], want["wait_ns"]) == (1, 2000)
+        assert want["true_block"] == {"count": 1, "wait_ns": 2000}
+        assert want["makespan_ns"] == 4500
+        got = _engine()(trace(text), captured_layout="superpage", model=model,
+                        include_waits=True)
+        assert _comparable(got) == _comparable(want)
+    # The P 2m before an A that opens a hold (pmap_remove_pde entered with no pv lock held)
+    # announces it just the same; a P 4k, or an E between them, does not.
+    opened = f"""
+900 0 101 E - 0 - 0 0 pmap_remove_pages
+1000 0 101 P - 0 2m 0 0x200000 pmap_remove_pages
+1000 0 101 A pv {l1} w 0 0x200000 pmap_remove_pages
+5000 0 101 R pv {l1} w 0 0x200000 pmap_remove_pages
+5100 0 101 X - 0 - 0 0 pmap_remove_pages
+5000 1 102 B pv {l1} w 3000 0x201000 pmap_enter
+5000 1 102 A pv {l1} w 0 0x201000 pmap_enter
+6000 1 102 R pv {l1} w 0 0x201000 pmap_enter
+"""
+    for variant, run in ((opened, True), (opened.replace(" 2m ", " 4k "), False),
+                         (opened.replace("1000 0 101 A", "1000 0 101 E - 0 - 0 0 x\n"
+                                         "1000 0 101 A"), False)):
+        want = replay(variant, "obm")
+        assert want["acquisitions"] == (512 if run else 1) + 1
+        assert want["true_block"]["count"] == (1 if run else 0)
+        got = _engine()(trace(variant), captured_layout="superpage", model="obm",
+                        include_waits=True)
+        assert _comparable(got) == _comparable(want)
+
+
 def test_captured_switch_is_not_doubled():
     # The P moves to frame 2, whose captured lock differs: the P only moves the page and the
     # capture's own R/A pair does the switch (rule 3, then rules 1 and 2).

@@ -174,6 +174,7 @@ class DesignKeys:
     pv_lo: np.ndarray         # int32 per pv record: first key of its run
     pv_hi: np.ndarray         # int32 per pv record: last key (> pv_lo for a superpage run)
     pv_range: np.ndarray      # bool per pv record: the run is a superpage's page locks
+    pv_2m: np.ndarray         # bool per pv record: a superpage request or move (run._pv_2m)
     removed_cls: np.ndarray   # bool per class code: the design has no such lock
     pv_removed: bool          # the design has no pv-list lock (page moves do nothing)
     pv_exclusive: bool        # pv-list read requests take the lock exclusively
@@ -298,7 +299,7 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None,
             tl.thread_first[lo:hi], tl.thread_end[lo:hi], t_start[lo:hi], held_idx,
             held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
             tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
-            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
+            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
             dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
             open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
         return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
@@ -420,7 +421,8 @@ def _emit_page(rec, n, pg, big, g):
 @nb.njit(cache=True, nogil=True, **NO_REFCOUNT)   # see _build's doc
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
-           pvpos, pv_lo, pv_hi, pv_range, removed_cls, pv_removed, pv_exclusive, cap_hash,
+           pvpos, pv_lo, pv_hi, pv_range, pv_2m, removed_cls, pv_removed, pv_exclusive,
+           cap_hash,
            pv_code, rec, acls, aop, aextra, ev_acq, open_keys, open_acq, tfirst, tend, tstart,
            tacq):
     """Write each thread's steps under the design into ``rec`` (with the per-acquisition
@@ -456,6 +458,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
     def krange(i):
         j = pvpos[i]
         return j >= 0 and pv_range[j]
+
+    def big(i):                 # a superpage request or move: its page set is the frame
+        j = pvpos[i]
+        return j >= 0 and pv_2m[j]
 
     def kmode(i):
         if rmode[i] != 1:
@@ -536,7 +542,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     if i == skip_a:
                         # The switch pair kept the same key: only the page changes.
                         prev_keyc = keyc(i)
-                        n = _emit_page(rec, n, pa[i], False, pending)
+                        n = _emit_page(rec, n, pa[i], big(i), pending)
                         pending = 0
                         continue
                     if pv_open:
@@ -550,7 +556,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                 ev_acq[i] = na
                 n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
-                                  is_pv(i), pa[i], False, cls[i], op[i], krange(i), pending)
+                                  is_pv(i), pa[i], big(i), cls[i], op[i], krange(i), pending)
                 pending = 0
                 if not is_pv(i) and partner[i] < 0:
                     open_keys[nopen] = klo(i)
@@ -595,9 +601,9 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     h_n = h_hi - h_lo + 1
                     h_range = krange(i)
                     n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), h_mode,
-                                      True, pa[i], rmode[i] == 3, pv_code, op[i], krange(i), 0)
+                                      True, pa[i], big(i), pv_code, op[i], krange(i), 0)
                 else:
-                    n = _emit_page(rec, n, pa[i], rmode[i] == 3, pending)
+                    n = _emit_page(rec, n, pa[i], big(i), pending)
                     pending = 0
                 prev_keyc = keyc(i)
         # The thread lives until its last record, also when that is a B/S no A follows (the

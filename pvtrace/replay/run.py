@@ -33,7 +33,7 @@ from pvtrace.replay import cache
 from pvtrace.replay.build import Acquisitions, DesignKeys, Scratch, build_steps, thread_facts
 from pvtrace.replay.dense import dense_ids
 from pvtrace.replay.kernel import CLS_FALSE, CLS_TRUE, CLS_UNKNOWN, run_kernel
-from pvtrace.timeline import EV_A, EV_P, EV_S, MODE_2M, Timeline
+from pvtrace.timeline import EV_A, EV_E, EV_P, EV_R, EV_S, EV_X, MODE_2M, Timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,14 @@ def _pv_records(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
     return arrays["idx"], arrays["pvpos"]
 
 
+def _pv_2m(tl: Timeline) -> np.ndarray:
+    """Per page-keyed record: a superpage (2 MiB) request or move. A ``P 2m`` is one; so is
+    the pv-list ``A`` (with its ``B``/``S``) that takes the lock of the frame the thread's
+    latest ``P 2m`` announced (pvtrace.d prints the P at the entry of pmap_remove_pde and
+    its kin, before CHANGE_PV_LIST_LOCK_TO_PHYS; the A, when the captured lock changes)."""
+    return _pv_entry(tl)[0]["is2m"]
+
+
 def _pv_entry(tl: Timeline) -> tuple[dict, dict]:
     """:func:`_pv_records`' arrays and the count of pv-list acquisitions without a page.
     Design-independent: computed once per timeline (kept with a cached one, see
@@ -79,12 +87,16 @@ def _pv_entry(tl: Timeline) -> tuple[dict, dict]:
         # numpy's allocations: idx is sized for the worst case, and only the pages written
         # become resident before the copy of its used part.
         idx, pvpos = np.empty(n, np.int32), np.empty(n, np.int32)
-        npv, unknown = _pv_positions(tl.ev, tl.cls, tl.pa, tl.class_code("pv"), idx, pvpos)
-        return {"idx": idx[:npv].copy(), "pvpos": pvpos}, {"unknown_page": int(unknown)}
+        is2m = np.empty(n, np.bool_)
+        npv, unknown = _pv_positions(tl.ev, tl.cls, tl.pa, tl.mode, tl.class_code("pv"),
+                                     tl.thread_first, tl.thread_end, idx, pvpos, is2m)
+        return ({"idx": idx[:npv].copy(), "pvpos": pvpos, "is2m": is2m[:npv].copy()},
+                {"unknown_page": int(unknown)})
 
     def check(arrays, scalars, spans):
         n, npv = len(tl.ev), len(arrays["idx"])
-        return (len(arrays["pvpos"]) == n and _within(spans["idx"], 0, n - 1)
+        return (len(arrays["pvpos"]) == n and len(arrays["is2m"]) == npv
+                and _within(spans["idx"], 0, n - 1)
                 and _within(spans["pvpos"], -1, npv - 1)
                 and isinstance(scalars.get("unknown_page"), int))
 
@@ -92,16 +104,13 @@ def _pv_entry(tl: Timeline) -> tuple[dict, dict]:
 
 
 @nb.njit(cache=True, nogil=True)
-def _pv_pages(pa, mode, idx):
-    """The page-keyed records' pages and superpage marks, in one compiled pass (numpy's
-    gathers first copied the int32 indices to intp: 0.1 s at 6 M records)."""
+def _pv_pages(pa, idx):
+    """The page-keyed records' pages, in one compiled pass (numpy's gathers first copied the
+    int32 indices to intp: 0.1 s at 6 M records)."""
     pages = np.empty(len(idx), np.uint64)
-    is2m = np.empty(len(idx), np.bool_)
     for j in range(len(idx)):
-        i = idx[j]
-        pages[j] = pa[i]
-        is2m[j] = mode[i] == MODE_2M
-    return pages, is2m
+        pages[j] = pa[idx[j]]
+    return pages
 
 
 @nb.njit(cache=True, nogil=True)
@@ -119,20 +128,31 @@ def _within(span: tuple[int, int], lo: int, hi: int) -> bool:
 
 
 @nb.njit(cache=True, nogil=True)
-def _pv_positions(ev, cls, pa, pv_code, idx, pvpos):
+def _pv_positions(ev, cls, pa, mode, pv_code, starts, ends, idx, pvpos, is2m):
     """One pass for :func:`_pv_entry` (eight numpy passes took 0.2 s at 14 M records): the
-    page-keyed records, and the count of pv-list acquisitions without a page."""
+    page-keyed records and their superpage marks (see :func:`_pv_2m`), and the count of
+    pv-list acquisitions without a page. Each thread's records in order: a ``P 2m`` stays
+    pending until the thread's next pv-list ``A``, ``E`` or ``X``."""
     n = 0
     unknown = 0
-    for i in range(len(ev)):
-        e = ev[i]
-        if pa[i] != 0 and ((e <= EV_S and cls[i] == pv_code) or e == EV_P):
-            idx[n] = i
-            pvpos[i] = n
-            n += 1
-        else:
-            pvpos[i] = -1
-            unknown += pa[i] == 0 and e == EV_A and cls[i] == pv_code
+    for t in range(len(starts)):
+        pend = np.uint64(0)         # frame of a pending P 2m (0: none)
+        for i in range(starts[t], ends[t]):
+            e = ev[i]
+            pv_lock = e <= EV_S and cls[i] == pv_code
+            if pa[i] != 0 and (pv_lock or e == EV_P):
+                idx[n] = i
+                pvpos[i] = n
+                is2m[n] = (mode[i] == MODE_2M if e == EV_P
+                           else e != EV_R and pend != 0 and pa[i] == pend)
+                n += 1
+            else:
+                pvpos[i] = -1
+                unknown += pa[i] == 0 and e == EV_A and pv_lock
+            if e == EV_P:
+                pend = pa[i] if mode[i] == MODE_2M else np.uint64(0)
+            elif (e == EV_A and pv_lock) or e == EV_E or e == EV_X:
+                pend = np.uint64(0)
     return n, unknown
 
 
@@ -146,7 +166,7 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
 
     def compute():
         idx, _ = _pv_records(tl)
-        pk = design.pv_keys(*_pv_pages(tl.pa, tl.mode, idx))
+        pk = design.pv_keys(_pv_pages(tl.pa, idx), _pv_2m(tl))
         ids, vals = dense_ids(pk.value)
         ids += np.int32(tl.nlocks)
         lo = hi = ids       # the same array, unless a superpage run widens hi (read only)
@@ -186,7 +206,7 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         raise PvtraceError(f"design {design.name} shares turnstiles but its pv_keys give none")
     removed_cls = np.array([c in design.removed_classes for c in tl.classes] or [False])
     cap = params.captured_layout
-    dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], removed_cls,
+    dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], _pv_2m(tl), removed_cls,
                     "pv" in design.removed_classes, not design.pv_shared_reads,
                     cap.nlocks if cap.kind == "hash" else 0, tl.class_code("pv"))
     nlock = tl.nlocks
