@@ -50,6 +50,15 @@ def is_bundle(path: str | os.PathLike) -> bool:
         return False
 
 
+def _foreign_entries(bundle: Path) -> list[str]:
+    """Names in a bundle directory that no pvtrace wrote there: not a table's Parquet file,
+    the metadata, the replay cache (``cache/``) or the temporary names of its atomic
+    replacement (``.cache.*``)."""
+    ours = {META_FILE, "cache", *(f"{name}.parquet" for name in schemas.names())}
+    return sorted(p.name for p in bundle.iterdir()
+                  if p.name not in ours and not p.name.startswith(".cache."))
+
+
 def temp_dir(parent: Path, prefix: str) -> Path:
     """A new empty directory in ``parent``, named ``prefix`` and a random suffix.
 
@@ -85,6 +94,13 @@ def check_target(out_dir: str | os.PathLike, *, force: bool = False) -> None:
                                    path=str(out))
             if is_bundle(out) and not force:
                 raise PvtraceError("bundle exists; pass --force to replace it", path=str(out))
+            if is_bundle(out) and (foreign := _foreign_entries(out)):
+                # --force replaces the whole directory: never what pvtrace did not write
+                # there (the capture itself, copied in beside its bundle, or notes).
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise PvtraceError(f"the bundle directory also holds {shown}, which --force "
+                                   "would delete with the bundle; move them out or choose "
+                                   "another -o", path=str(out))
     except OSError as exc:      # exists() and iterdir() raise in a directory we may not read
         raise PvtraceError(f"cannot write there: {exc.strerror or exc}", path=str(out)) from None
 

@@ -109,6 +109,29 @@ def test_existing_bundle_needs_force(tmp_path):
     assert proc.returncode == 0 and proc.stdout == b""
 
 
+def test_force_never_deletes_what_pvtrace_did_not_write(tmp_path):
+    """--force replaces a bundle directory whole: a capture copied in beside the bundle (here
+    the very input of the command) or notes there would go with it, so it refuses, and the
+    old bundle and the files stay. The replay cache is the bundle's own."""
+    log = tmp_path / "spec.log"
+    log.write_text(SPEC_LOG)
+    out = tmp_path / "b"
+    assert pvtrace("ingest", str(log), "-o", str(out), "--quiet").returncode == 0
+    assert pvtrace("replay", str(out), "--json").returncode == 0       # writes out/cache
+    (out / "capture.log").write_text(SPEC_LOG)
+    (out / "notes").mkdir()
+    assert_one_line_error(pvtrace("ingest", str(out / "capture.log"), "-o", str(out),
+                                  "--force"),
+                          "the bundle directory also holds capture.log, notes, which --force "
+                          "would delete")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cache", "capture.log", "diagnostics.parquet", "events.parquet", "metadata.json",
+        "notes"]
+    (out / "capture.log").unlink()
+    (out / "notes").rmdir()
+    assert pvtrace("ingest", str(log), "-o", str(out), "--force", "--quiet").returncode == 0
+
+
 def test_output_where_nothing_can_be_written(tmp_path):
     """Scratch space and the bundle go beside -o: a place that cannot hold them is one line."""
     log = tmp_path / "spec.log"
