@@ -152,7 +152,7 @@ def test_a_lockstat_runs_drops_are_not_the_event_logs(tmp_path):
     report = ("\nR/W writer blocked by writer: 12000 events in 5.011 seconds (2395 events/sec)\n"
               "\nCount indv cuml rcnt     nsec Lock                   Caller\n" + "-" * 79 + "\n"
               " 6000  50%  50% 0.00     5230 pmap pv list           pmap_enter+0x2f1\n"
-              "lockstat: warning: 12 drops on CPU 3\n")
+              + "-" * 79 + "\n" + "lockstat: warning: 12 drops on CPU 3\n")
     log = SPEC_LOG + "dtrace: 2 drops on CPU 1\n"
     result, out, meta = ingest(tmp_path, log, report)
     assert result.drops_per_cpu == {1: 2} and meta["drops"]["total"] == 2
@@ -166,6 +166,21 @@ def test_crlf(tmp_path):
     _, out, meta = ingest(tmp_path, SPEC_LOG.replace("\n", "\r\n"))
     assert bundle_events(out) == SPEC_ROWS
     assert meta["capture"] == {"ncpu": "4", "ndomains": "1"}
+
+
+def test_bare_carriage_returns_hide_no_records(tmp_path):
+    """Lines ending in bare CRs read as one line: a # line swallowed every record after it,
+    with nothing reported. A file of them is refused with the fix; a # line with a bare CR
+    inside is malformed, not metadata."""
+    with pytest.raises(PvtraceError, match="lines end in bare carriage returns"):
+        ingest(tmp_path, SPEC_LOG.replace("\n", "\r"))
+    glued = SPEC_LOG + "# note\r1000 3 555 E - 0 - 0 0x0 pmap_enter\n"
+    result, out, _ = ingest(tmp_path, glued)
+    assert bundle_events(out) == SPEC_ROWS
+    (problem,) = result.problems
+    assert problem.kind is ProblemKind.MALFORMED
+    assert problem.line == len(SPEC_LOG.splitlines()) + 1
+    assert "carriage return inside a # or dtrace: line" in problem.reason
 
 
 @pytest.mark.parametrize("compress,name", [

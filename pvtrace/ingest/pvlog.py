@@ -325,6 +325,14 @@ def _slow(df: pl.DataFrame) -> _Batch:
     df = df.filter(l.is_not_null())  # blank lines; blank-only lines are dropped below
     is_meta = l.str.starts_with("#")
     is_diag = l.str.starts_with("dtrace: ")
+    # A bare carriage return inside a # or dtrace: line (classic Mac line ends, or a line
+    # glued on) would hide what follows it in that line: records, unseen. Such lines are
+    # malformed, not metadata.
+    glued = (is_meta | is_diag) & l.str.contains("\r", literal=True)
+    cr_bad = df.filter(glued).select(
+        "line", pl.lit("a carriage return inside a # or dtrace: line (bare CR line ends?): "
+                       "records after it on the line would be lost").alias("reason"))
+    df = df.filter(~glued)
     meta = df.filter(is_meta)
     diag = df.filter(is_diag)
     rec = df.filter(~(is_meta | is_diag))
@@ -356,7 +364,10 @@ def _slow(df: pl.DataFrame) -> _Batch:
     events = typed.filter(pl.col("ok")).select(
         pl.col(n).cast(pl.Categorical) if n in ("ev", "cls", "mode", "op") else pl.col(n)
         for n in _EVENT_COLUMNS)
-    return _Batch(events, _reasons(typed.filter(~pl.col("ok"))), meta, diag)
+    bad = _reasons(typed.filter(~pl.col("ok")))
+    if cr_bad.height:
+        bad = pl.concat([bad, cr_bad.cast(bad.schema)]).sort("line")
+    return _Batch(events, bad, meta, diag)
 
 
 def _has_control() -> pl.Expr:

@@ -223,6 +223,11 @@ def _check_text(source: Source) -> None:
     if looks_binary(head):
         raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                            "transparently; other formats are not)", path=source.name)
+    if "\r" in head and "\n" not in head.rstrip("\n") and len(head) > 200:
+        # One line of 200 bytes and more, broken only by carriage returns: classic Mac line
+        # ends, which no reader here splits on (its records would be one malformed line).
+        raise PvtraceError("lines end in bare carriage returns, not newlines: convert them "
+                           "first, e.g. tr '\\r' '\\n' < in > out", path=source.name)
     odd = len(_NON_TEXT.findall(head))
     if odd > len(head) // 10:
         raise PvtraceError("binary data, not a text capture (mostly non-text bytes)",
