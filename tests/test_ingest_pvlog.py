@@ -333,6 +333,22 @@ def test_max_bad(tmp_path):
     assert result.problem_totals == {"malformed": 12}
 
 
+@pytest.mark.parametrize("header, why", [
+    ("# pvtrace-log v2 extra", "unreadable event log header '# pvtrace-log v2 extra'"),
+    ("# pvtrace-log  V2", "unreadable event log header"),
+    ("#PVTRACE-LOG v1", "unreadable event log header"),
+    ("# pvtrace-log v0", "event log version v0 does not exist"),
+])
+def test_a_header_this_reader_cannot_read_is_refused(tmp_path, header, why):
+    """A header that names the format but not as v1 does (it may be a newer one) was taken
+    for a comment, and the log read as v1 without a word."""
+    with pytest.raises(PvtraceError, match=rf"in0.log:1: {why}"):
+        ingest(tmp_path, SPEC_LOG.replace("# pvtrace-log v1", header))
+    # a comment that only begins with the name is a comment
+    result, _, _ = ingest(tmp_path, SPEC_LOG + "# pvtrace-logger was here\n")
+    assert result.records == 6 and result.problems == []
+
+
 def test_newer_log_version_refused(tmp_path):
     with pytest.raises(PvtraceError, match=r"in0.log:1: event log version v2 is newer"):
         ingest(tmp_path, SPEC_LOG.replace("v1", "v2"))

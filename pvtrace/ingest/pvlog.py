@@ -56,6 +56,7 @@ LOCK_EVENTS = ("A", "R", "B", "S")
 _SEP = "\x1f"
 
 _HEADER_RE = r"^#\s*pvtrace-log\s+v(\d+)(?:\.\d+)?\s*$"
+_LOOSE_HEADER = re.compile(r"^#\s*pvtrace-log(?![\w-])", re.IGNORECASE)
 _KV_RE = r"^#\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*=(.*)$"
 
 # dtrace(1) diagnostics: (kind, pattern, group of the count, group of the cpu)
@@ -490,8 +491,16 @@ def _metadata(lines: pl.DataFrame, src: int, name: str) -> tuple[dict[str, Any],
     comments: list[str] = []
     headers = 0
     for line, digits, key, value, text in parsed.iter_rows():
+        if digits is None and _LOOSE_HEADER.match(text):
+            # A header this reader does not understand ("v2 extra", "V2") names a format
+            # that may not be v1: reading it as v1 without a word could misread every line.
+            raise PvtraceError(f"unreadable event log header {text[:60]!r}: expected "
+                               f"'# pvtrace-log v{LOG_MAJOR}'", path=name, line=line)
         if digits is not None:
             major = int(digits)
+            if major < 1:
+                raise PvtraceError(f"event log version v{digits[:20]} does not exist (this "
+                                   f"pvtrace reads v{LOG_MAJOR})", path=name, line=line)
             if major > LOG_MAJOR:
                 raise PvtraceError(
                     f"event log version v{digits[:20]} is newer than this pvtrace reads "
