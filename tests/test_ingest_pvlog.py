@@ -226,6 +226,36 @@ def test_a_stream_cut_too_short_to_recognise_says_so(tmp_path):
         ingest(tmp_path, data[:12])
 
 
+@pytest.mark.parametrize("tail", [b"x", b"garbage\n"])
+def test_trailing_garbage_after_the_last_member_is_ignored_with_a_warning(tmp_path, tail):
+    """Like gzip -d: every record kept, one warning, no cut-off (one byte after the member
+    read as a truncated member; eight, as a corrupt one, refusing the capture)."""
+    result, out, meta = ingest(tmp_path, gzip.compress(SPEC_LOG.encode()) + tail)
+    assert bundle_events(out) == SPEC_ROWS
+    assert [(p.kind, p.reason) for p in result.problems] == [(
+        ProblemKind.WARNING, f"{len(tail)} bytes after the last gzip member are not gzip "
+        "data: ignored, as gzip -d does")]
+    assert meta["inputs"][0]["cut_off"] == 0
+
+
+def test_pzstd_output_is_zstd(tmp_path):
+    """pzstd starts with a skippable frame (magic 0x184D2A50) holding its frame sizes."""
+    frame = zstandard.ZstdCompressor().compress(SPEC_LOG.encode())
+    skippable = bytes.fromhex("502a4d18") + (4).to_bytes(4, "little") + b"\0\0\0\0"
+    _, out, meta = ingest(tmp_path, skippable + frame)
+    assert bundle_events(out) == SPEC_ROWS and meta["inputs"][0]["compression"] == "zstd"
+
+
+def test_a_zero_filled_tail_is_a_cut_off_line(tmp_path):
+    """A crash leaves the last blocks of a log zero-filled: on a short log they outnumbered
+    its text and the whole capture was refused as binary data."""
+    result, out, _ = ingest(tmp_path, SPEC_LOG + "\0" * 4096)
+    assert bundle_events(out) == SPEC_ROWS
+    assert [p.kind for p in result.problems] == [ProblemKind.CUT_OFF]
+    with pytest.raises(PvtraceError, match="binary data"):
+        ingest(tmp_path, "\0" * 4096, force=True)
+
+
 def test_corrupt_gzip_is_an_error(tmp_path):
     data = bytearray(gzip.compress(SPEC_LOG.encode() * 50))
     data[30:60] = b"\xff" * 30

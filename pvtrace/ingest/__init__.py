@@ -161,6 +161,12 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             extra = {"scratch": scratch} if fmt is Format.PVLOG else {}
             one = _parser(fmt, source.name).parse(source.path, src, source.name, **extra)
         totals = _totals(one)
+        if source.trailing:
+            extra_problems.append(Problem(
+                src, source.name, None, ProblemKind.WARNING,
+                f"{source.trailing} bytes after the last {source.compression} "
+                f"{'member' if source.compression == 'gzip' else 'frame'} are not "
+                f"{source.compression} data: ignored, as {source.compression} -d does"))
         if source.truncated:
             # One cut: the stream's end, and usually the half line it leaves, which the
             # parser reported already (then this is its explanation, not a second count).

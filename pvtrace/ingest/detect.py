@@ -45,6 +45,9 @@ def looks_binary(head: str | bytes) -> bool:
     a text capture (a disk error), which the parser reports as malformed: refusing the whole
     capture for it would lose every other record."""
     nul = "\x00" if isinstance(head, str) else b"\x00"
+    # A run of NULs at the end is the tail of a capture cut by a crash (the file system
+    # zero-fills the last blocks): that last line is a cut-off record, the rest is text.
+    head = head.rstrip(nul) or head
     return head.count(nul) > max(8, len(head) // 1000)
 
 

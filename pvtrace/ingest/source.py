@@ -4,8 +4,9 @@ Parsers read a *path* (polars' native CSV reader is the fast way through million
 this module turns every input into one:
 
 - a plain file is used in place;
-- a gzip (magic ``1f 8b``) or zstd (magic ``28 b5 2f fd``) file, recognised by its first bytes
-  and never by its name, is stream-decompressed into a temporary file, chunk by chunk;
+- a gzip (magic ``1f 8b``) or zstd (magic ``28 b5 2f fd``, or a skippable frame's, as pzstd
+  writes) file, recognised by its first bytes and never by its name, is stream-decompressed
+  into a temporary file, chunk by chunk;
 - ``-`` (standard input), compressed or not, is copied into a temporary file the same way.
 
 Problems the user must fix (missing file, a directory, no permission, empty input, binary data,
@@ -50,6 +51,7 @@ class Source:
     compression: str | None   # "gzip", "zstd" or None
     truncated: bool           # the compressed stream ended early; what was decoded is kept
     size: int                 # bytes of plain text
+    trailing: int = 0         # bytes after the last compressed member, not one (ignored)
 
     def head(self) -> str:
         """64 KiB from the first line that is not blank or a ``dtrace:`` line, decoded
@@ -101,7 +103,7 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
     except OSError as exc:
         raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
     compression = ("gzip" if magic.startswith(GZIP_MAGIC)
-                   else "zstd" if magic.startswith(ZSTD_MAGIC) else None)
+                   else "zstd" if _is_zstd(magic) else None)
     if compression is None and not copy_plain:
         assert path is not None
         source = Source(name, path, None, False, path.stat().st_size)
@@ -125,11 +127,11 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
                 if compression is None:
                     sink.write(magic)
                     shutil.copyfileobj(stream, sink, CHUNK)
-                    truncated = False
+                    truncated, trailing = False, 0
                 elif compression == "gzip":
-                    truncated = _gunzip(stream, sink, magic, name)
+                    truncated, trailing = _gunzip(stream, sink, magic, name)
                 else:
-                    truncated = _unzstd(stream, sink, magic, name)
+                    truncated, trailing = _unzstd(stream, sink, magic, name)
             except _WriteError as exc:
                 # A full disk is not a damaged input: say where the copy was going.
                 raise PvtraceError(f"cannot write its {'decompressed ' if compression else ''}"
@@ -138,7 +140,7 @@ def _decompress_to(stream: BinaryIO, name: str, tmpdir: Path, *, copy_plain: boo
                                    path=name) from None
             except OSError as exc:
                 raise PvtraceError(f"cannot read: {exc.strerror or exc}", path=name) from None
-        source = Source(name, out, compression, truncated, out.stat().st_size)
+        source = Source(name, out, compression, truncated, out.stat().st_size, trailing)
     _check_text(source)
     return source
 
@@ -163,6 +165,13 @@ class _Sink:
         return len(data)
 
 
+def _is_zstd(magic: bytes) -> bool:
+    """A zstd frame, or a skippable frame (magic 0x184D2A50-5F) before one, as pzstd writes
+    first (its frame sizes) and the decoder passes over."""
+    return magic.startswith(ZSTD_MAGIC) or (
+        len(magic) >= 4 and 0x50 <= magic[0] <= 0x5F and magic[1:4] == b"\x2a\x4d\x18")
+
+
 def _peek(stream: BinaryIO, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -173,22 +182,27 @@ def _peek(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _gunzip(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> bool:
-    """Decompress (possibly multi-member) gzip; return True when the stream ends early."""
+def _gunzip(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> tuple[bool, int]:
+    """Decompress (possibly multi-member) gzip: see :func:`_inflate`."""
     return _inflate(stream, sink, first, name, lambda: zlib.decompressobj(wbits=31),
-                    zlib.error, "gzip", padding=b"\x00")
+                    zlib.error, "gzip", lambda head: head.startswith(GZIP_MAGIC),
+                    padding=b"\x00")
 
 
-def _unzstd(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> bool:
-    """Decompress (possibly multi-frame) zstd; return True when the stream ends early."""
+def _unzstd(stream: BinaryIO, sink: _Sink, first: bytes, name: str) -> tuple[bool, int]:
+    """Decompress (possibly multi-frame) zstd: see :func:`_inflate`."""
     dctx = zstandard.ZstdDecompressor()
-    return _inflate(stream, sink, first, name, dctx.decompressobj, zstandard.ZstdError, "zstd")
+    return _inflate(stream, sink, first, name, dctx.decompressobj, zstandard.ZstdError, "zstd",
+                    _is_zstd)
 
 
 def _inflate(stream: BinaryIO, sink: _Sink, first: bytes, name: str, new_decoder,
-             errors: type[Exception], label: str, padding: bytes = b"") -> bool:
+             errors: type[Exception], label: str, is_member, padding: bytes = b""
+             ) -> tuple[bool, int]:
     """Stream ``stream`` through decoders from ``new_decoder`` into ``sink``, one decoder per
-    member/frame; return True when the input ends inside a member (a truncated file)."""
+    member/frame. Returns whether the input ends inside a member (a truncated file), and how
+    many bytes after the last member are not a member (``is_member`` says from the first 4
+    bytes): trailing garbage, which gzip -d also ignores with a warning."""
     dec = new_decoder()
     pending = first
     started = False
@@ -198,8 +212,13 @@ def _inflate(stream: BinaryIO, sink: _Sink, first: bytes, name: str, new_decoder
             pending = b""
             progress.advance(len(data))
             if not data:
-                return started and not dec.eof
+                return started and not dec.eof, 0
             while data:
+                if not started:
+                    while len(data) < 4 and (more := stream.read(CHUNK)):
+                        data += more
+                    if not is_member(data[:4]):
+                        return False, len(data) + _drain(stream)
                 started = True
                 sink.write(dec.decompress(data))
                 if not dec.eof:
@@ -210,6 +229,14 @@ def _inflate(stream: BinaryIO, sink: _Sink, first: bytes, name: str, new_decoder
                 started = False
     except errors as exc:
         raise PvtraceError(f"corrupt {label} data: {exc}", path=name) from None
+
+
+def _drain(stream: BinaryIO) -> int:
+    """Bytes left in ``stream``, read to its end."""
+    n = 0
+    while more := stream.read(CHUNK):
+        n += len(more)
+    return n
 
 
 def _check_text(source: Source) -> None:
