@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import polars as pl
 import pytest
@@ -194,3 +196,24 @@ def test_layout_override_in_summary(tmp_path):
                                       "--layout", "hash:256"])
     assert result.exit_code == 0, result.output
     assert "layout: hash:256 (set by --layout; detected unknown:" in result.output
+
+
+def test_numba_cache_goes_to_tmp_when_nothing_else_is_writable(monkeypatch, tmp_path):
+    """A system-wide install run by an account that can write neither beside the package nor
+    in its home's cache failed at import with numba's "no locator available" traceback."""
+    import pvtrace
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache" / "missing"))
+    writable: set[str] = set()
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) in writable)
+    expected = os.path.join(tempfile.gettempdir(), f"pvtrace-numba-{os.getuid()}")
+    assert pvtrace._numba_cache_dir() == expected
+    writable.add(str(tmp_path))            # the nearest existing parent of the user cache
+    assert pvtrace._numba_cache_dir() is None
+    writable.clear()
+    writable.add(os.path.dirname(pvtrace.__file__))   # __pycache__ beside the sources
+    assert pvtrace._numba_cache_dir() is None
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere")   # the user's choice stands
+    writable.clear()
+    assert pvtrace._numba_cache_dir() is None
