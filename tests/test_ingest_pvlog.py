@@ -256,6 +256,21 @@ def test_a_zero_filled_tail_is_a_cut_off_line(tmp_path):
         ingest(tmp_path, "\0" * 4096, force=True)
 
 
+def test_a_span_no_replay_can_hold_is_named_at_ingest(tmp_path):
+    """A corrupt ts near 2^64 passed ingest in silence and then made every replay refuse the
+    bundle; the ingest now names the two ends' lines."""
+    lines = SPEC_LOG.splitlines(keepends=True)
+    last = lines[-1].split(" ", 1)
+    text = "".join(lines[:-1]) + f"{2**64 - 1} {last[1]}"
+    result, _, _ = ingest(tmp_path, text)
+    (warning,) = result.warnings
+    assert warning.startswith("the records span 18,446,744,073,709,550,615 ns")
+    log = tmp_path / "in0.log"
+    assert f"ts 1000 at {log}:4 .. {2**64 - 1} at {log}:{len(lines)}" in warning
+    assert "pvtrace replay will refuse this bundle" in warning
+    assert ingest(tmp_path, SPEC_LOG, force=True)[0].warnings == []
+
+
 def test_corrupt_gzip_is_an_error(tmp_path):
     data = bytearray(gzip.compress(SPEC_LOG.encode() * 50))
     data[30:60] = b"\xff" * 30

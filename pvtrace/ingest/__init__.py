@@ -220,6 +220,7 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             result = _result(Path(out), summaries, events, tables, detected, layout, problems,
                              dict(problem_totals))
             result.warnings.extend(_capture_warnings(summaries, events))
+            result.warnings.extend(_span_warning(result, events))
             result.warnings.extend(_layout_line_warnings(summaries, detected, layout))
             result.extra_lines.extend(_extra_lines(parsed, tables))
             facts.set_result(_metadata(result, [r for r, _ in parsed], started))
@@ -535,6 +536,24 @@ def _capture_warnings(inputs: list[InputSummary], events: pl.DataFrame | None) -
     return out + [f"inputs {names} do not share one timestamp0 (different captures?) yet "
                   f"{shared} thread ids appear in more than one: they are merged as the same "
                   "threads"]
+
+
+def _span_warning(result: IngestResult, events: pl.DataFrame | None) -> list[str]:
+    """Warn when the records span more time than a replay of this many threads can hold (a
+    corrupt ts field, usually): the ingest is the place to name its line, not the replay."""
+    from pvtrace.replay.kernel import time_limit
+
+    span = result.duration_ns
+    if events is None or span is None or span <= time_limit(result.threads):
+        return []
+    where = []
+    for ts in (result.first_ts, result.last_ts):
+        src, line = events.filter(pl.col("ts") == ts).select("src", "line").row(0)
+        where.append(f"{ts} at {result.inputs[src].path}:{line}")
+    return [f"the records span {span:,} ns ({span / 3.6e12:,.1f} h: ts {where[0]} .. "
+            f"{where[1]}), more than a replay of {result.threads:,} threads holds "
+            f"({time_limit(result.threads):,} ns): a corrupt ts field? pvtrace replay will "
+            "refuse this bundle"]
 
 
 def _extra_lines(parsed: list[tuple[Parsed, InputSummary]],
