@@ -147,17 +147,21 @@ def test_metadata_readers_do_without_still_replays(bundle, monkeypatch, capsys, 
 def test_valid_metadata_reaches_the_report(bundle, monkeypatch, capsys):
     """What open_bundle accepts is what the report shows: the layout, the drops note."""
     edit_metadata(bundle, lambda m: {**m, "layout": "hash:256",
-                                     "drops": {"per_cpu": {"1": 5, "0": 2}, "total": 7}})
+                                     "drops": {"per_cpu": {"10": 5, "2": 2}, "total": 7,
+                                               "dynvar_drops": 4}})
     status, out, err = pvtrace(monkeypatch, capsys, "replay", str(bundle), "--json")
     assert (status, err) == (0, "")
     trace = json.loads(out)["trace"]
     assert (trace["layout"], trace["layout_assumed"], trace["layout_detected"]) == (
         "hash:256", False, "hash:256")
-    assert trace["drops"] == {"per_cpu": {"1": 5, "0": 2}, "total": 7}
+    assert trace["drops"] == {"per_cpu": {"10": 5, "2": 2}, "total": 7, "dynvar_drops": 4}
     status, out, err = pvtrace(monkeypatch, capsys, "replay", str(bundle))
     assert (status, err) == (0, "")
-    assert ("the capture lost 7 records to DTrace drops on CPU(s) 0, 1: waits there may be "
-            "understated") in " ".join(out.split())
+    text = " ".join(out.split())
+    assert ("the capture lost 7 records to DTrace drops on CPU(s) 2, 10: waits there may be "
+            "understated") in text          # CPUs in numeric order
+    assert ("the capture had 4 DTrace dynamic variable drops (raise -x dynvarsize): some "
+            "records' pages and operations may be missing") in text
 
 
 def _set_version(file: Path, version: bytes) -> None:

@@ -159,9 +159,19 @@ def notes(report: dict) -> list[str]:
     per_cpu = drops.get("per_cpu", {}) if isinstance(drops, dict) else {}
     if per_cpu:
         total = sum(int(v) for v in per_cpu.values())
+        cpus = sorted(per_cpu, key=lambda c: (not str(c).isdecimal(), int(c)
+                                              if str(c).isdecimal() else 0, str(c)))
         out.append(f"the capture lost {total:,} records to DTrace drops on CPU(s) "
-                   f"{', '.join(str(c) for c in sorted(per_cpu, key=str))}: waits there may be "
-                   "understated")
+                   f"{', '.join(str(c) for c in cpus)}: waits there may be understated")
+    # Dynamic-variable drops lose the thread-local page and operation of some records (their
+    # waits then count as unknown pages, or under the wrong operation); aggregation drops
+    # are what a script's aggregations lose. Both are capture-wide, not per CPU.
+    for key, what in (("dynvar_drops", "dynamic variable drops (raise -x dynvarsize): some "
+                                       "records' pages and operations may be missing"),
+                      ("aggregation_drops", "aggregation drops")):
+        n = drops.get(key) if isinstance(drops, dict) else None
+        if isinstance(n, int) and n > 0:
+            out.append(f"the capture had {n:,} DTrace {what}")
     for m in report["models"]:
         a = m["anomalies"]
         if a["forced_grants"]:
