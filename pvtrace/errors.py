@@ -8,6 +8,18 @@ on stderr and exits with status 2; any other exception escaping to the user is a
 
 from __future__ import annotations
 
+import re
+
+# Control characters: C0 (tab included), DEL and C1. A line of a damaged capture or a file
+# name may hold them; printed raw, an escape sequence recolours the user's terminal and a
+# newline breaks the one-line message.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character shown as an escape (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class PvtraceError(Exception):
     """A user-facing error: one line, with a location when there is one."""
@@ -22,4 +34,4 @@ class PvtraceError(Exception):
         where = ""
         if self.path is not None:
             where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
-        return where + self.message.replace("\n", " ")
+        return printable(where + self.message.replace("\n", " "))

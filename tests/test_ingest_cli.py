@@ -217,3 +217,23 @@ def test_numba_cache_goes_to_tmp_when_nothing_else_is_writable(monkeypatch, tmp_
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere")   # the user's choice stands
     writable.clear()
     assert pvtrace._numba_cache_dir() is None
+
+
+def test_control_characters_of_a_bad_line_reach_the_terminal_escaped(tmp_path):
+    """A colour escape in a damaged line (a build's coloured output mixed into the log) was
+    printed raw in the error and the summary, recolouring the terminal."""
+    log = tmp_path / "esc.log"
+    log.write_text(SPEC_LOG + "\x1b[31mRED\x1b[0m 0 101 E - 0 - 0 0x0 pmap_enter\n")
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"), "--max-bad", "0")
+    assert_one_line_error(proc, "bad ts '\\x1b[31mRED\\x1b[0m'")
+    assert b"\x1b" not in proc.stderr
+    proc = pvtrace("ingest", str(log), "-o", str(tmp_path / "b"))
+    assert proc.returncode == 0 and b"\x1b" not in proc.stdout + proc.stderr
+    assert b"malformed: bad ts '\\x1b[31mRED" in proc.stdout
+
+
+def test_a_capture_compressed_twice_says_so(tmp_path):
+    path = tmp_path / "twice.gz"
+    path.write_bytes(gzip.compress(gzip.compress(SPEC_LOG.encode())))
+    assert_one_line_error(pvtrace("ingest", str(path), "-o", str(tmp_path / "b")),
+                          "compressed twice: the gzip data holds gzip data")

@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from pvtrace.errors import printable
+
 
 # The ten fields of an event-log record (SPEC section 1), in their order on a line.
 RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
@@ -43,7 +45,7 @@ class Problem:
 
     def one_line(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
-        return f"{where}: {self.kind.value}: {self.reason}"
+        return printable(f"{where}: {self.kind.value}: {self.reason}")
 
 
 @dataclass

@@ -76,7 +76,8 @@ def open_source(arg: str, tmpdir: Path) -> Iterator[Source]:
     name = "<stdin>" if arg == STDIN else arg
     if arg == STDIN:
         if sys.stdin is None or sys.stdin.isatty():
-            raise PvtraceError("standard input is a terminal; pipe a capture into it "
+            what = "closed" if sys.stdin is None else "a terminal"
+            raise PvtraceError(f"standard input is {what}; pipe a capture into it "
                                "(e.g. zcat x.log.gz | pvtrace ingest - -o DIR)", path=name)
         stream: BinaryIO = sys.stdin.buffer
         yield _decompress_to(stream, name, tmpdir, copy_plain=True)
@@ -247,6 +248,13 @@ def _check_text(source: Source) -> None:
                if source.truncated else "")
         raise PvtraceError(f"empty {what}: nothing to ingest{cut}", path=source.name)
     head = source.head()
+    if source.compression is not None:
+        with open(source.path, "rb") as f:
+            inner = f.read(4)
+        if inner.startswith(GZIP_MAGIC) or _is_zstd(inner):
+            raise PvtraceError(f"compressed twice: the {source.compression} data holds "
+                               f"{'gzip' if inner.startswith(GZIP_MAGIC) else 'zstd'} data, "
+                               "not text; decompress it once first", path=source.name)
     if looks_binary(head):
         raise PvtraceError("binary data, not a text capture (gzip and zstd are read "
                            "transparently; other formats are not)", path=source.name)
