@@ -151,6 +151,7 @@ class Design:
     captured: Layout
     layout: Layout
     touched_pages: frozenset     # every 4 KiB page number some record of the trace names
+    lock_slot: dict = field(default_factory=dict)   # stock, captured layout: see pv_key
 
     def pv_key(self, pa: int, size: str, lock: int) -> KeySpec | None:
         """keyD of a pv request; None when the design removes the pv lock."""
@@ -159,6 +160,10 @@ class Design:
             # for ideal; SPEC 3 says a design without a lock performs none on it: removed.
             return None
         if pa == 0:
+            # Under stock with the captured layout, a pv lock whose records with a page all
+            # name one slot is that slot: its page-less records take that key (REPLAY.md 2).
+            if lock in self.lock_slot:
+                return KeySpec((("pv", self.lock_slot[lock]),), 1)
             return KeySpec((("lock", lock),), 1)
         if self.model == "stock":
             return KeySpec((("pv", self.layout.slot(pa)),), 1)
@@ -571,8 +576,17 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
     # (the only records whose page can become a key); E/X and other classes' pages are not.
     touching = events.filter(((pl.col("cls") == "pv") | (pl.col("ev") == "P"))
                              & (pl.col("pa") != 0))
-    design = Design(model, captured, Layout.parse(layout) if layout else captured,
-                    frozenset(page_of(int(pa)) for pa in touching["pa"].to_list()))
+    replayed = Layout.parse(layout) if layout else captured
+    lock_slot = {}
+    if model == "stock" and replayed == captured:
+        slots: dict[int, set] = defaultdict(set)
+        for lock, pa in events.filter(
+                (pl.col("cls") == "pv") & pl.col("ev").is_in(["A", "R", "B", "S"])
+                & (pl.col("pa") != 0)).select("lock", "pa").iter_rows():
+            slots[lock].add(replayed.slot(pa))
+        lock_slot = {lock: next(iter(s)) for lock, s in slots.items() if len(s) == 1}
+    design = Design(model, captured, replayed,
+                    frozenset(page_of(int(pa)) for pa in touching["pa"].to_list()), lock_slot)
     threads = _split_threads(events)
     capture_end = int(events["ts"].max()) if events.height else 0
     plans = [_walk(tid, recs, design, capture_end) for tid, recs in sorted(threads.items())]

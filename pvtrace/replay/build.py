@@ -175,6 +175,8 @@ class DesignKeys:
     pv_hi: np.ndarray         # int32 per pv record: last key (> pv_lo for a superpage run)
     pv_range: np.ndarray      # bool per pv record: the run is a superpage's page locks
     pv_2m: np.ndarray         # bool per pv record: a superpage request or move (run._pv_2m)
+    lock_key: np.ndarray      # int32 per lock id: the key of its records that are not
+    #                           page-keyed (itself, or the stock slot of a pv lock: run.py)
     removed_cls: np.ndarray   # bool per class code: the design has no such lock
     pv_removed: bool          # the design has no pv-list lock (page moves do nothing)
     pv_exclusive: bool        # pv-list read requests take the lock exclusively
@@ -299,7 +301,7 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None,
             tl.thread_first[lo:hi], tl.thread_end[lo:hi], t_start[lo:hi], held_idx,
             held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
             tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
-            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
+            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
             dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
             open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
         return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
@@ -421,8 +423,8 @@ def _emit_page(rec, n, pg, big, g):
 @nb.njit(cache=True, nogil=True, **NO_REFCOUNT)   # see _build's doc
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
-           pvpos, pv_lo, pv_hi, pv_range, pv_2m, removed_cls, pv_removed, pv_exclusive,
-           cap_hash,
+           pvpos, pv_lo, pv_hi, pv_range, pv_2m, lock_key, removed_cls, pv_removed,
+           pv_exclusive, cap_hash,
            pv_code, rec, acls, aop, aextra, ev_acq, open_keys, open_acq, tfirst, tend, tstart,
            tacq):
     """Write each thread's steps under the design into ``rec`` (with the per-acquisition
@@ -447,13 +449,13 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
         j = pvpos[i]
         if j >= 0:
             return np.int64(pv_lo[j])
-        return np.int64(lock[i]) if ev[i] <= 3 else np.int64(-1)
+        return np.int64(lock_key[lock[i]]) if ev[i] <= 3 else np.int64(-1)
 
     def khi(i):
         j = pvpos[i]
         if j >= 0:
             return np.int64(pv_hi[j])
-        return np.int64(lock[i]) if ev[i] <= 3 else np.int64(-1)
+        return np.int64(lock_key[lock[i]]) if ev[i] <= 3 else np.int64(-1)
 
     def krange(i):
         j = pvpos[i]

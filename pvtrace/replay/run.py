@@ -27,7 +27,7 @@ import polars as pl
 from pvtrace import metrics
 from pvtrace.errors import PvtraceError
 from pvtrace.models import get_design
-from pvtrace.models.base import SPACE_PAGE, Design
+from pvtrace.models.base import SPACE_PAGE, SPACE_SLOT, Design
 from pvtrace.models.layout import PAGES_PER_FRAME, Layout
 from pvtrace.replay import cache
 from pvtrace.replay.build import Acquisitions, DesignKeys, Scratch, build_steps, thread_facts
@@ -181,11 +181,12 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
             per_key = _per_key(lo, tl.nlocks, np.ascontiguousarray(pk.turnstile, np.uint64),
                                np.empty(len(vals), np.uint64))
             arrays["turnstile"], _ = dense_ids(per_key)
-        return arrays, {"nvals": len(vals)}
+        return arrays, {"nvals": len(vals), "space": int(pk.space)}
 
     def check(arrays, scalars, spans):
         npv, nvals = len(_pv_records(tl)[0]), scalars.get("nvals")
-        if not isinstance(nvals, int) or any(len(arrays[k]) != npv
+        if not isinstance(nvals, int) or not isinstance(scalars.get("space"), int) \
+                or any(len(arrays[k]) != npv
                                              for k in ("lo", "hi", "is_range")):
             return False
         keys = (tl.nlocks, tl.nlocks + nvals - 1)
@@ -194,7 +195,8 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
                 nvals == 0 or _within(spans["turnstile"], 0, nvals - 1))))
 
     arrays, scalars = cache.derived(tl, name, compute, check)
-    return {**arrays, "turnstile": arrays.get("turnstile"), "nvals": scalars["nvals"]}
+    return {**arrays, "turnstile": arrays.get("turnstile"), "nvals": scalars["nvals"],
+            "space": scalars["space"]}
 
 
 def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
@@ -206,7 +208,14 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         raise PvtraceError(f"design {design.name} shares turnstiles but its pv_keys give none")
     removed_cls = np.array([c in design.removed_classes for c in tl.classes] or [False])
     cap = params.captured_layout
-    dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], _pv_2m(tl), removed_cls,
+    lock_key = np.arange(tl.nlocks, dtype=np.int32)
+    if pk["space"] == SPACE_SLOT and params.layout == cap:
+        # A pv record without a page is keyed by its lock address; under the captured layout
+        # that lock is the slot its records with a page name, so it joins that slot's key:
+        # its holder and a waiter with a page meet, as they did in the captured kernel.
+        _slot_of_locks(_pv_records(tl)[0], tl.ev, tl.lock, pk["lo"], lock_key)
+    dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], _pv_2m(tl), lock_key,
+                    removed_cls,
                     "pv" in design.removed_classes, not design.pv_shared_reads,
                     cap.nlocks if cap.kind == "hash" else 0, tl.class_code("pv"))
     nlock = tl.nlocks
@@ -218,6 +227,25 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         turnstile = np.arange(nkeys, dtype=np.int64)
     unknown_page = 0 if "pv" in design.removed_classes else _unknown_page_acquisitions(tl)
     return dk, nkeys, turnstile, unknown_page
+
+
+@nb.njit(cache=True, nogil=True)
+def _slot_of_locks(idx, ev, lock, lo, lock_key):
+    """``lock_key[l]``: the key of the records with a page of lock ``l`` (the page-keyed lock
+    records ``idx`` with keys ``lo``), when they all have one; else left as ``l``."""
+    seen = np.full(len(lock_key), -1, np.int64)       # -1 none yet, -2 several
+    for j in range(len(idx)):
+        i = idx[j]
+        if ev[i] > EV_S:
+            continue                                   # a page move: no lock of its own
+        lid = lock[i]
+        if seen[lid] == -1:
+            seen[lid] = lo[j]
+        elif seen[lid] != lo[j]:
+            seen[lid] = -2
+    for lid in range(len(lock_key)):
+        if seen[lid] >= 0:
+            lock_key[lid] = seen[lid]
 
 
 def _unknown_page_acquisitions(tl: Timeline) -> int:
