@@ -47,6 +47,7 @@
 inline uint64_t PG_MANAGED = 0x400;                 /* X86_PG_AVAIL2 */
 inline uint64_t PG_FRAME = 0x000ffffffffff000ULL;   /* 4 KiB frame of a PTE */
 inline uint64_t PG_PS_FRAME = 0x000fffffffe00000ULL; /* 2 MiB frame of a PDE (bit 12 is PAT) */
+inline uint8_t VPO_UNMANAGED = 0x04;                /* vm_page oflags, sys/vm/vm_page.h */
 
 /* Operation ids: index of opname[]. */
 inline int OP_ENTER = 1;
@@ -564,10 +565,14 @@ fbt::pmap_try_insert_pv_entry:entry
  * static vm_page_t pmap_enter_quick_locked(pmap_t pmap, vm_offset_t va, vm_page_t m,
  *     vm_prot_t prot, vm_page_t mpte, struct rwlock **lockp)
  * The per-page step of pmap_enter_object(); recorded here too in case
- * pmap_try_insert_pv_entry() is inlined.
+ * pmap_try_insert_pv_entry() is inlined.  Only for a managed m: it calls that helper only
+ * "if ((m->oflags & VPO_UNMANAGED) == 0 && ...)".  It may still return before it (a 2 MiB
+ * mapping or a PTE already there): the page then moves without a lock taken for it, which
+ * the replay sees as a move within the lock held (same frame) or as no lock change.
  */
 fbt::pmap_enter_quick_locked:entry
-/((struct vm_page *)arg2)->phys_addr != self->pa || self->sz != 1/
+/(((struct vm_page *)arg2)->oflags & VPO_UNMANAGED) == 0 &&
+ (((struct vm_page *)arg2)->phys_addr != self->pa || self->sz != 1)/
 {
 	self->pa = ((struct vm_page *)arg2)->phys_addr; self->sz = 1;
 	printf("%u %d %d P - 0 4k 0 0x%x %s\n", timestamp, cpu, tid, self->pa, opname[self->cur]);
@@ -590,6 +595,9 @@ fbt::pmap_pv_insert_pde:entry
  *     vm_page_t m, struct rwlock **lockp)
  * Maps a 2 MiB page (pmap_enter psind 1, pmap_enter_2mpage()); a managed newpde's frame is
  * locked by pmap_pv_insert_pde(), recorded here as well in case that helper is inlined.
+ * Known limitation: an attempt that fails before pmap_pv_insert_pde() (a mapping already
+ * there under PMAP_ENTER_NOREPLACE, as pmap_enter_2mpage() asks) still shows this P 2m; no
+ * probe fires between the checks and the pv lock change to tell the two apart.
  */
 fbt::pmap_enter_pde:entry
 /(arg2 & PG_MANAGED) != 0 && ((arg2 & PG_PS_FRAME) != self->pa || self->sz != 2)/
@@ -605,8 +613,13 @@ fbt::pmap_enter_pde:entry
  *     struct rwlock **lockp)
  * (pmap_demote_pde() is its wrapper.)  Every path through it that touches pv lists locks the
  * frame of *pde: pmap_pv_demote_pde(pmap, va, oldpde & PG_PS_FRAME, lockp) on success,
- * pmap_remove_pde() via pmap_demote_pde_abort() on failure.  The frame is recorded at entry;
- * on return the thread goes back to the page it worked on before (if known).
+ * pmap_remove_pde() via pmap_demote_pde_abort() on failure.  The frame is recorded at entry.
+ * On return, in an operation on one page (pmap_enter, pmap_remove_all, ...), the thread goes
+ * back to that page (if known): its next lock change is to it.  A range operation
+ * (pmap_remove, pmap_map_delete, pmap_protect, pmap_advise, pmap_unwire) goes on in the
+ * demoted frame with the frame's lock held (pmap_remove1: "else if
+ * (!pmap_demote_pde_locked(pmap, pde, sva, &lock))" then pmap_remove_ptes(..., &lock)), so
+ * its page stays the frame: going back would name a page whose lock it does not hold.
  */
 fbt::pmap_demote_pde_locked:entry
 /self->sub == 0/
@@ -624,7 +637,9 @@ fbt::pmap_demote_pde_locked:entry
 }
 
 fbt::pmap_demote_pde_locked:return
-/self->sub == OP_DEMOTE && self->spa != 0 && (self->spa != self->pa || self->ssz != self->sz)/
+/self->sub == OP_DEMOTE && self->spa != 0 && (self->spa != self->pa || self->ssz != self->sz) &&
+ self->pub != OP_REMOVE && self->pub != OP_MAP_DELETE && self->pub != OP_PROTECT &&
+ self->pub != OP_ADVISE && self->pub != OP_UNWIRE/
 {
 	self->pa = self->spa; self->sz = self->ssz;
 	printf("%u %d %d P - 0 %s 0 0x%x %s\n", timestamp, cpu, tid, self->sz == 2 ? "2m" : "4k",
@@ -681,10 +696,12 @@ fbt::pmap_pv_promote_pde:entry
 
 /*
  * pmap_pv_promote_pde() has one caller and is often inlined: then a successful promotion
- * (return value arg1 != 0) is recorded at return, with the frame of the page just mapped.
+ * (a true bool return value) is recorded at return, with the frame of the page just mapped.
+ * The ABI defines only the low byte of a bool's return register (%al), and fbt's arg1 is
+ * all of %rax: only that byte is tested.
  */
 fbt::pmap_promote_pde:return
-/self->sub == OP_PROMOTE && arg1 != 0 && self->pvp == 0 && self->spa != 0 &&
+/self->sub == OP_PROMOTE && (arg1 & 0xff) != 0 && self->pvp == 0 && self->spa != 0 &&
  ((self->spa & PG_PS_FRAME) != self->pa || self->sz != 2)/
 {
 	self->pa = self->spa & PG_PS_FRAME; self->sz = 2;
