@@ -182,9 +182,14 @@ def _build_timeline(read, nrows: int, pool: ThreadPoolExecutor) -> Timeline:
             return place(places.result(), col)
         return task
 
-    def coded(mapping, default, dtype, renumber=None):
+    def coded(mapping, default, dtype, renumber=None, known=None):
         def place(pos, col):
             parts, values = _codes(col, mapping, default)
+            if known is not None and (bad := sorted(set(values) - set(known))):
+                # ingest writes only these; another value is a damaged table, which the
+                # replay would take for "-" silently
+                raise PvtraceError(f"events table has unknown modes {bad[:5]}: not a table "
+                                   "pvtrace ingest wrote")
             if renumber is not None:
                 codes = renumber(values)
                 parts = [(i, codes[np.maximum(lut, 0)]) for i, lut in parts]
@@ -212,7 +217,8 @@ def _build_timeline(read, nrows: int, pool: ThreadPoolExecutor) -> Timeline:
         "ts": pool.submit(placed("ts", _times)),
         "ns": pool.submit(placed("ns", _sparse)),
         "cls": pool.submit(placed("cls", coded(None, -1, np.int16, classes_of))),
-        "mode": pool.submit(placed("mode", coded(MODE_CODES, MODE_NONE, np.uint8))),
+        "mode": pool.submit(placed("mode", coded(MODE_CODES, MODE_NONE, np.uint8,
+                                                 known=MODE_CODES))),
         "op": pool.submit(placed("op", coded(None, 0, np.int16))),
     }
     try:
@@ -282,6 +288,10 @@ def _sparse(pos: np.ndarray, arr) -> tuple[np.ndarray, np.ndarray]:
         values.append(c[nz].astype(np.int64, copy=False))
         off += len(c)
     at, values = np.concatenate(at), np.concatenate(values)
+    if len(values) and values.min() < 0:
+        # ingest refuses a negative wait; a damaged table's would shorten waits silently
+        raise PvtraceError(f"events column ns holds a negative wait ({int(values.min()):,} "
+                           "ns): not a table pvtrace ingest wrote")
     order = np.argsort(at, kind="stable")
     return at[order], values[order]
 

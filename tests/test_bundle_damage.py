@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -190,6 +192,26 @@ def test_deleted_events_file_is_named(bundle, monkeypatch, capsys):
     assert (status, out, err) == (
         2, "", f"pvtrace: {bundle}/events.parquet: missing from the bundle, though "
                "metadata.json lists the events table; ingest the capture again\n")
+
+
+@pytest.mark.parametrize("column, change, message", [
+    ("ns", lambda c: pc.negate(c), "events column ns holds a negative wait (-9,000 ns)"),
+    ("mode", lambda c: pa.array([{"w": "z"}.get(v, v) for v in c.to_pylist()]),
+     "events table has unknown modes ['z']"),
+])
+def test_values_ingest_refuses_are_refused_by_the_replay(bundle, monkeypatch, capsys, column,
+                                                         change, message):
+    """A damaged events table with a negative wait or an unknown mode replayed without a
+    word (the waits shortened, the mode read as '-'), where ingest refuses both."""
+    file = bundle / "events.parquet"
+    table = pq.read_table(file)
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(i),
+                             change(table.column(column)).cast(table.schema.field(i).type))
+    pq.write_table(table, file)
+    status, out, err = pvtrace(monkeypatch, capsys, "replay", str(bundle), "--no-cache")
+    assert (status, out) == (2, "")
+    assert err == f"pvtrace: {file}: {message}: not a table pvtrace ingest wrote\n"
 
 
 def test_real_command_on_a_damaged_bundle(bundle):

@@ -71,6 +71,47 @@ def test_a_changed_events_file_rebuilds_the_cache(bundle: Path) -> None:
     assert _replay(bundle)[1] == cache.READ
 
 
+def test_same_size_events_with_the_old_time_rebuild_the_cache(tmp_path: Path) -> None:
+    """Another capture's events.parquet of the very same size, put in place with the old
+    file's modification time (cp, touch -r), was served the old cache: the key now holds a
+    digest of the file's ends."""
+    from spec_example import SPEC_LOG
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    logs[0].write_text(SPEC_LOG)
+    logs[1].write_text(SPEC_LOG.replace(" 9000 ", " 8000 "))
+    a, b = (tmp_path / "a", tmp_path / "b")
+    run_ingest([str(logs[0])], str(a))
+    run_ingest([str(logs[1])], str(b))
+    events = a / "events.parquet"
+    assert events.stat().st_size == (b / "events.parquet").stat().st_size
+    first = replay_trace(str(a), ["stock"])
+    assert first["observed"]["wait_ns"] == 9000
+    st = events.stat()
+    shutil.copyfile(b / "events.parquet", events)
+    os.utime(events, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = replay_trace(str(a), ["stock"])
+    assert again["trace"]["timeline_cache"] == cache.WRITTEN
+    assert again["observed"]["wait_ns"] == 8000
+
+
+def test_a_killed_writes_directory_is_removed_by_the_next(bundle: Path) -> None:
+    """A replay killed while writing the cache (SIGKILL: nothing can clean up) left its
+    temporary directory, hundreds of MB at scale, for ever."""
+    import socket
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    killed = bundle / f".cache.{host}.{int(dead.stdout)}.ab12cd34"
+    running = bundle / f".cache.{host}.{os.getpid()}.ef56ab78"     # a write in progress
+    for d in (killed, running):
+        d.mkdir()
+        (d / "timeline.arrow").write_bytes(b"x" * 1000)
+    assert _replay(bundle)[1] == cache.WRITTEN
+    assert not killed.exists() and running.exists()
+
+
 def _rewrite_timeline(bundle: Path, change) -> None:
     """Rewrite the cache's timeline table with ``change(schema metadata)`` applied."""
     path = bundle / cache.CACHE_DIR / "timeline.arrow"
@@ -242,8 +283,10 @@ def _npy_data(path: Path) -> tuple[bytearray, np.ndarray]:
     return data, np.frombuffer(data, arr.dtype, arr.size, arr.offset)
 
 
-@pytest.mark.parametrize("damage", ["values changed", "truncated", "json garbage",
-                                    "array missing", "other code", "key out of range",
+@pytest.mark.parametrize("damage", ["values changed", "truncated", "emptied", "json garbage",
+                                    "array missing", "arrays gone from json",
+                                    "turnstile gone from json", "other code",
+                                    "key out of range", "run reversed",
                                     "pv index out of range"])
 def test_damaged_or_stale_keys_are_computed_again(bundle: Path, key_work: list[str],
                                                   damage: str) -> None:
@@ -259,6 +302,15 @@ def test_damaged_or_stale_keys_are_computed_again(bundle: Path, key_work: list[s
         lo.write_bytes(bytes(data))
     elif damage == "truncated":
         lo.write_bytes(lo.read_bytes()[:200])
+    elif damage == "emptied":           # a crash right after the file was created
+        lo.write_bytes(b"")
+    elif damage in ("arrays gone from json", "turnstile gone from json"):
+        meta = json.loads(obm.read_text())
+        if damage == "arrays gone from json":
+            meta["arrays"] = {}
+        else:
+            del meta["arrays"]["turnstile"]
+        obm.write_text(json.dumps(meta))
     elif damage == "json garbage":
         obm.write_text("{not json")
     elif damage == "array missing":
@@ -277,6 +329,12 @@ def test_damaged_or_stale_keys_are_computed_again(bundle: Path, key_work: list[s
             arrays, scalars, _ = store.load(name)
             arrays = {**arrays, "lo": arrays["lo"] + np.int32(10**6)}
             store._write(name, arrays, scalars)
+        elif damage == "run reversed":      # keys in range, but a run ends before it starts
+            arrays, scalars, _ = store.load(name)
+            lo = np.array(arrays["lo"])
+            j = int(np.argmin(arrays["hi"]))
+            lo[j] = arrays["hi"][j] + 1
+            store._write(name, {**arrays, "lo": lo}, scalars)
         else:
             arrays, scalars, _ = store.load("pv_records")
             arrays = {**arrays, "pvpos": np.where(arrays["pvpos"] >= 0, arrays["pvpos"] + 7,

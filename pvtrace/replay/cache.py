@@ -34,7 +34,9 @@ import json
 import mmap
 import os
 import shutil
+import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
@@ -58,10 +60,23 @@ _META = b"pvtrace.timeline"
 READ, WRITTEN, OFF = "read", "written", "off"
 
 
+SAMPLE_BYTES = 1 << 20
+
+
 def key(events_file: Path) -> dict:
-    """What identifies the events a cache was built from."""
+    """What identifies the events a cache was built from: the file's size and modification
+    time, and a digest of its first and last MiB (all of a file up to 2 MiB), which a file
+    of the same size put in place with its predecessor's time (``touch -r``) still changes
+    (a Parquet file's footer, at its end, holds every row group's sizes and offsets)."""
     st = events_file.stat()
-    return {"events_size": st.st_size, "events_mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256()
+    with open(events_file, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if st.st_size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, st.st_size - SAMPLE_BYTES))
+            h.update(f.read(SAMPLE_BYTES))
+    return {"events_size": st.st_size, "events_mtime_ns": st.st_mtime_ns,
+            "events_sample": h.hexdigest()[:32]}
 
 
 def read(bundle: Path, events_key: dict) -> Timeline | None:
@@ -198,7 +213,9 @@ def write(bundle: Path, events_key: dict, tl: Timeline) -> str:
                         "counts": list(astuple(tl.counts)), "digest": digest(tl)}).encode()
     tmp = None
     try:
-        tmp = temp_dir(bundle, f".{CACHE_DIR}.")   # the bundle's mode, not 0700
+        _remove_abandoned(bundle)
+        # the bundle's mode, not 0700; named after this host and process (see below)
+        tmp = temp_dir(bundle, f".{CACHE_DIR}.{socket.gethostname()}.{os.getpid()}.")
         for name, columns in TABLES.items():
             table = schemas.conform(pa.table({c: getattr(tl, c) for c in columns}), name)
             if name == "timeline":
@@ -208,7 +225,7 @@ def write(bundle: Path, events_key: dict, tl: Timeline) -> str:
                 writer.write_table(table, max_chunksize=max(table.num_rows, 1))
         final = bundle / CACHE_DIR
         if final.exists():
-            old = bundle / f".{CACHE_DIR}.old.{os.getpid()}"
+            old = bundle / f".{CACHE_DIR}.{socket.gethostname()}.{os.getpid()}.old"
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
@@ -224,6 +241,37 @@ def write(bundle: Path, events_key: dict, tl: Timeline) -> str:
             with signals.held():
                 shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+ABANDONED_AFTER_S = 24 * 3600
+
+
+def _remove_abandoned(bundle: Path) -> None:
+    """Remove the temporary directories of cache writes that were killed (SIGKILL, a crash:
+    nothing else could clean up; at scale, gigabytes): those of this host whose process is
+    gone, and any a day old (another host's, or an older pvtrace's). A write in progress in
+    another process, here or on another host sharing the bundle, is left alone."""
+    host = socket.gethostname()
+    for entry in bundle.glob(f".{CACHE_DIR}.*"):
+        try:
+            stale = time.time() - entry.stat().st_mtime > ABANDONED_AFTER_S
+        except OSError:
+            continue
+        parts = entry.name.split(".")        # "", "cache", host..., pid, suffix
+        if len(parts) >= 5 and parts[-2].isdecimal() and ".".join(parts[2:-2]) == host:
+            stale = stale or not _alive(int(parts[-2]))
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:         # another user's process (EPERM): alive
+        return True
+    return True
 
 
 # --- Derived arrays ------------------------------------------------------------------------
@@ -280,8 +328,8 @@ class Derived:
                 arrays[key] = arr
                 spans[key] = tuple(expected[:2])
             return arrays, meta["scalars"], spans
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        except Exception:       # noqa: BLE001 - any damage (an empty .npy is an EOFError)
+            return None         # means: compute the entry again
 
     def save(self, name: str, arrays: dict[str, np.ndarray], scalars: dict) -> None:
         """Write entry ``name`` in the background (see :meth:`flush`)."""
@@ -326,13 +374,22 @@ def derived(tl: Timeline, name: str, compute, check) -> tuple[dict[str, np.ndarr
         return tl.cache[name]
     store = tl.cache.get(STORE)
     loaded = store.load(name) if store is not None else None
-    got = loaded[:2] if loaded is not None and check(*loaded) else None
+    got = loaded[:2] if loaded is not None and _holds(check, loaded) else None
     if got is None:
         got = compute()
         if store is not None:
             store.save(name, *got)
     tl.cache[name] = got
     return got
+
+
+def _holds(check, loaded) -> bool:
+    """``check`` on a loaded entry; an entry it cannot even look at (a key missing from a
+    damaged file) does not hold."""
+    try:
+        return bool(check(*loaded))
+    except Exception:       # noqa: BLE001
+        return False
 
 
 def flush_derived(tl: Timeline) -> None:

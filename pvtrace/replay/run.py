@@ -122,6 +122,16 @@ def _per_key(ids, base, turnstile, out):
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def _runs_ok(lo, hi):
+    """Every key run ascends and spans at most a frame's pages (a damaged cache's may not:
+    the step builder would write past the acquisitions it counted)."""
+    for j in range(len(lo)):
+        if hi[j] < lo[j] or hi[j] - lo[j] >= PAGES_PER_FRAME:
+            return False
+    return True
+
+
 def _within(span: tuple[int, int], lo: int, hi: int) -> bool:
     """A loaded array's values (``span``: its least and greatest) lie in ``[lo, hi]``."""
     return lo <= span[0] and span[1] <= hi
@@ -181,7 +191,8 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
             per_key = _per_key(lo, tl.nlocks, np.ascontiguousarray(pk.turnstile, np.uint64),
                                np.empty(len(vals), np.uint64))
             arrays["turnstile"], _ = dense_ids(per_key)
-        return arrays, {"nvals": len(vals), "space": int(pk.space)}
+        return arrays, {"nvals": len(vals), "space": int(pk.space),
+                        "turnstiles": pk.turnstile is not None}
 
     def check(arrays, scalars, spans):
         npv, nvals = len(_pv_records(tl)[0]), scalars.get("nvals")
@@ -190,7 +201,9 @@ def _page_keys(tl: Timeline, design: Design) -> dict:
                                              for k in ("lo", "hi", "is_range")):
             return False
         keys = (tl.nlocks, tl.nlocks + nvals - 1)
-        return (npv == 0 or (_within(spans["lo"], *keys) and _within(spans["hi"], *keys))) and \
+        return (npv == 0 or (_within(spans["lo"], *keys) and _within(spans["hi"], *keys)
+                             and _runs_ok(arrays["lo"], arrays["hi"]))) and \
+            ("turnstile" in arrays) == scalars.get("turnstiles") and \
             ("turnstile" not in arrays or (len(arrays["turnstile"]) == nvals and (
                 nvals == 0 or _within(spans["turnstile"], 0, nvals - 1))))
 
