@@ -126,7 +126,10 @@ def test_compare_text_golden(spec_log: Path, tmp_path: Path) -> None:
     (["replay", "/nonexistent/trace.log"], "no such file"),
     (["replay", "{log}", "--layout", "hash:x"], "bad layout"),
     (["compare", "{log}", "--models", ","], "--models is empty"),
-    (["replay", "{log}", "--spin-limit", "-1"], "must be >= 0"),
+    (["replay", "{log}", "--spin-limit", "-1"], "--spin-limit must be >= 0, not -1"),
+    (["replay", "{log}", "--wakeup-ns", "-5"], "--wakeup-ns must be >= 0, not -5"),
+    (["replay", "{log}", "--layout", ""], "bad layout ''"),
+    (["compare", "{log}", "--models", "obm, stock,obm"], "--models names obm twice"),
     (["compare", "{log}", "--jobs", "0"], "--jobs must be at least 1"),
     # values that overflowed int64 in the compiled loops (tracebacks before)
     (["replay", "{log}", "--spin-limit", "99999999999999999999"], "--spin-limit must be at most"),

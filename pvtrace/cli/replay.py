@@ -96,6 +96,9 @@ def compare(trace: TraceArg,
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise PvtraceError("--models is empty; name at least one design")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise PvtraceError(f"--models names {', '.join(twice)} twice; name each design once")
     report = _run(trace, names, layout, spin_limit, wakeup_ns, no_cache, max_bad, jobs)
     if json_out:
         print(json.dumps(report, indent=2))

@@ -557,8 +557,9 @@ MAX_WAKEUP_NS = 10**12
 
 def make_params(captured_layout: str, layout: str | None, spin_limit_ns: int,
                 wakeup_ns: int) -> ReplayParams:
-    if spin_limit_ns < 0 or wakeup_ns < 0:
-        raise PvtraceError("--spin-limit and --wakeup-ns must be >= 0")
+    for option, value in (("--spin-limit", spin_limit_ns), ("--wakeup-ns", wakeup_ns)):
+        if value < 0:
+            raise PvtraceError(f"{option} must be >= 0, not {value}")
     # Both go into int64 arithmetic in the compiled loops, and a wakeup is added to replayed
     # times: a bigger spin limit means "never block" anyway, a longer wakeup is no kernel's.
     if spin_limit_ns > MAX_SPIN_LIMIT_NS:
@@ -568,7 +569,8 @@ def make_params(captured_layout: str, layout: str | None, spin_limit_ns: int,
         raise PvtraceError(f"--wakeup-ns must be at most {MAX_WAKEUP_NS:,} ns (1000 s)")
     cap = Layout.parse(captured_layout if captured_layout not in (None, "", "unknown")
                        else "superpage")
-    return ReplayParams(Layout.parse(layout) if layout else cap, cap, spin_limit_ns, wakeup_ns)
+    return ReplayParams(Layout.parse(layout) if layout is not None else cap, cap, spin_limit_ns,
+                        wakeup_ns)
 
 
 def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
