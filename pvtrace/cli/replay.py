@@ -16,8 +16,9 @@ TraceArg = Annotated[str, typer.Argument(help="A trace bundle directory, or a ra
                                                "(event log, .gz/.zst, or - for stdin).")]
 LayoutOpt = Annotated[str | None, typer.Option(
     "--layout", help="How the replayed kernel maps a physical address to a pv-list lock: "
-                     "superpage or hash:N (hash:256 is the pre-2020 non-NUMA kernel). Default: "
-                     "the captured layout from the bundle.")]
+                     "superpage or hash:N (kernels without options NUMA: hash:256 before "
+                     "FreeBSD 14, then hash:1024). Default: the captured layout from the "
+                     "bundle.")]
 SpinOpt = Annotated[int, typer.Option(
     "--spin-limit", metavar="NS", help="Waits up to NS ns spin on the CPU; longer waits block "
                                        "on a turnstile. 0: every wait blocks.")]
