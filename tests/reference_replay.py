@@ -297,7 +297,12 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
     # Held at start: synthesized acquisitions without wait at the thread's start.
     # READING: in reverse order of their R records (the last released was taken first).
     unmatched_r = [r for r in recs if r.ev == "R" and r.pair is None]
+    # READING: pmap.c holds one pv lock at a time; of several pv locks held at the start
+    # (records lost), the one released first is held, the others' releases do nothing.
+    first_pv = next((r for r in unmatched_r if r.cls == "pv"), None)
     for r in reversed(unmatched_r):
+        if r.cls == "pv" and r is not first_pv:
+            continue
         hold = design_hold(r.cls, r.lock, r.mode, r.pa)
         holds[r.idx] = hold
         open_order.append(r.idx)
@@ -329,6 +334,16 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
             page = PageSet.of(rec.pa, size)
             prev = prev_record(rec)
             switch_pair = prev is not None and prev.ev == "R" and prev.cls == "pv"
+            # READING (FORMATS.md, nested_pv_holds): a pv lock taken while one is held
+            # (records were lost) releases the held one first; its R then does nothing.
+            nested = next((k for k in reversed(open_order[:-1]) if holds[k].cls == "pv"),
+                          None)
+            if nested is not None:
+                old = holds.pop(nested)
+                open_order.remove(nested)
+                if old.spec is not None:
+                    steps.append(Step("release", rec.request, rec.request,
+                                      releases=old.spec.keys))
             if hold.spec is None:
                 steps.append(Step("cut", rec.request, rec.ts))
             elif switch_pair and carried is not None and hold.spec == carried:
@@ -339,6 +354,8 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
             carried = None
         elif rec.ev == "R":
             key_idx = rec.pair if rec.pair is not None else rec.idx
+            if key_idx not in holds:        # its hold was released by a nested A
+                continue
             hold = holds.pop(key_idx)
             open_order.remove(key_idx)
             if hold.spec is None:

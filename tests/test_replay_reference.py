@@ -253,6 +253,27 @@ def test_stock_meets_page_less_records_on_their_locks_slot():
     assert replay(text, "stock")["true_block"] == {"count": 1, "wait_ns": 1000}
 
 
+def test_a_superseded_holds_release_leaves_the_open_hold_alone():
+    """Records lost: 101 takes frame 2's lock while it holds frame 1's. The replay releases
+    the first at the nested A (pmap.c holds one pv lock at a time); the first hold's R, when
+    it comes at 3000, must not release the second, which the capture holds until 4000:
+    102's 800 ns wait for it is then reproduced (it was lost with the R releasing it)."""
+    l1, l2 = h(PV_SP + 64), h(PV_SP + 128)
+    text = f"""
+1000 0 101 A pv {l1} w 0 0x200000 pmap_enter
+2000 0 101 A pv {l2} w 0 0x400000 pmap_enter
+3000 0 101 R pv {l1} w 0 0x200000 pmap_enter
+4000 0 101 R pv {l2} w 0 0x400000 pmap_enter
+4000 1 102 B pv {l2} w 800 0x401000 pmap_enter
+4000 1 102 A pv {l2} w 0 0x401000 pmap_enter
+4100 1 102 R pv {l2} w 0 0x401000 pmap_enter
+"""
+    want = replay_both(text, "stock")
+    assert want["waits"] == [0, 0, 800] and want["makespan_ns"] == 3100
+    got = _engine()(trace(text), captured_layout="superpage", model="stock")
+    assert got["anomalies"]["nested_pv_holds"] == 1
+
+
 def test_lock_moves_between_pages():
     # 101 takes frame 1's lock for page 0x200000, moves to page 0x201000 at 2000 (same captured
     # lock, so no R/A in the capture) and releases at 5000. 102 wants page 0x200000 from 1500.
@@ -662,11 +683,26 @@ class _Thread:
         self.gap()
         self.emit("R", "pv", lock, mode, 0, page)
 
+    def nested_pv_holds(self):
+        """A pv lock taken while another is held: what lost records leave (pmap.c holds one
+        at a time). The releases come in either order, or the first one is lost too."""
+        held = []
+        for _ in range(2):
+            page = self.draw(pages())
+            lock = pv_lock(self.layout, page)
+            self.acquire("pv", lock, "w", page)
+            held.append((lock, page))
+            self.gap()
+        order = self.draw(st.sampled_from(((0, 1), (1, 0), (1,))))
+        for k in order:
+            self.gap()
+            self.emit("R", "pv", held[k][0], "w", 0, held[k][1])
+
     def run(self):
         self.emit("E", pa=0)
         for _ in range(self.draw(st.integers(1, 3))):
             self.gap()
-            kind = self.draw(st.sampled_from(("pmap", "pv", "pv")))
+            kind = self.draw(st.sampled_from(("pmap", "pv", "pv", "pv", "pv", "nested")))
             if kind == "pmap":
                 pmap = self.draw(st.sampled_from(PMAP))
                 self.acquire("pmap", pmap, "w", 0)
@@ -675,6 +711,8 @@ class _Thread:
                     self.pv_hold()
                 self.gap()
                 self.emit("R", "pmap", pmap, "w", 0, 0)
+            elif kind == "nested":
+                self.nested_pv_holds()
             else:
                 self.pv_hold()
         self.gap()

@@ -503,6 +503,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
         pv_open = False          # a captured pv hold is open (even if the design removes it)
         prev_keyc = -1
         skip_a = -1
+        h_src = -1               # the record that opened the captured hold H (its A, or R)
         nopen = 0
         # Locks held when the capture began: taken, without wait, at the thread's start.
         for q in range(held_off[t], held_off[t + 1]):
@@ -517,6 +518,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                 h_lo, h_hi, h_acq = klo(i), khi(i), na
                 h_n = h_hi - h_lo + 1
                 h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
+                h_src = i
             ev_acq[i] = na
             n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
                               is_pv(i), pa[i], False, cls[i], op[i], krange(i), 0)
@@ -544,6 +546,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     if i == skip_a:
                         # The switch pair kept the same key: only the page changes.
                         prev_keyc = keyc(i)
+                        h_src = i
                         n = _emit_page(rec, n, pa[i], big(i), pending)
                         pending = 0
                         continue
@@ -556,6 +559,7 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     h_lo, h_hi, h_acq = klo(i), khi(i), na
                     h_n = h_hi - h_lo + 1
                     h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
+                    h_src = i
                 ev_acq[i] = na
                 n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
                                   is_pv(i), pa[i], big(i), cls[i], op[i], krange(i), pending)
@@ -571,6 +575,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     continue
                 if is_pv(i):
                     if not pv_open or h_lo < 0:
+                        continue
+                    if (partner[i] if partner[i] >= 0 else i) != h_src:
+                        # The R of a hold a nested A already released (records were lost):
+                        # the open hold is another one, which its own R releases.
                         continue
                     j = i + 1        # the thread's next record but B/S
                     while j < e and (ev[j] == 2 or ev[j] == 3):
