@@ -152,6 +152,7 @@ class Design:
     layout: Layout
     touched_pages: frozenset     # every 4 KiB page number some record of the trace names
     lock_slot: dict = field(default_factory=dict)   # stock, captured layout: see pv_key
+    captured_slot: dict = field(default_factory=dict)   # see key_c
 
     def pv_key(self, pa: int, size: str, lock: int) -> KeySpec | None:
         """keyD of a pv request; None when the design removes the pv lock."""
@@ -184,9 +185,14 @@ class Design:
         return KeySpec((("lock", lock),), 1)
 
     def key_c(self, pa: int, lock: int):
-        """keyC: the captured kernel's pv lock for a page (the lock address when unknown)."""
-        # READING: keyC of an unknown page (pa 0) is the hold's lock address, never a slot.
-        return ("lock", lock) if pa == 0 else ("slot", self.captured.slot(pa))
+        """keyC: the captured kernel's pv lock slot for a page. For an unknown page (pa 0),
+        the slot of the hold's lock when the lock's records with a page all name one slot
+        of the captured layout, else the lock address."""
+        if pa == 0:
+            if lock in self.captured_slot:
+                return ("slot", self.captured_slot[lock])
+            return ("lock", lock)
+        return ("slot", self.captured.slot(pa))
 
     def turnstile(self, key) -> tuple:
         if key[0] == "pg":
@@ -264,8 +270,12 @@ def _sizes(recs: list[Rec]) -> dict[int, str]:
     return sizes
 
 
-def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> ThreadPlan:
+def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
+          capture_end: int) -> ThreadPlan:
     tid_start = _thread_start(recs)
+    if any(r.ev == "R" and r.pair is None for r in recs):
+        # It held a lock when the capture began: from the capture's first record on.
+        tid_start = min(tid_start, capture_start)
     size_of = _sizes(recs)
     steps: list[Step] = []
     acq: dict[str, int] = defaultdict(int)
@@ -362,8 +372,10 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_end: int) -> Thread
                 continue
             if rec.cls == "pv":
                 nxt = next_record(rec)
+                # READING: a switch pair names two captured locks (CHANGE_PV_LIST_LOCK never
+                # releases a lock to take it again): an R and an A of one lock are real.
                 if (nxt is not None and nxt.ev == "A" and nxt.cls == "pv"
-                        and design.pv_key(nxt.pa, size_of[nxt.idx], nxt.lock) == hold.spec
+                        and nxt.lock != rec.lock and design.pv_key(nxt.pa, size_of[nxt.idx], nxt.lock) == hold.spec
                         and design.pv_mode(nxt.mode) == hold.mode):
                     carried = hold.spec      # rule 2: nothing happens
                     continue
@@ -594,19 +606,21 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
     touching = events.filter(((pl.col("cls") == "pv") | (pl.col("ev") == "P"))
                              & (pl.col("pa") != 0))
     replayed = Layout.parse(layout) if layout else captured
-    lock_slot = {}
-    if model == "stock" and replayed == captured:
-        slots: dict[int, set] = defaultdict(set)
-        for lock, pa in events.filter(
-                (pl.col("cls") == "pv") & pl.col("ev").is_in(["A", "R", "B", "S"])
-                & (pl.col("pa") != 0)).select("lock", "pa").iter_rows():
-            slots[lock].add(replayed.slot(pa))
-        lock_slot = {lock: next(iter(s)) for lock, s in slots.items() if len(s) == 1}
+    slots: dict[int, set] = defaultdict(set)
+    for lock, pa in events.filter(
+            (pl.col("cls") == "pv") & pl.col("ev").is_in(["A", "R", "B", "S"])
+            & (pl.col("pa") != 0)).select("lock", "pa").iter_rows():
+        slots[lock].add(captured.slot(pa))
+    captured_slot = {lock: next(iter(s)) for lock, s in slots.items() if len(s) == 1}
+    lock_slot = captured_slot if model == "stock" and replayed == captured else {}
     design = Design(model, captured, replayed,
-                    frozenset(page_of(int(pa)) for pa in touching["pa"].to_list()), lock_slot)
+                    frozenset(page_of(int(pa)) for pa in touching["pa"].to_list()), lock_slot,
+                    captured_slot)
     threads = _split_threads(events)
     capture_end = int(events["ts"].max()) if events.height else 0
-    plans = [_walk(tid, recs, design, capture_end) for tid, recs in sorted(threads.items())]
+    capture_start = int(events["ts"].min()) if events.height else 0
+    plans = [_walk(tid, recs, design, capture_start, capture_end)
+             for tid, recs in sorted(threads.items())]
     engine = _Engine(plans, design, spin_limit_ns, wakeup_ns)
     engine.run()
 

@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pvtrace.models.layout import Layout
+from pvtrace.replay.run import observed_events
 from reference_replay import MODELS, reference_replay
 
 PV_SP = 0xFFFFF80001000000      # superpage layout: pv lock of frame f at PV_SP + 64 f
 PV_HASH = 0xFFFFFFFF81000000    # hash layouts: pv lock of slot s at PV_HASH + 32 s
 PVC = 0xFFFFFFFF82000000        # the one pv chunk list mutex
-PMAP = (0xFFFFF80002000000, 0xFFFFF80002000100)
+PMAP = (0xFFFFF80002000000, 0xFFFFF80002000100, 0xFFFFF80002000200)
 
 F1 = 0x200000                   # frame 1
 F257 = 257 << 21                # frame 257: aliases frame 1 under hash:256
@@ -551,6 +552,48 @@ def test_switch_pair_vanishes_when_keys_coincide():
     assert hashed["makespan_ns"] == 2500
 
 
+def test_release_and_retake_of_one_lock_is_not_a_switch_pair():
+    # 101 releases frame 1's lock at 2000 and takes the same lock again at 2500: a real
+    # release (CHANGE_PV_LIST_LOCK never drops a lock to take it again), during which 102 holds
+    # it from 2000 to 2300. Replayed as captured, 101's 500 ns without the lock stay so.
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_remove
+2000 0 101 R pv {lk} w 0 0x200000 pmap_remove
+2500 0 101 A pv {lk} w 0 0x200000 pmap_remove
+3000 0 101 R pv {lk} w 0 0x200000 pmap_remove
+2000 1 102 B pv {lk} w 500 0x200000 pmap_enter
+2000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+2300 1 102 R pv {lk} w 0 0x200000 pmap_enter
+"""
+    for model in ("stock", "obm"):
+        r = replay_both(text, model)
+        assert r["acquisitions"] == 3 and sorted(r["waits"]) == [0, 0, 500], model
+        assert r["true_block"] == {"count": 1, "wait_ns": 500}, model
+        assert r["makespan_ns"] == 2000, model
+
+
+def test_page_less_hold_switches_at_its_first_page_under_obm():
+    # 101 takes frame 1's lock without a page (pmap_remove_pages prints none), then a P names
+    # page 0x200000: the captured kernel kept its lock (the lock's other records say it is
+    # frame 1's), so OBM switches to that page's lock at 1500 (rule 3). 102 asks for the same
+    # page at 2000 and waits until 101 releases at 3000: a true block of 1000 ns.
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
+1500 0 101 P - 0 4k 0 0x200000 pmap_remove_pages
+3000 0 101 R pv {lk} w 0 0x200000 pmap_remove_pages
+3000 1 102 B pv {lk} w 1000 0x200000 pmap_enter
+3000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+3100 1 102 R pv {lk} w 0 0x200000 pmap_enter
+"""
+    obm = replay_both(text, "obm")
+    assert obm["acquisitions"] == 3 and sorted(obm["waits"]) == [0, 0, 1000]
+    assert obm["true_block"] == {"count": 1, "wait_ns": 1000} and obm["makespan_ns"] == 2100
+    stock = replay_both(text, "stock")
+    assert stock["acquisitions"] == 2 and sorted(stock["waits"]) == [0, 1000]
+
+
 def test_held_at_start_and_end():
     # 101's R has no A (held at start: acquired at its first record, 1000); 102's A has no R
     # (held at end: released at the capture's last timestamp, 4000).
@@ -564,6 +607,48 @@ def test_held_at_start_and_end():
     r = replay(text, "stock")
     # 102 waits 2000..3000, then holds to 4000 + 1000 = 5000
     assert r["acquisitions"] == 2 and r["waits"] == [0, 1000] and r["makespan_ns"] == 4000
+
+
+def test_lock_held_when_the_capture_began_is_held_from_its_start():
+    # 101 holds frame 1's lock when the capture begins (100, 103's E) and releases it at
+    # 3000, its only record; 102 asked at 500 and waited 2500 ns for it. The replay holds the
+    # lock from the capture's start, so the captured design reproduces that wait, and the
+    # capture's own numbers count the hold the same way.
+    lk = h(PV_SP + 64)
+    text = f"""
+100 2 103 E - 0 - 0 0 pmap_enter
+3000 0 101 R pv {lk} w 0 0x200000 pmap_remove_all
+3000 1 102 B pv {lk} w 2500 0x200000 pmap_enter
+3000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+3600 1 102 R pv {lk} w 0 0x200000 pmap_enter
+3600 2 103 X - 0 - 0 0 pmap_enter
+"""
+    r = replay_both(text, "stock")
+    assert r["acquisitions"] == 2 and sorted(r["waits"]) == [0, 2500]
+    assert r["true_block"] == {"count": 1, "wait_ns": 2500} and r["makespan_ns"] == 3500
+    obs = observed_events(trace(text))
+    assert obs["acquisitions"] == 2 and obs["wait_ns"] == 2500 and obs["makespan_ns"] == 3500
+    engine = _engine()(trace(text), captured_layout="superpage", model="stock")
+    assert obs["hold_percentiles_ns"]["max"] == engine["hold_percentiles_ns"]["max"] == 2900
+    assert obs["unmatched"]["held_at_start"] == 1
+
+
+def test_lock_held_when_the_capture_ended_counts_alike_in_observed_and_replay():
+    text = f"""
+1000 0 101 A pmap {h(PMAP[0])} w 0 0 pmap_enter
+1100 0 101 A pmap {h(PMAP[1])} w 0 0 pmap_enter
+1300 0 101 R pmap {h(PMAP[1])} w 0 0 pmap_enter
+2000 1 102 A pmap {h(PMAP[2])} w 0 0 pmap_enter
+2500 1 102 R pmap {h(PMAP[2])} w 0 0 pmap_enter
+10000 1 102 E - 0 - 0 0 pmap_enter
+"""
+    replay_both(text, "stock")
+    r = _engine()(trace(text), captured_layout="superpage", model="stock")
+    obs = observed_events(trace(text))
+    assert obs["acquisitions"] == r["acquisitions"] == 3
+    # 101's first pmap lock is held from 1000 to the capture's end, 10000
+    assert obs["hold_percentiles_ns"] == r["hold_percentiles_ns"]
+    assert r["hold_percentiles_ns"]["max"] == 9000
 
 
 def test_a_thread_ends_with_its_last_record_even_a_trailing_wait():

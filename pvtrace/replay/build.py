@@ -177,6 +177,9 @@ class DesignKeys:
     pv_2m: np.ndarray         # bool per pv record: a superpage request or move (run._pv_2m)
     lock_key: np.ndarray      # int32 per lock id: the key of its records that are not
     #                           page-keyed (itself, or the stock slot of a pv lock: run.py)
+    cap_slot: np.ndarray      # int64 per lock id: the captured layout's slot (frame, or
+    #                           frame mod N) of a pv lock whose records with a page all name
+    #                           one, else -1: keyC of the lock's records without a page
     removed_cls: np.ndarray   # bool per class code: the design has no such lock
     pv_removed: bool          # the design has no pv-list lock (page moves do nothing)
     pv_exclusive: bool        # pv-list read requests take the lock exclusively
@@ -301,8 +304,8 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None,
             tl.thread_first[lo:hi], tl.thread_end[lo:hi], t_start[lo:hi], held_idx,
             held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
             tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
-            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.removed_cls, dk.pv_removed, dk.pv_exclusive,
-            dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
+            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.cap_slot, dk.removed_cls, dk.pv_removed,
+            dk.pv_exclusive, dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
             open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
         return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
 
@@ -340,9 +343,13 @@ def _shift_acquisitions(rec, lo, hi, base):
 
 @nb.njit(cache=True, nogil=True)
 def _threads(t_first, t_end, ev, ts, lock, waited_idx, waited_ns, partner):
-    """Design-independent facts of each thread: its start (its first record, or the earlier
-    request time of an acquisition that is its first record), and the releases without an acquire (locks held when the capture began)
-    as record indices with per-thread offsets."""
+    """Design-independent facts of each thread: its start, and the releases without an
+    acquire (locks held when the capture began) as record indices with per-thread offsets.
+
+    A thread starts at its first record, or at the earlier request time of an acquisition
+    that is its first record; a thread that holds a lock when the capture begins, at the
+    capture's first record: it held the lock from then on (waiters recorded before its
+    release waited for it), and its work until its first record is kept."""
     nthr = len(t_first)
     t_start = np.zeros(nthr, np.int64)
     held_off = np.zeros(nthr + 1, np.int64)
@@ -374,6 +381,13 @@ def _threads(t_first, t_end, ev, ts, lock, waited_idx, waited_ns, partner):
             j -= 1
         if j == t_first[t]:
             t_start[t] = min(t_start[t], ts[i] - waited_ns[q])
+    if nheld:
+        first = ts[t_first[0]]
+        for t in range(nthr):
+            first = min(first, ts[t_first[t]])
+        for t in range(nthr):
+            if held_off[t + 1] > held_off[t]:
+                t_start[t] = min(t_start[t], first)
     return t_start, held_idx, held_off
 
 
@@ -423,7 +437,7 @@ def _emit_page(rec, n, pg, big, g):
 @nb.njit(cache=True, nogil=True, **NO_REFCOUNT)   # see _build's doc
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
-           pvpos, pv_lo, pv_hi, pv_range, pv_2m, lock_key, removed_cls, pv_removed,
+           pvpos, pv_lo, pv_hi, pv_range, pv_2m, lock_key, cap_slot, removed_cls, pv_removed,
            pv_exclusive, cap_hash,
            pv_code, rec, acls, aop, aextra, ev_acq, open_keys, open_acq, tfirst, tend, tstart,
            tacq):
@@ -470,9 +484,12 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
             return 0
         return 0 if pv_exclusive and ev[i] <= 3 and cls[i] == pv_code else 1
 
-    def keyc(i):
+    def keyc(i):                # the captured kernel's lock slot of record i's page
         if pvpos[i] < 0:
-            return np.int64(-1)
+            # No page: the slot of its captured lock, when the lock's other records tell it
+            # (a hold taken without a page whose P then names a page of that same lock: the
+            # captured kernel kept the lock, a page-keyed design must switch, rule 3).
+            return np.int64(cap_slot[lock[i]]) if ev[i] <= 3 else np.int64(-1)
         frame = np.int64(pa[i] >> np.uint64(21))
         return frame % cap_hash if cap_hash > 0 else frame
 
@@ -583,8 +600,11 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     j = i + 1        # the thread's next record but B/S
                     while j < e and (ev[j] == 2 or ev[j] == 3):
                         j += 1
+                    # A switch pair names two captured locks: CHANGE_PV_LIST_LOCK never
+                    # releases a lock to take it again, so an R and an A of one lock are a
+                    # real release, and the work between them is done without it.
                     if (j < e and ev[j] == 0 and is_pv(j) and not removed(j)
-                            and klo(j) == h_lo and khi(j) == h_hi and krange(j) == h_range
+                            and lock[j] != lock[i] and klo(j) == h_lo and khi(j) == h_hi and krange(j) == h_range
                             and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue

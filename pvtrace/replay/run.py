@@ -227,8 +227,11 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
         # that lock is the slot its records with a page name, so it joins that slot's key:
         # its holder and a waiter with a page meet, as they did in the captured kernel.
         _slot_of_locks(_pv_records(tl)[0], tl.ev, tl.lock, pk["lo"], lock_key)
+    cap_slot = np.full(tl.nlocks, -1, np.int64)
+    _captured_slot_of_locks(_pv_records(tl)[0], tl.ev, tl.lock, tl.pa,
+                            cap.nlocks if cap.kind == "hash" else 0, cap_slot)
     dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], _pv_2m(tl), lock_key,
-                    removed_cls,
+                    cap_slot, removed_cls,
                     "pv" in design.removed_classes, not design.pv_shared_reads,
                     cap.nlocks if cap.kind == "hash" else 0, tl.class_code("pv"))
     nlock = tl.nlocks
@@ -259,6 +262,27 @@ def _slot_of_locks(idx, ev, lock, lo, lock_key):
     for lid in range(len(lock_key)):
         if seen[lid] >= 0:
             lock_key[lid] = seen[lid]
+
+
+@nb.njit(cache=True, nogil=True)
+def _captured_slot_of_locks(idx, ev, lock, pa, cap_hash, out):
+    """``out[l]``: the captured layout's slot (frame, or frame mod ``cap_hash``) that the
+    records with a page of pv lock ``l`` (the page-keyed records ``idx``) all name; left -1
+    when they name several (the layout does not describe the capture) or none."""
+    for j in range(len(idx)):
+        i = idx[j]
+        if ev[i] > EV_S:
+            continue                                   # a page move: no lock of its own
+        frame = np.int64(pa[i] >> np.uint64(21))
+        slot = frame % cap_hash if cap_hash > 0 else frame
+        lid = lock[i]
+        if out[lid] == -1:
+            out[lid] = slot
+        elif out[lid] != slot:
+            out[lid] = -2
+    for lid in range(len(out)):
+        if out[lid] < 0:
+            out[lid] = -1
 
 
 def _unknown_page_acquisitions(tl: Timeline) -> int:
@@ -457,15 +481,21 @@ def observed(tl: Timeline) -> dict:
     peak: one compiled pass gives each acquisition's wait, hold, class and operation (20
     bytes per acquisition; numpy's gathers took 50, 1.5 GB more peak memory on a 148 M-record
     capture)."""
-    nacq = _count_acquisitions(tl.ev)
+    # Locks held when the capture began or ended count as the replay counts them: taken
+    # at the holder's start (the capture's start), released at the capture's end. A replay
+    # of the captured design then has the capture's acquisitions and holds.
+    t_start, held_idx, _ = thread_facts(tl)
+    nacq = _count_acquisitions(tl.ev) + len(held_idx)
     w, holds = np.empty(nacq, np.int64), np.empty(nacq, np.int64)
     cls_a, op_a = np.empty(nacq, tl.cls.dtype), np.empty(nacq, tl.op.dtype)
-    _acquisitions(tl.ev, tl.ts, tl.partner, tl.cls, tl.op, tl.waited_idx, tl.waited_ns, w,
-                  holds, cls_a, op_a)
+    _acquisitions(tl.ev, tl.ts, tl.partner, tl.cls, tl.op, tl.waited_idx, tl.waited_ns,
+                  tl.t_last, w, holds, cls_a, op_a)
+    _held_at_start(tl.thread_first, tl.thread_end, t_start, tl.ev, tl.ts, tl.partner, tl.cls,
+                   tl.op, nacq - len(held_idx), w, holds, cls_a, op_a)
     # The threads start as the replay starts them (a recorded wait longer than the time
     # since the thread's previous record does not start it earlier): a replay of the
     # captured design then has the capture's makespan.
-    first = int(thread_facts(tl)[0].min())
+    first = int(t_start.min())
     contended = w[w > 0]
     none_extra = np.zeros(len(w), np.int16)
     with ThreadPoolExecutor(1) as pool:     # as in summarize
@@ -496,9 +526,11 @@ def _count_acquisitions(ev):
 
 
 @nb.njit(cache=True, nogil=True)
-def _acquisitions(ev, ts, partner, cls, op, waited_idx, waited_ns, w, holds, cls_a, op_a):
-    """For each acquisition (``A`` record), in record order: its captured wait, its hold (-1:
-    no release), class and operation. ``waited_idx`` are ``A`` records, ascending."""
+def _acquisitions(ev, ts, partner, cls, op, waited_idx, waited_ns, t_last, w, holds, cls_a,
+                  op_a):
+    """For each acquisition (``A`` record), in record order: its captured wait, its hold
+    (until ``t_last``, the capture's end, when not released), class and operation.
+    ``waited_idx`` are ``A`` records, ascending."""
     j = 0
     q = 0
     for i in range(len(ev)):
@@ -511,17 +543,34 @@ def _acquisitions(ev, ts, partner, cls, op, waited_idx, waited_ns, w, holds, cls
             q += 1
         w[j] = wait
         r = partner[i]
-        holds[j] = ts[r] - t if r >= 0 else -1
+        holds[j] = ts[r] - t if r >= 0 else t_last - t
         cls_a[j] = cls[i]
         op_a[j] = op[i]
         j += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _held_at_start(t_first, t_end, t_start, ev, ts, partner, cls, op, j, w, holds, cls_a,
+                   op_a):
+    """From index ``j`` on: an acquisition without wait for each release without an
+    acquire, held from its thread's start."""
+    for t in range(len(t_first)):
+        for i in range(t_first[t], t_end[t]):
+            if ev[i] == EV_R and partner[i] < 0:
+                w[j] = 0
+                holds[j] = ts[i] - t_start[t]
+                cls_a[j] = cls[i]
+                op_a[j] = op[i]
+                j += 1
 
 
 def _observed_totals(tl: Timeline, w: np.ndarray, contended: np.ndarray, holds: np.ndarray,
                      first: int) -> dict:
     """:func:`observed` but for ``by_class`` and ``by_op``, left as None."""
     spun = int(tl.spun_ns.sum())
-    held = holds[holds >= 0]
+    # a copy: the percentiles reorder it in place while the groups read ``holds`` on the
+    # other core
+    held = holds.copy()
     # All waits rank as the uncontended ones' zeros, then ``contended`` (reordered in place,
     # as the next call reorders it anyway), when no wait is negative (ingest refuses
     # those; an in-memory table might hold one): no partition of every acquisition's wait.
