@@ -240,6 +240,19 @@ def test_superpage_ops_take_512_page_locks_under_obm():
     assert stock.truth["acquisitions"] == 2 and stock.truth["wait_ns"] == 90
 
 
+def test_a_granted_superpage_run_takes_its_next_page_as_a_step_of_its_own():
+    # 0 holds PAGE until 100; 2 asks for the frame at 10 and waits for PAGE; 1 asks for
+    # PAGE + 1 at 100. 0's release at 100 grants PAGE to 2, whose next page is a step of its
+    # own at 100, after 1's (ties by thread): 1 takes PAGE + 1 first and 2 waits for it
+    # until 150 (REPLAY.md 4), as a replay of this capture computes.
+    progs = [[(0, PV_TO, PAGE, SZ_4K, MODE_W | WITH_P, 4), (100, PV_REL, 0, 0, 0, 4)],
+             [(100, PV_TO, PAGE + 1, SZ_4K, MODE_W | WITH_P, 4), (50, PV_REL, 0, 0, 0, 4)],
+             [(10, PV_TO, PAGE, SZ_2M, MODE_W | WITH_P, 4), (1000, PV_REL, 0, 0, 0, 4)]]
+    for wakeup in (0, 1):
+        t = run(progs, "obm", wakeup=wakeup).truth
+        assert t["wait_ns"] == 90 + 50 + wakeup, wakeup
+
+
 def test_wakeup_cost_delays_blocked_waiters_only():
     progs = [pv_op(1000, PAGE), pv_op(500, PAGE, start=100)]
     t = run(progs, "stock", wakeup=50).truth

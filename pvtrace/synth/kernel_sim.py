@@ -366,7 +366,9 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
     def resume(j, t):
         """Waiter j was granted by a release at t."""
         if granted(j, t, wait_req[j]):
-            try_acquire(j, t)
+            # The next page of its 2 MiB run is a step of its own, ordered with this
+            # instant's other acquisitions (REPLAY.md 4), not taken inside the release.
+            heapq.heappush(heap, (t, _PRIO_ACQ, j))
 
     def release_pv(i, t, op):
         keys = held[i]
