@@ -775,6 +775,20 @@ def test_what_dtrace_said_besides_drops_reaches_the_user(tmp_path):
     assert f"during the capture, {said[0]}" in notes(report)
 
 
+def test_how_many_dtrace_errors_there_were_reaches_the_replay(tmp_path):
+    # The replay showed 3 of 30 probe errors, and its report 20, with no total.
+    text = SPEC_LOG + "".join(
+        f"dtrace: error on enabled probe ID {k} (ID 7: lockstat:::adaptive-block): invalid "
+        "address (0x0) in action #3 at DIF offset 12\n" for k in range(30))
+    result, out, meta = ingest(tmp_path, text)
+    assert meta["dtrace_message_lines"] == 30 and len(meta["dtrace_messages"]) == 20
+    from pvtrace.replay.api import replay_trace
+    from pvtrace.report.table import notes
+    report = replay_trace(str(out), ["stock"])
+    assert report["trace"]["dtrace_message_lines"] == 30
+    assert any(n.startswith("dtrace printed 30 lines besides drops") for n in notes(report))
+
+
 def test_a_stray_control_byte_is_one_malformed_line_not_a_binary_file(tmp_path):
     # One NUL (a disk error) in the first 64 KiB refused the whole capture as binary, and a
     # control byte later in the file became part of a new operation name.

@@ -357,3 +357,28 @@ def test_the_text_report_names_the_capture_files_of_a_bundle(tmp_path, spec_log)
         assert line.splitlines()[1] == f"  {shown}"
     # a raw log is its own capture file: no second line
     assert "\n" not in trace_line(replay_trace(str(spec_log), ["obm"]))
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_tables_split_to_fit_a_narrow_terminal(spec_log: Path, width: int) -> None:
+    # A terminal narrower than the table cut every cell to "...", design names and numbers
+    # alike; the table now comes in parts that each fit, the design column first in each.
+    from rich.console import Console
+
+    from pvtrace.replay.api import replay_trace
+    from pvtrace.report.table import class_tables, compare_tables
+
+    report = replay_trace(str(spec_log), ["stock", "obm-pvc", "obm", "obm-rw", "ideal"])
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))
+    parts = compare_tables(report, width)
+    for part in (*parts, *class_tables(report, width)):
+        console.print(part)
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    headers = [c.header for part in parts for c in part.columns[1:]]
+    assert len(headers) == 12 and len(set(headers)) == 12
+    assert all(part.columns[0].header == "design" for part in parts)
+    assert (len(parts) == 1) == (width >= 200)
+    for name in ("observed", "obm-pvc", "obm-rw", "ideal"):
+        assert name in text

@@ -58,8 +58,9 @@ def _render(report: dict, *, detail: bool) -> None:
     if not console.is_terminal:
         console = Console(width=200)  # files and pipes get the whole table, not a squeezed one
     console.print(table.trace_line(report))
-    console.print(table.compare_table(report))
-    console.print(table.class_table(report))
+    for part in (*table.compare_tables(report, console.width),
+                 *table.class_tables(report, console.width)):
+        console.print(part)
     if detail:
         for m in report["models"]:
             console.print(table.op_table(m))

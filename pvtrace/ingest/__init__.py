@@ -92,6 +92,7 @@ class IngestResult:
     other_drops: dict[str, int]                # dynvar_drops / aggregation_drops totals
     diagnostics: dict[str, int]                # diagnostic kind -> lines
     dtrace_messages: list[str]                 # the first distinct other/error dtrace lines
+    dtrace_message_lines: int                  # all other/error dtrace lines of the logs
     layout_effective: str
     layout_detected: str
     layout_evidence: str
@@ -413,6 +414,7 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     other: dict[str, int] = {}
     kinds: dict[str, int] = {}
     messages: list[str] = []
+    message_lines = 0
     diag = tables.get("diagnostics")
     if diag is not None and diag.height:
         kinds = dict(diag.group_by("kind").len().sort("kind").iter_rows())
@@ -423,8 +425,9 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
         diag = diag.filter(pl.col("src").is_in(logs))
         # What dtrace said besides drops and probe counts ("processing aborted: ...", the
         # deadman stopping a capture early) must reach the user, not only the table.
-        messages = (diag.filter(pl.col("kind").is_in(["other", "error"]))
-                    .get_column("text").unique(maintain_order=True)
+        said = diag.filter(pl.col("kind").is_in(["other", "error"]))
+        message_lines = said.height
+        messages = (said.get_column("text").unique(maintain_order=True)
                     .head(MAX_DTRACE_MESSAGES).to_list())
         per_cpu = (diag.filter((pl.col("kind") == "drops") & pl.col("cpu").is_not_null())
                    .group_by("cpu").agg(pl.col("count").sum()).sort("cpu"))
@@ -438,6 +441,7 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
         out=out, inputs=inputs, records=events.height if events is not None else 0,
         threads=threads, cpus=cpus, first_ts=first, last_ts=last, counts=counts,
         drops_per_cpu=drops, other_drops=other, diagnostics=kinds, dtrace_messages=messages,
+        dtrace_message_lines=message_lines,
         layout_effective=effective, layout_detected=detected.layout,
         layout_evidence=detected.evidence, layout_source=source,
         layout_assumed=source == "detected" and detected.assumed,
@@ -610,6 +614,7 @@ def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> 
                   "total": sum(result.drops_per_cpu.values()), **result.other_drops},
         "diagnostics": result.diagnostics,
         "dtrace_messages": result.dtrace_messages,
+        "dtrace_message_lines": result.dtrace_message_lines,
         "problems": {
             "totals": result.problem_totals,
             "first": [{"src": p.src, "path": p.path, "line": p.line, "kind": p.kind.value,

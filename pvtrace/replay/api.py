@@ -184,6 +184,7 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
         cache.flush_derived(tl)
         obs = seen[0].result()
         cache_status = cached.result()
+    messages = [m for m in (meta.get("dtrace_messages") or []) if isinstance(m, str)][:20]
     report = {
         "schema": REPORT_SCHEMA,
         "pvtrace_version": pvtrace.__version__,
@@ -200,8 +201,10 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "capture": meta.get("capture", {}),
             "drops": meta.get("drops", {}),
             "skipped_lines": _skipped_lines(meta),
-            "dtrace_messages": [m for m in (meta.get("dtrace_messages") or [])
-                                if isinstance(m, str)][:20],
+            "dtrace_messages": messages,
+            # every such line (a probe error lost that probe's record): the messages above
+            # are the first distinct ones
+            "dtrace_message_lines": max(_int(meta.get("dtrace_message_lines")), len(messages)),
             "timeline_cache": cache_status,
             **_provenance(meta),
         },
@@ -249,6 +252,11 @@ def _provenance(meta: dict) -> dict[str, Any]:
     ingested = {k: meta.get(m) if isinstance(meta.get(m), str) else None
                 for k, m in (("pvtrace_version", "pvtrace_version"), ("at", "ingested_at"))}
     return {"inputs": inputs, "ingested": ingested}
+
+
+def _int(value) -> int:
+    """A count from the bundle's metadata (0 when absent or not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _skipped_lines(meta: dict) -> dict[str, int]:

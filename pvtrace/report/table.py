@@ -2,7 +2,7 @@
 
 ``compare_tables`` puts designs side by side (rows = designs) with the change against the
 ``stock`` row, or against the capture itself (the ``observed`` row) when stock was not
-replayed, as in ``replay --model obm``; ``class_table`` shows where the
+replayed, as in ``replay --model obm``; ``class_tables`` shows where the
 waits went per lock class, which is how a design that only moves contention to the pmap mutex
 shows itself. All inputs are the SPEC report object, so JSON and text never disagree.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 CLASS_NAMES = {"pv": "pv list", "pvc": "pv chunk list", "pmap": "pmap mutex"}
 
@@ -66,52 +67,83 @@ def trace_line(report: dict) -> str:
     return line
 
 
-def compare_table(report: dict) -> Table:
+def _cell_width(cell: str) -> int:
+    return Text.from_markup(cell).cell_len
+
+
+def fitted(title: str, columns: list[tuple[str, str]], rows: list[tuple[list[str], str]],
+           width: int | None = None, caption: str | None = None) -> list[Table]:
+    """One table of ``columns`` (header, justify) and ``rows`` (cells, style), or, when it
+    would be wider than ``width``, several that each fit: the first column (what a row is)
+    starts each, the others follow in order. A terminal narrower than a table cut every
+    cell to "..." instead (design names and numbers alike)."""
+    # rich's box: one border per column plus one, and a space of padding each side
+    widths = [max([_cell_width(h)] + [_cell_width(cells[k]) for cells, _ in rows]) + 3
+              for k, (h, _) in enumerate(columns)]
+    groups: list[list[int]] = [[]]
+    used = 1 + widths[0]
+    for k in range(1, len(columns)):
+        if width is not None and groups[-1] and used + widths[k] > width:
+            groups.append([])
+            used = 1 + widths[0]
+        groups[-1].append(k)
+        used += widths[k]
+    tables = []
+    for g, group in enumerate(groups):
+        part = f" ({g + 1} of {len(groups)})" if len(groups) > 1 else ""
+        table = Table(title=title + part, title_justify="left",
+                      caption=caption if g == len(groups) - 1 else None, caption_justify="left")
+        for k in [0, *group]:
+            table.add_column(columns[k][0], justify=columns[k][1], no_wrap=True)
+        for cells, style in rows:
+            table.add_row(*[cells[k] for k in [0, *group]], style=style or None)
+        tables.append(table)
+    return tables
+
+
+def compare_tables(report: dict, width: int | None = None) -> list[Table]:
+    """Designs side by side (see :func:`fitted` for ``width``)."""
     base_name, base = _baseline(report)
     obs = report["observed"]
-    table = Table(title="Replayed lock waits per design", title_justify="left")
-    for col, just in (("design", "left"), ("acquired", "right"), ("contended", "right"),
-                      ("wait", "right"), ("spin", "right"), ("block", "right"),
-                      ("false blocks", "right"), ("true blocks", "right"),
-                      ("sibling wakeups", "right"), ("p99 cont. wait", "right"),
-                      ("makespan", "right"), (f"wait vs {base_name}", "right"),
-                      (f"makespan vs {base_name}", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
-    table.add_row(
+    columns = [("design", "left"), ("acquired", "right"), ("contended", "right"),
+               ("wait", "right"), ("spin", "right"), ("block", "right"),
+               ("false blocks", "right"), ("true blocks", "right"),
+               ("sibling wakeups", "right"), ("p99 cont. wait", "right"),
+               ("makespan", "right"), (f"wait vs {base_name}", "right"),
+               (f"makespan vs {base_name}", "right")]
+    rows = [([
         "[dim]observed[/dim]", f"{obs['acquisitions']:,}", f"{obs['contended']:,}",
         fmt_ns(obs["wait_ns"]), fmt_ns(obs["spin_ns"]), fmt_ns(obs["block_ns"]), "", "", "",
-        fmt_ns(obs["contended_wait_percentiles_ns"]["p99"]), fmt_ns(obs["makespan_ns"]), "", "",
-        style="dim")
+        fmt_ns(obs["contended_wait_percentiles_ns"]["p99"]), fmt_ns(obs["makespan_ns"]), "", ""],
+        "dim")]
     for m in report["models"]:
-        table.add_row(
+        rows.append(([
             m["model"], f"{m['acquisitions']:,}", f"{m['contended']:,}", fmt_ns(m["wait_ns"]),
             fmt_ns(m["spin_ns"]), fmt_ns(m["block_ns"]),
             f"{m['false_block']['count']:,} ({fmt_ns(m['false_block']['wait_ns'])})",
             f"{m['true_block']['count']:,} ({fmt_ns(m['true_block']['wait_ns'])})",
             f"{m['sibling_wakeups']:,}", fmt_ns(m["contended_wait_percentiles_ns"]["p99"]),
             fmt_ns(m["makespan_ns"]), fmt_change(m["wait_ns"], base["wait_ns"]),
-            fmt_change(m["makespan_ns"], base["makespan_ns"]))
-    return table
+            fmt_change(m["makespan_ns"], base["makespan_ns"])], ""))
+    return fitted("Replayed lock waits per design", columns, rows, width)
 
 
-def class_table(report: dict) -> Table:
+def class_tables(report: dict, width: int | None = None) -> list[Table]:
     """Wait per lock class and design: where contention went."""
     classes = sorted({c for m in report["models"] for c in m["by_class"]}
                      | set(report["observed"]["by_class"]))
-    table = Table(title="Wait by lock class", title_justify="left",
-                  caption="contended acquisitions / total wait", caption_justify="left")
-    table.add_column("design", no_wrap=True)
-    for c in classes:
-        table.add_column(CLASS_NAMES.get(c, escape(c)), justify="right", no_wrap=True)
-    rows = [("[dim]observed[/dim]", report["observed"]["by_class"])]
-    rows += [(m["model"], m["by_class"]) for m in report["models"]]
-    for name, by in rows:
-        cells = []
+    columns = [("design", "left")] + [(CLASS_NAMES.get(c, escape(c)), "right") for c in classes]
+    named = [("[dim]observed[/dim]", report["observed"]["by_class"])]
+    named += [(m["model"], m["by_class"]) for m in report["models"]]
+    rows = []
+    for name, by in named:
+        cells = [name]
         for c in classes:
             d = by.get(c)
             cells.append("-" if d is None else f"{d['contended']:,} / {fmt_ns(d['wait_ns'])}")
-        table.add_row(name, *cells)
-    return table
+        rows.append((cells, ""))
+    return fitted("Wait by lock class", columns, rows, width,
+                  caption="contended acquisitions / total wait")
 
 
 def op_table(model: dict, limit: int = 12) -> Table:
@@ -153,8 +185,15 @@ def notes(report: dict) -> list[str]:
                    f"{skipped.get('cut_off', 0):,} cut-off lines of the capture (their records "
                    "are missing; `pvtrace ingest` of the capture lists them, with their line "
                    "numbers)")
-    for text in report["trace"].get("dtrace_messages", [])[:3]:
+    said = report["trace"].get("dtrace_messages", [])
+    for text in said[:3]:
         out.append(f"during the capture, {text}")
+    lines = report["trace"].get("dtrace_message_lines", len(said))
+    if lines > min(len(said), 3):
+        out.append(f"dtrace printed {lines:,} lines besides drops in all (the first "
+                   f"{len(said):,} distinct ones are in the JSON report's "
+                   "trace.dtrace_messages, every one in the bundle's diagnostics table); "
+                   "each \"error on enabled probe\" line is a record that probe lost")
     drops = report["trace"].get("drops") or {}
     per_cpu = drops.get("per_cpu", {}) if isinstance(drops, dict) else {}
     if per_cpu:
