@@ -24,12 +24,6 @@ except ImportError as exc:  # the replay or ingest is not there yet
 DESIGNS = ("stock", "obm-pvc", "obm")
 
 
-def err(pred: int, truth: int) -> float:
-    if truth == 0:
-        return 0.0 if pred == 0 else 100.0
-    return 100.0 * abs(pred - truth) / truth
-
-
 # wakeup: the latency of a sleeper's wakeup, which lockstat's sleep times (B records) include
 @pytest.mark.parametrize("seed,layout,spin_limit,wakeup", [
     (1, "superpage", 10_000, 0), (2, "superpage", 0, 2_000), (3, "superpage", 10_000, 500),
@@ -48,23 +42,18 @@ def test_replay_predicts_ground_truth(tmp_path, seed, layout, spin_limit, wakeup
         truth = caps[design].truth
         pred = replay_events(events, captured_layout=layout, model=design,
                              spin_limit_ns=spin_limit, wakeup_ns=wakeup)
-        tol_w, tol_99 = (1.0, 1.0) if design == "stock" else (5.0, 10.0)
-        assert err(pred["wait_ns"], truth["wait_ns"]) <= tol_w, (design, pred["wait_ns"],
-                                                                 truth["wait_ns"])
-        p, t = (pred["contended_wait_percentiles_ns"]["p99"],
-                truth["contended_wait_percentiles_ns"]["p99"])
-        assert err(p, t) <= tol_99, (design, p, t)
-        assert pred["acquisitions"] == truth["acquisitions"], design
-        ts, ps = truth["sibling_wakeups"], pred["sibling_wakeups"]
-        assert abs(ps - ts) <= max(2, ts // 10), (design, ps, ts)
+        # The synthetic capture records every page (see sample_traces/README.md for how a
+        # real one differs): the replay then predicts the simulated design exactly.
+        for k in ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns",
+                  "sibling_wakeups", "makespan_ns", "contended_wait_percentiles_ns"):
+            assert pred[k] == truth[k], (design, k, pred[k], truth[k])
 
 
 TRUTH = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "sibling_wakeups",
          "makespan_ns", "contended_wait_percentiles_ns")
 
 
-# (threads, ms, seed, spin limit, wakeup): spins, sleeps, wakeups and sibling wakeups all
-# occur; the second is a case where a thread asked for a lock while its holder, granted, was
+# (threads, ms, seed, spin limit, wakeup): spins, sleeps and wakeups occur; the second is a case where a thread asked for a lock while its holder, granted, was
 # still waking up (the simulator had applied the holder's coming page moves ahead of their
 # time, and logged sleeps without their wakeup: true/false blocks and waits differed)
 RUNS = [(6, 1.5, 7, 1_000, 700), (3, 0.5, 4, 0, 5_000)]
