@@ -145,6 +145,11 @@ class KeySpec:
     count: int
 
 
+# A pv hold without a page under a per-page design: it holds no key until a P names its page
+# (REPLAY.md 2).
+KEYLESS = KeySpec((), 0)
+
+
 @dataclass
 class Design:
     model: str
@@ -165,6 +170,8 @@ class Design:
             # name one slot is that slot: its page-less records take that key (REPLAY.md 2).
             if lock in self.lock_slot:
                 return KeySpec((("pv", self.lock_slot[lock]),), 1)
+            if self.model != "stock":
+                return KEYLESS
             return KeySpec((("lock", lock),), 1)
         if self.model == "stock":
             return KeySpec((("pv", self.layout.slot(pa)),), 1)
@@ -290,7 +297,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
         return Hold(cls, lock, mode, design.other_key(cls, lock))
 
     def acquire(hold: Hold, start: int, end: int, page: PageSet | None) -> None:
-        if hold.spec is None:
+        if hold.spec is None or hold.spec == KEYLESS:
             # A removed lock keeps the work and loses the wait: the timeline is cut at the
             # captured request time and resumes from the captured A time.
             steps.append(Step("cut", start, end))
@@ -354,7 +361,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                 if old.spec is not None:
                     steps.append(Step("release", rec.request, rec.request,
                                       releases=old.spec.keys))
-            if hold.spec is None:
+            if hold.spec is None or hold.spec == KEYLESS:
                 steps.append(Step("cut", rec.request, rec.ts))
             elif switch_pair and carried is not None and hold.spec == carried:
                 # Rule 1: no switch under this design; the captured wait disappears.
@@ -368,7 +375,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                 continue
             hold = holds.pop(key_idx)
             open_order.remove(key_idx)
-            if hold.spec is None:
+            if hold.spec is None or hold.spec == KEYLESS:
                 continue
             if rec.cls == "pv":
                 nxt = next_record(rec)
@@ -387,6 +394,16 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
             size = "2m" if rec.mode == "2m" else "4k"
             page = PageSet.of(rec.pa, size)
             new = design.pv_key(rec.pa, size, hold.lock)
+            if hold.spec == KEYLESS:
+                steps.append(Step("move", rec.ts, rec.ts, page=page))
+                if design.key_c(rec.pa, hold.lock) == design.key_c(cur_pa, hold.lock):
+                    # It learns its page under the lock the captured kernel kept: it takes
+                    # that page's key (rule 3 without a key to release).
+                    hold.spec = new
+                    acq["pv"] += new.count
+                    steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None))
+                cur_pa = rec.pa
+                continue
             if (new != hold.spec
                     and design.key_c(rec.pa, hold.lock) == design.key_c(cur_pa, hold.lock)):
                 # Rule 3: the captured kernel kept its lock, this design switches.

@@ -217,8 +217,9 @@ def test_reader_never_overtakes_queued_writer():
 
 
 def test_unknown_page_keyed_by_lock_address():
-    # pa 0: keyed by the lock address under every design that has the lock; an unknown page
-    # intersects every page, so the wait is a true block even under OBM.
+    # pa 0: keyed by the lock address under stock (any layout: the lock's records name no
+    # slot); an unknown page intersects every page, so the wait is a true block. Per-page
+    # designs take no key for a hold without a page: nobody waits.
     lk = h(PV_SP + 64)
     text = f"""
 1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
@@ -227,10 +228,11 @@ def test_unknown_page_keyed_by_lock_address():
 3000 1 102 A pv {lk} w 0 0 pmap_remove_pages
 3500 1 102 R pv {lk} w 0 0 pmap_remove_pages
 """
-    for model in ("stock", "obm-pvc", "obm", "obm-rw"):
-        r = replay(text, model)
+    for layout in (None, "hash:4"):
+        r = replay_both(text, "stock", layout=layout)
         assert r["waits"] == [0, 1000] and r["true_block"] == {"count": 1, "wait_ns": 1000}
-    assert replay(text, "ideal")["acquisitions"] == 0
+    for model in ("obm-pvc", "obm", "obm-rw", "ideal"):
+        assert replay_both(text, model)["acquisitions"] == 0, model
 
 
 def test_stock_meets_page_less_records_on_their_locks_slot():
@@ -573,11 +575,11 @@ def test_release_and_retake_of_one_lock_is_not_a_switch_pair():
         assert r["makespan_ns"] == 2000, model
 
 
-def test_page_less_hold_switches_at_its_first_page_under_obm():
-    # 101 takes frame 1's lock without a page (pmap_remove_pages prints none), then a P names
-    # page 0x200000: the captured kernel kept its lock (the lock's other records say it is
-    # frame 1's), so OBM switches to that page's lock at 1500 (rule 3). 102 asks for the same
-    # page at 2000 and waits until 101 releases at 3000: a true block of 1000 ns.
+def test_page_less_hold_takes_its_page_at_its_first_p_under_obm():
+    # 101 takes frame 1's lock without a page, then a P names page 0x200000: the captured
+    # kernel kept its lock (the lock's other records say it is frame 1's). Under OBM the hold
+    # has no key until then, and takes that page's lock at 1500 (rule 3). 102 asks for the
+    # same page at 2000 and waits until 101 releases at 3000: a true block of 1000 ns.
     lk = h(PV_SP + 64)
     text = f"""
 1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
@@ -588,7 +590,7 @@ def test_page_less_hold_switches_at_its_first_page_under_obm():
 3100 1 102 R pv {lk} w 0 0x200000 pmap_enter
 """
     obm = replay_both(text, "obm")
-    assert obm["acquisitions"] == 3 and sorted(obm["waits"]) == [0, 0, 1000]
+    assert obm["acquisitions"] == 2 and sorted(obm["waits"]) == [0, 1000]
     assert obm["true_block"] == {"count": 1, "wait_ns": 1000} and obm["makespan_ns"] == 2100
     stock = replay_both(text, "stock")
     assert stock["acquisitions"] == 2 and sorted(stock["waits"]) == [0, 1000]
@@ -607,6 +609,31 @@ def test_held_at_start_and_end():
     r = replay(text, "stock")
     # 102 waits 2000..3000, then holds to 4000 + 1000 = 5000
     assert r["acquisitions"] == 2 and r["waits"] == [0, 1000] and r["makespan_ns"] == 4000
+
+
+def test_page_less_holds_take_no_page_lock_under_obm():
+    # pmap_remove_pages prints no page: two exits hold frame 1's lock one after the other,
+    # the second waiting 1000 ns for it, and a pmap_enter waits for the second. Under OBM
+    # their pages are unknown, and each page would be locked only while worked on: the
+    # holds take no key, so nobody waits (stock keeps all three as captured).
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
+2000 0 101 R pv {lk} w 0 0 pmap_remove_pages
+2000 1 102 B pv {lk} w 1000 0 pmap_remove_pages
+2000 1 102 A pv {lk} w 0 0 pmap_remove_pages
+3000 1 102 R pv {lk} w 0 0 pmap_remove_pages
+3000 2 103 B pv {lk} w 1500 0x200000 pmap_enter
+3000 2 103 A pv {lk} w 0 0x200000 pmap_enter
+3100 2 103 R pv {lk} w 0 0x200000 pmap_enter
+"""
+    stock = replay_both(text, "stock")
+    assert stock["acquisitions"] == 3 and sorted(stock["waits"]) == [0, 1000, 1500]
+    for model in ("obm-pvc", "obm", "obm-rw"):
+        r = replay_both(text, model)
+        assert r["acquisitions"] == 1 and r["waits"] == [0], model
+        # 101: 1000..2000; 102 asks at 1000 and holds 1000 ns: 1000..2000; 103: 1500..1600
+        assert r["makespan_ns"] == 1000, model
 
 
 def test_lock_held_when_the_capture_began_is_held_from_its_start():

@@ -47,6 +47,9 @@ class Design(ABC):
     summary: ClassVar[str]
     removed_classes: ClassVar[frozenset[str]] = frozenset()
     pv_shared_reads: ClassVar[bool] = True
+    # What a pv-list lock covers: "slot" (a frame or hash slot: a hold without a page is
+    # keyed by its lock) or "page" (a hold without a page holds no key: REPLAY.md 2).
+    pv_locks: ClassVar[str] = "slot"
 
     def __init__(self, layout: Layout):
         self.layout = layout
@@ -74,6 +77,8 @@ class FrameLockDesign(Design):
 
 class PageLockDesign(Design):
     """OBM-style pv-list locks: one lock per 4 KiB page, turnstiles per frame or hash slot."""
+
+    pv_locks = "page"
 
     @property
     def shared_turnstiles(self) -> bool:

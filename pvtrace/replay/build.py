@@ -183,6 +183,8 @@ class DesignKeys:
     removed_cls: np.ndarray   # bool per class code: the design has no such lock
     pv_removed: bool          # the design has no pv-list lock (page moves do nothing)
     pv_exclusive: bool        # pv-list read requests take the lock exclusively
+    pv_pageless_free: bool    # a pv hold without a page takes no key (per-page designs) until
+    #                           a P names its page
     captured_hash: int        # the captured layout: N for hash:N, 0 for superpage
     pv_code: int              # class code of pv-list locks
 
@@ -305,7 +307,7 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None,
             held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
             tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
             dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.cap_slot, dk.removed_cls, dk.pv_removed,
-            dk.pv_exclusive, dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
+            dk.pv_exclusive, dk.pv_pageless_free, dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
             open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
         return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
 
@@ -438,7 +440,7 @@ def _emit_page(rec, n, pg, big, g):
 def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, waited_ns, partner,
            pa, rmode, cls, op, t_last, lock,
            pvpos, pv_lo, pv_hi, pv_range, pv_2m, lock_key, cap_slot, removed_cls, pv_removed,
-           pv_exclusive, cap_hash,
+           pv_exclusive, pageless_free, cap_hash,
            pv_code, rec, acls, aop, aextra, ev_acq, open_keys, open_acq, tfirst, tend, tstart,
            tacq):
     """Write each thread's steps under the design into ``rec`` (with the per-acquisition
@@ -470,6 +472,9 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
         if j >= 0:
             return np.int64(pv_hi[j])
         return np.int64(lock_key[lock[i]]) if ev[i] <= 3 else np.int64(-1)
+
+    def keyless(i):             # a pv lock record without a page that takes no key
+        return pageless_free and pvpos[i] < 0 and ev[i] <= 3
 
     def krange(i):
         j = pvpos[i]
@@ -536,6 +541,10 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                 h_n = h_hi - h_lo + 1
                 h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                 h_src = i
+                if keyless(i):
+                    h_lo = -1
+                    h_hi = -1
+                    continue
             ev_acq[i] = na
             n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
                               is_pv(i), pa[i], False, cls[i], op[i], krange(i), 0)
@@ -577,6 +586,12 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     h_n = h_hi - h_lo + 1
                     h_mode, h_range, prev_keyc = kmode(i), krange(i), keyc(i)
                     h_src = i
+                    if keyless(i):
+                        # Its pages are unknown: under per-page locks it would hold each
+                        # only while working on it. No key (and no wait) until a P names one.
+                        h_lo = -1
+                        h_hi = -1
+                        continue
                 ev_acq[i] = na
                 n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i), kmode(i),
                                   is_pv(i), pa[i], big(i), cls[i], op[i], krange(i), pending)
@@ -591,11 +606,14 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                         pv_open = False
                     continue
                 if is_pv(i):
-                    if not pv_open or h_lo < 0:
+                    if not pv_open:
                         continue
                     if (partner[i] if partner[i] >= 0 else i) != h_src:
                         # The R of a hold a nested A already released (records were lost):
                         # the open hold is another one, which its own R releases.
+                        continue
+                    if h_lo < 0:                            # a hold without a key ends
+                        pv_open = False
                         continue
                     j = i + 1        # the thread's next record but B/S
                     while j < e and (ev[j] == 2 or ev[j] == 3):
@@ -620,7 +638,20 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     n = _emit_rel(rec, n, klo(a), ev_acq[a], 1, False, pending)
                     pending = 0
             elif k_ev == 4:                                 # page move
-                if not pv_open or removed(i) or not is_pv(i) or h_lo < 0:
+                if not pv_open or removed(i) or not is_pv(i):
+                    continue
+                if h_lo < 0:
+                    if pageless_free and keyc(i) == prev_keyc and keyc(i) >= 0:
+                        # A hold without a key learns its page, under the lock the captured
+                        # kernel kept: it takes that page's key here (rule 3).
+                        h_lo, h_hi, h_acq = klo(i), khi(i), na
+                        h_n = h_hi - h_lo + 1
+                        h_range = krange(i)
+                        n, na = _emit_acq(rec, acls, aop, aextra, n, na, klo(i), khi(i),
+                                          h_mode, True, pa[i], big(i), pv_code, op[i],
+                                          krange(i), pending)
+                        pending = 0
+                    prev_keyc = keyc(i)
                     continue
                 if ((klo(i) != h_lo or khi(i) != h_hi or krange(i) != h_range)
                         and keyc(i) == prev_keyc and keyc(i) >= 0):

@@ -233,6 +233,7 @@ def _design_keys(tl: Timeline, design: Design, params: ReplayParams):
     dk = DesignKeys(pvpos, pk["lo"], pk["hi"], pk["is_range"], _pv_2m(tl), lock_key,
                     cap_slot, removed_cls,
                     "pv" in design.removed_classes, not design.pv_shared_reads,
+                    design.pv_locks == "page" and pk["space"] == SPACE_PAGE,
                     cap.nlocks if cap.kind == "hash" else 0, tl.class_code("pv"))
     nlock = tl.nlocks
     nkeys = nlock + pk["nvals"]
@@ -443,6 +444,7 @@ def _summary(run: DesignRun, tl: Timeline) -> dict:
             "wakeup_ns": p.wakeup_ns,
             "shared_turnstiles": run.design.shared_turnstiles,
             "removed_classes": sorted(run.design.removed_classes),
+            "pv_locks": run.design.pv_locks,
         },
         "acquisitions": int(len(w) + extra.sum()),
         "contended": int(len(contended)),

@@ -217,8 +217,11 @@ def notes(report: dict) -> list[str]:
             out.append(f"{m['model']}: {count(a['forced_grants'], 'forced grant')} (replayed "
                        "lock orders deadlocked)")
         if a["unknown_page_acquisitions"]:
+            how = ("held no page lock until a P named their page: their same-page waits are "
+                   "missed" if m["params"].get("pv_locks") == "page" else
+                   "keyed by their lock; their blocks count as true")
             out.append(f"{m['model']}: {count(a['unknown_page_acquisitions'], 'pv acquisition')}"
-                       " without a page (keyed by lock address; their blocks count as true)")
+                       f" captured without a page ({how}; docs/REPLAY.md section 2)")
     # Design-independent in practice (the capture's records cause them): once, not per row.
     nested = max((m["anomalies"].get("nested_pv_holds", 0) for m in report["models"]), default=0)
     if nested:
