@@ -139,6 +139,10 @@ def test_compare_text_golden(spec_log: Path, tmp_path: Path) -> None:
     # click's usage errors: one line too (they were four: usage, hint, blank, error)
     (["replay", "{log}", "--spin-limit", "abc"], "'abc' is not a valid int"),
     (["replay", "{log}", "--no-such-option"], "No such option: --no-such-option"),
+    # "" was the current directory: an unset "$TRACE" replayed whatever bundle was there
+    (["replay", ""], "TRACE is empty; name a bundle or a capture file, or - for standard input"),
+    (["ingest", "", "-o", "{log}.b"], "an input is empty"),
+    (["ingest", "{log}", "-o", ""], "-o is empty; name the bundle directory to write"),
 ])
 def test_user_errors_are_one_line_exit_2(spec_log: Path, args: list[str], message: str) -> None:
     r = run_cli(*[a.format(log=spec_log) for a in args])
@@ -176,7 +180,58 @@ def test_a_closed_or_full_stdout_is_one_line_or_silence(spec_log: Path) -> None:
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "pvtrace", "replay", str(spec_log), "--json"],
                            stdout=full, stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 2 and r.stderr == "pvtrace: No space left on device\n"
+    assert r.returncode == 2
+    assert r.stderr == "pvtrace: cannot write to standard output: No space left on device\n"
+
+
+def _file_limit(nbytes: int):
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return limit
+
+
+@pytest.mark.parametrize("args", [["dscript"], ["synth", "-o", "-", "--threads", "2",
+                                                "--duration-ms", "2"]])
+def test_stdout_cut_short_is_an_error_not_a_success(tmp_path: Path, args: list[str]) -> None:
+    # A file that reaches ulimit -f (or fills the disk) took part of a large write: the rest
+    # was dropped, the command exited 0 and synth reported every record written.
+    with open(tmp_path / "out", "w") as out:
+        r = subprocess.run([sys.executable, "-m", "pvtrace", *args], stdout=out,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=_file_limit(4096))
+    assert r.returncode == 2
+    assert r.stderr == "pvtrace: cannot write to standard output: File too large\n"
+
+
+def test_a_reader_that_leaves_early_ends_synth_quietly() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "pvtrace", "synth", "-o", "-", "--threads",
+                             "4", "--duration-ms", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"# pvtrace-log v1\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""
+
+
+def test_ctrl_c_stops_a_read_from_a_stalled_pipe(tmp_path: Path) -> None:
+    # polars installs a SIGINT handler with SA_RESTART: the read was restarted and only
+    # SIGKILL ended the command.
+    import signal
+    import time
+
+    fifo = tmp_path / "capture.log"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "pvtrace", "ingest", str(fifo), "-o",
+                             str(tmp_path / "b")], stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w") as writer:         # opened: pvtrace now waits in read()
+        writer.write(SPEC_LOG[:40])
+        writer.flush()
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "pvtrace: interrupted"
 
 
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
@@ -382,3 +437,39 @@ def test_tables_split_to_fit_a_narrow_terminal(spec_log: Path, width: int) -> No
     assert (len(parts) == 1) == (width >= 200)
     for name in ("observed", "obm-pvc", "obm-rw", "ideal"):
         assert name in text
+
+
+def test_escape_sequences_of_a_capture_are_shown_not_sent(tmp_path: Path) -> None:
+    # A dtrace line holding an ESC recoloured the terminal through ingest's summary and the
+    # replay's notes.
+    log = tmp_path / "esc.log"
+    log.write_text(SPEC_LOG + "dtrace: error on enabled probe ID 7 \x1b[31mRED\x1b[0m at 0x1\n")
+    for args in (["replay", str(log), "--model", "stock"],
+                 ["ingest", str(log), "-o", str(tmp_path / "b")]):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        text = r.stdout + r.stderr
+        assert "\x1b" not in text and "\\x1b[31mRED\\x1b[0m" in text, args
+
+
+def test_op_table_lists_the_operations_that_waited_most_first() -> None:
+    from rich.console import Console
+
+    from pvtrace.report.table import op_table
+
+    def op(wait: int, p99_wait: int, p99_hold: int) -> dict:
+        return {"acquisitions": 10, "contended": 2, "wait_ns": wait,
+                "contended_wait_percentiles_ns": {"p99": p99_wait},
+                "hold_percentiles_ns": {"p99": p99_hold}}
+
+    model = {"model": "obm", "by_op": {"pmap_enter": op(1_000, 900, 5_000),
+                                       "pmap_remove_all": op(70_000, 40_000, 123_000),
+                                       "pmap_ts_referenced": op(0, 0, 77)}}
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    console.print(op_table(model))
+    rows = [line for line in console.export_text().splitlines() if "pmap_" in line]
+    assert [r.split()[1] for r in rows] == ["pmap_remove_all", "pmap_enter",
+                                            "pmap_ts_referenced"]
+    cells = rows[0].replace("│", " ").split()
+    # op, acquisitions, contended, wait, p99 cont. wait, p99 hold
+    assert cells[-6:] == ["70.0", "us", "40.0", "us", "123", "us"]

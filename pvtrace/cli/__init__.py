@@ -6,6 +6,7 @@ A :class:`~pvtrace.errors.PvtraceError` becomes one line on stderr and exit stat
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -68,6 +69,73 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+class _ReaderGone(Exception):
+    """Standard output's reader went away (``pvtrace synth -o - | head -1``). Not an
+    OSError: click turns an EPIPE OSError into exit status 1, a shell tool's is 141."""
+
+
+class _WholeWrites(io.RawIOBase):
+    """A file descriptor whose writes are done in full or raise.
+
+    When the kernel takes only part of a write (a file that reaches ``ulimit -f`` or fills
+    the disk, a pipe whose reader exits), Python's buffered stdout returns the short count
+    and its text layer ignores it: the rest of the output was dropped, the command exited 0
+    and ``pvtrace synth -o -`` even reported every record written. Writing the rest makes
+    the kernel say why it cannot (EFBIG, ENOSPC, EPIPE)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._failed = False    # once said, later writes (the flush at exit) are dropped
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view) and not self._failed:
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                self._failed = True
+                if isinstance(exc, BrokenPipeError):
+                    raise _ReaderGone() from None
+                raise PvtraceError(f"cannot write to standard output: "
+                                   f"{exc.strerror or exc}") from None
+        return len(view)
+
+
+def _whole_stdout() -> None:
+    """Make ``sys.stdout`` write in full or fail (see :class:`_WholeWrites`)."""
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return              # not a real file (a test harness's capture): nothing to fix
+    out.flush()
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(_WholeWrites(fd)), encoding=out.encoding, errors=out.errors,
+        line_buffering=out.line_buffering)
+
+
+def _python_sigint() -> None:
+    """Give SIGINT back to Python. Importing polars installs its own handler with
+    SA_RESTART (pola-rs/polars#21739): a read from a stalled pipe or FIFO (``pvtrace ingest
+    <(ssh box cat capture.log)``) was restarted after Ctrl-C and never raised
+    KeyboardInterrupt, and only SIGKILL ended the command."""
+    import polars  # noqa: F401
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> NoReturn:
     """The console script: run the command, then end the process (see :func:`_end`)."""
     try:
@@ -109,6 +177,8 @@ def run() -> None:
     command succeeds (what :func:`main`, the console script, ends the process with)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        _python_sigint()
+        _whole_stdout()
         # Without standalone mode, an Exit raised by a command comes back as a return value.
         status = app(standalone_mode=False)
         if status == 130:       # typer's answer to a KeyboardInterrupt in a command
@@ -137,7 +207,7 @@ def run() -> None:
               "about 100 (README, section \"Performance\"); capture a shorter window",
               file=sys.stderr)
         sys.exit(2)
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
         # The reader went away (`pvtrace compare B | head -1`): nothing more to say. Point
         # stdout at /dev/null so that Python's own flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

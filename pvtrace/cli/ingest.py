@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from pvtrace.cli import app, progress
+from pvtrace.report.table import escape
 
 if TYPE_CHECKING:
     from pvtrace.ingest import IngestResult

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from pvtrace.cli import app, progress
 from pvtrace.errors import PvtraceError
+from pvtrace.report.table import escape
 
 TraceArg = Annotated[str, typer.Argument(help="A trace bundle directory, or a raw capture "
                                                "(event log, .gz/.zst, or - for stdin).")]

@@ -24,8 +24,9 @@ _BYTES_PER_RECORD = 300
 
 @app.command()
 def synth(
-    output: Path = typer.Option(..., "-o", "--output",
-                                help="Capture file to write (.gz: gzip, .zst: zstd; -: standard output)."),
+    output_arg: str = typer.Option(..., "-o", "--output",
+                                   help="Capture file to write (.gz: gzip, .zst: zstd; -: "
+                                   "standard output)."),
     kernel: str = typer.Option("stock", help="Simulated kernel: stock, obm-pvc or obm."),
     layout: str = typer.Option("superpage", help="Stock pv-list layout (and OBM turnstile "
                                "grouping): superpage or hash:N."),
@@ -51,6 +52,9 @@ def synth(
 
     from pvtrace.replay.run import make_params
 
+    if not output_arg:
+        raise PvtraceError("--output is empty; name the capture file, or - for standard output")
+    output = Path(output_arg)
     if ndomains < 0:
         raise PvtraceError("--ndomains must be >= 0")
     if ndomains > max(threads, 1):
@@ -74,8 +78,9 @@ def synth(
     # mistake (a real one next to the synthetic ones, the same name twice in a script).
     if str(output) != "-" and output.is_file() and not force:
         raise PvtraceError("exists; use --force to replace it", path=str(output))
-    if output.is_dir():
-        raise PvtraceError("is a directory, not a capture file", path=str(output))
+    # "dir/" names a directory even when there is none yet (Path drops the slash)
+    if output.is_dir() or (output_arg != "-" and output_arg.endswith("/")):
+        raise PvtraceError("is a directory, not a capture file", path=output_arg)
     t0 = time.perf_counter()
     cap = synthesize(kernel=kernel, layout=layout, threads=threads, duration_ms=duration_ms,
                      seed=seed, mem_gb=mem_gb, workload=workload, spin_limit_ns=spin_limit,
@@ -86,6 +91,8 @@ def synth(
             sys.stdout.flush()
         else:
             cap.write(output)
+    except BrokenPipeError:
+        raise                           # the reader went away: exit 141, as a shell tool
     except OSError as exc:
         raise PvtraceError(f"cannot write: {exc.strerror}", path=str(output)) from exc
     t = cap.truth

@@ -116,6 +116,10 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
     """Parse ``inputs`` and write one trace bundle to ``out``; see the module docstring."""
     if not inputs:
         raise PvtraceError("no inputs given")
+    if "" in inputs:        # "$CAPTURE" unset: Path("") would be the current directory
+        raise PvtraceError("an input is empty; name a capture file, or - for standard input")
+    if out == "":
+        raise PvtraceError("-o is empty; name the bundle directory to write")
     if layout is not None:
         layout = layouts.validate(layout)
     if max_bad < 0:

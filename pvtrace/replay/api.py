@@ -76,6 +76,9 @@ def load_trace(path: str, *, use_cache: bool = True, max_bad: int = 10) -> Loade
     With ``use_cache``, a bundle's cached timeline is used when it is current (see
     :mod:`pvtrace.replay.cache`); when it is not, the returned trace says so
     (``cache_todo``) and :func:`write_cache` writes it."""
+    if path == "":          # "$TRACE" unset: Path("") would be the current directory
+        raise PvtraceError("TRACE is empty; name a bundle or a capture file, or - for "
+                           "standard input")
     if path != "-" and (is_bundle(path) or Path(path).is_dir()):
         # a directory that is not a bundle gets open_bundle's "not a pvtrace bundle"
         return _from_bundle(path, open_bundle(path), use_cache)

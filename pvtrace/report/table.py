@@ -9,9 +9,18 @@ shows itself. All inputs are the SPEC report object, so JSON and text never disa
 
 from __future__ import annotations
 
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
 from rich.table import Table
 from rich.text import Text
+
+from pvtrace.errors import printable
+
+
+def escape(text: str) -> str:
+    """The capture's or the user's text (paths, lock classes, op names, dtrace's messages)
+    shown as itself: rich markup escaped ("[/x]" is a legal op name) and control characters
+    shown as escapes (an ESC from a capture would recolour the terminal)."""
+    return _escape_markup(printable(text))
 
 CLASS_NAMES = {"pv": "pv list", "pvc": "pv chunk list", "pmap": "pmap mutex"}
 
@@ -187,7 +196,7 @@ def notes(report: dict) -> list[str]:
                    "numbers)")
     said = report["trace"].get("dtrace_messages", [])
     for text in said[:3]:
-        out.append(f"during the capture, {text}")
+        out.append(f"during the capture, {printable(text)}")
     lines = report["trace"].get("dtrace_message_lines", len(said))
     if lines > min(len(said), 3):
         out.append(f"dtrace printed {lines:,} lines besides drops in all (the first "
