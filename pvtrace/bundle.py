@@ -342,6 +342,20 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _layout_problem(layout: str) -> str | None:
+    """Why ``layout`` (a captured layout the bundle records) is not one, or None. "unknown"
+    is what ingest records when it could not detect one."""
+    if layout in ("", "unknown"):
+        return None
+    from pvtrace.models.layout import Layout
+
+    try:
+        Layout.parse(layout)
+    except PvtraceError as exc:
+        return exc.message
+    return None
+
+
 def _metadata_problem(meta: dict[str, Any]) -> str | None:
     """What is wrong with the keys of ``metadata.json`` that readers use (the replay report
     copies them, its text notes add the drops up), or None. Each may be missing (older
@@ -357,8 +371,19 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
                 return f"'layout.{key}' must be a string"
     elif not isinstance(layout, (str, type(None))):
         return "'layout' must be a string or an object"
+    if isinstance(layout, dict) and isinstance(layout.get("effective"), str):
+        problem = _layout_problem(layout["effective"])
+        if problem:
+            return f"'layout.effective': {problem}"
+    elif isinstance(layout, str) and (problem := _layout_problem(layout)):
+        return f"'layout': {problem}"
     if not isinstance(meta.get("capture", {}), dict):
         return "'capture' must be an object"
+    said = meta.get("dtrace_messages", [])
+    if not isinstance(said, list) or not all(isinstance(m, str) for m in said):
+        return "'dtrace_messages' must be a list of strings"
+    if "dtrace_message_lines" in meta and not _is_count(meta["dtrace_message_lines"]):
+        return "'dtrace_message_lines' must be a count (an integer >= 0)"
     drops = meta.get("drops", {})
     if not isinstance(drops, dict):
         return "'drops' must be an object"

@@ -115,6 +115,17 @@ DAMAGED = "{b}/metadata.json: damaged bundle metadata: "
      DAMAGED + "'drops.dynvar_drops' must be a count (an integer >= 0)"),
     (lambda m: {**m, "capture": [1, 2]}, DAMAGED + "'capture' must be an object"),
     (lambda m: {**m, "tables": ["events"]}, DAMAGED + "'tables' must be an object of objects"),
+    # each of these was a traceback or a message naming no file (a review's findings)
+    (lambda m: {**m, "dtrace_messages": 5}, DAMAGED + "'dtrace_messages' must be a list of "
+     "strings"),
+    (lambda m: {**m, "dtrace_messages": "abc"}, DAMAGED + "'dtrace_messages' must be a list "
+     "of strings"),
+    (lambda m: {**m, "dtrace_message_lines": -1}, DAMAGED + "'dtrace_message_lines' must be "
+     "a count (an integer >= 0)"),
+    (lambda m: {**m, "layout": {"effective": "bogus"}}, DAMAGED + "'layout.effective': bad "
+     "layout 'bogus': use superpage or hash:N with N from 1 to 16,777,216 (e.g. hash:256)"),
+    (lambda m: {**m, "layout": "hash:0"}, DAMAGED + "'layout': bad layout 'hash:0': use "
+     "superpage or hash:N with N from 1 to 16,777,216 (e.g. hash:256)"),
 ])
 def test_damaged_metadata_is_one_line(bundle, monkeypatch, capsys, change, message):
     edit_metadata(bundle, change)
