@@ -149,8 +149,8 @@ def test_two_pages_of_one_frame_false_block_under_stock():
     assert rows(res) == [
         (0, 0, "A", "pv", "w", 0, PAGE << 12),
         (1000, 0, "R", "pv", "w", 0, PAGE << 12),
-        (1000, 1, "S", "pv", "w", 300, (PAGE + 1) << 12),
-        (1000, 1, "B", "pv", "w", 600, (PAGE + 1) << 12),
+        (1000, 1, "B", "pv", "w", 600, (PAGE + 1) << 12),     # the kernel's order: block,
+        (1000, 1, "S", "pv", "w", 300, (PAGE + 1) << 12),     # spin, acquire
         (1000, 1, "A", "pv", "w", 0, (PAGE + 1) << 12),
         (1500, 1, "R", "pv", "w", 0, (PAGE + 1) << 12),
     ]
@@ -463,3 +463,21 @@ def test_the_compression_suffix_is_read_in_any_case(tmp_path):
     cap = synthesize(kernel="stock", threads=2, duration_ms=0.2)
     cap.write(tmp_path / "C.LOG.GZ")
     assert gzip.decompress((tmp_path / "C.LOG.GZ").read_bytes()).decode() == cap.text
+
+
+@pytest.mark.parametrize("output, message", [
+    ("nodir/", "nodir/: is a directory, not a capture file"),     # wrote a file "nodir"
+    ("", "--output is empty; name the capture file, or - for standard output"),
+])
+def test_cli_output_that_names_no_file(tmp_path, monkeypatch, capsys, output, message):
+    import sys
+
+    import pvtrace.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pvtrace", "synth", "-o", output, "--threads", "2",
+                                      "--duration-ms", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"pvtrace: {message}\n"
+    assert list(tmp_path.iterdir()) == []

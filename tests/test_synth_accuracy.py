@@ -80,3 +80,27 @@ def test_replaying_the_simulated_design_reproduces_every_number(tmp_path, run, k
     for kind in ("false_block", "true_block"):
         assert (got[kind]["count"], got[kind]["wait_ns"]) == \
             (truth[kind]["count"], truth[kind]["wait_ns"]), kind
+
+
+def test_promotions_are_recorded_as_pvtrace_d_records_them_and_replay_exactly(tmp_path):
+    # pvtrace.d prints no E/X for pmap_promote_pde (it runs inside pmap_enter, holding its pv
+    # lock): a P 2m named after it, then a P back to the page mapped, then pmap_enter's R.
+    caps = {d: synthesize(kernel=d, layout="superpage", threads=8, duration_ms=8, seed=5,
+                          workload="faults") for d in DESIGNS}
+    rows = [line.split() for line in caps["stock"].text.splitlines()
+            if not line.startswith("#")]
+    promote = [k for k, r in enumerate(rows) if r[3] == "P" and r[9] == "pmap_promote_pde"]
+    assert promote and all(rows[k][6] == "2m" for k in promote)
+    assert not any(r[3] in ("E", "X") and r[9] == "pmap_promote_pde" for r in rows)
+    for k in promote:               # the same thread's next record: the P back to its page
+        nxt = next(r for r in rows[k + 1:] if r[2] == rows[k][2])
+        assert (nxt[3], nxt[6], nxt[9]) == ("P", "4k", "pmap_enter")
+    log = tmp_path / "stock.log"
+    write(log, caps["stock"].text)
+    run_ingest([str(log)], str(tmp_path / "b"))
+    events = open_bundle(str(tmp_path / "b")).table("events")
+    for design in DESIGNS:
+        pred = replay_events(events, captured_layout="superpage", model=design,
+                             spin_limit_ns=10_000)
+        truth = caps[design].truth
+        assert {k: pred[k] for k in TRUTH} == {k: truth[k] for k in TRUTH}, design

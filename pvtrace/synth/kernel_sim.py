@@ -315,10 +315,12 @@ def simulate(work: Workload, params: SimParams) -> SimResult:
                 tf = st["true"] if wait_true[i] else st["false"]
                 tf[0] += 1
                 tf[1] += w
-            if spin:
-                emit((t_a, i, EV_S, cls, addr, mode, spin, pa, acq_op[i]))
+            # In the kernel's order: __rw_wlock_hard, __rw_rlock_hard and __mtx_lock_sleep
+            # fire the block probe, then the spin probe, then the acquire.
             if block:
                 emit((t_a, i, EV_B, cls, addr, mode, block, pa, acq_op[i]))
+            if spin:
+                emit((t_a, i, EV_S, cls, addr, mode, spin, pa, acq_op[i]))
         emit((t_a, i, EV_A, cls, addr, mode, 0, pa, acq_op[i]))
         if acq_idx[i] + 1 < len(acq_keys[i]):
             acq_idx[i] += 1

@@ -284,18 +284,18 @@ def _process(prog: _Program, rng: _Rand, mem: _Memory, text: _TextPool, p: Build
         prog.emit(PV_TO, page, SZ_4K, MODE_W, op=cur_op)
         prog.work(_exp(rng, hold))
         if promote_frame >= 0:
+            # pmap_promote_pde(), called by pmap_enter() with its pv lock: pvtrace.d prints no
+            # E/X for it, names it as the operation of its records, and at its return prints a
+            # P back to the page just mapped; pmap_enter() then releases the lock.
             cur_op = OP["pmap_promote_pde"]
-            prog.emit(E, op=cur_op)
             prog.work(300)
             prog.emit(PV_TO, promote_frame << (PDR_SHIFT - PAGE_SHIFT), SZ_2M,
                       MODE_W | WITH_P, op=cur_op)
             prog.work(_exp(rng, p.promote_hold_ns))
-            prog.emit(PV_REL, op=cur_op)
-            prog.work(100)
-            prog.emit(X, op=cur_op)
             cur_op = OP[op]
-        else:
-            prog.emit(PV_REL, op=cur_op)
+            prog.emit(PV_TO, page, SZ_4K, MODE_W | WITH_P, op=cur_op)
+            prog.work(100)
+        prog.emit(PV_REL, op=cur_op)
         prog.work(60)
         prog.emit(REL_PMAP, pid, op=cur_op)
         prog.work(40)
