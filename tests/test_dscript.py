@@ -189,10 +189,18 @@ def test_output_file_and_duration(tmp_path):
     assert len(_clauses(text)) == len(_clauses(_script())) + 1
 
 
-def test_duration_must_be_positive_and_at_most_a_week():
+def test_duration_must_be_positive_and_at_most_a_week(monkeypatch, capsys):
+    import sys
+
+    from pvtrace.cli import run
+
     for bad in ("0", str(7 * 24 * 3600 + 1), "99999999999999999999999"):
-        result = CliRunner().invoke(app, ["dscript", "--duration", bad])
-        assert result.exit_code != 0, bad
+        monkeypatch.setattr(sys, "argv", ["pvtrace", "dscript", "--duration", bad])
+        with pytest.raises(SystemExit) as exit_:
+            run()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("pvtrace: "), (bad, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, bad
 
 
 def test_output_dash_is_stdout_and_the_hint_quotes_the_path(tmp_path, monkeypatch):

@@ -129,6 +129,8 @@ def test_dtrace_diagnostics(tmp_path):
            "dtrace: 12 drops on CPU 3\n"
            "dtrace: 5 dynamic variable drops with non-empty dirty list\n"
            "dtrace: 4 aggregation drops on CPU 0\n"
+           "dtrace: 3 dynamic variable drops\n"
+           "dtrace: 2 aggregation drops on CPU 1\n"
            "dtrace: error on enabled probe ID 7 (ID 71: fbt:kernel:pmap_enter:entry): "
            "invalid address (0x0) in action #3\n"
            "dtrace: something new\n")
@@ -137,12 +139,13 @@ def test_dtrace_diagnostics(tmp_path):
     assert diag.select("src", "line", pl.col("kind").cast(pl.String), "cpu", "count").rows() == [
         (0, 1, "matched", None, 57), (0, 4, "drops", 3, 138), (0, 5, "drops", 1, 2),
         (0, 6, "drops", 3, 12), (0, 7, "dynvar_drops", None, 5),
-        (0, 8, "aggregation_drops", 0, 4), (0, 9, "error", None, None),
-        (0, 10, "other", None, None)]
+        (0, 8, "aggregation_drops", 0, 4), (0, 9, "dynvar_drops", None, 3),
+        (0, 10, "aggregation_drops", 1, 2), (0, 11, "error", None, None),
+        (0, 12, "other", None, None)]
     assert diag["text"][1] == "dtrace: 138 drops on CPU 3"
     assert result.drops_per_cpu == {1: 2, 3: 150}
-    assert meta["drops"] == {"per_cpu": {"1": 2, "3": 150}, "total": 152, "dynvar_drops": 5,
-                             "aggregation_drops": 4}
+    assert meta["drops"] == {"per_cpu": {"1": 2, "3": 150}, "total": 152, "dynvar_drops": 8,
+                             "aggregation_drops": 6}
     assert result.records == 1 and meta["problems"]["totals"] == {}
 
 

@@ -40,6 +40,16 @@ def test_superpage_with_dummy_outliers():
     assert f"{PV_TABLE:#x}" in found.evidence
 
 
+def test_a_layout_fits_with_exactly_the_fit_fraction():
+    # 19 of 20 (lock, frame) pairs fit the hash (95 %, "at least" FIT_FRACTION); the other
+    # lock is pv_dummy-like. With ">" instead of ">=" the detection fell back to spacing.
+    assert layout.FIT_FRACTION == 0.95
+    frames = list(range(1, 21))
+    locks = [PV_LOCKS + 32 * (f % 256) for f in frames[:19]] + [DUMMY]
+    found = layout.detect(events(locks, [f << 21 for f in frames]))
+    assert found.layout == "hash:32" and "for 95.0% of 20 (lock, frame) pairs" in found.evidence
+
+
 @pytest.mark.parametrize("n,span", [(256, 900), (1024, 5000), (64, 300)])
 def test_hash(n, span):
     rng = np.random.default_rng(2)

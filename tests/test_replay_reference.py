@@ -55,17 +55,23 @@ def as_log(events: pl.DataFrame) -> str:
 
 
 def replay(text: str, model: str, captured: str = "superpage", **kw) -> dict:
-    return reference_replay(trace(text), captured_layout=captured, model=model, **kw)
-
-
-def replay_both(text: str, model: str, **kw) -> dict:
-    """The reference's result on ``text`` (superpage capture), once the fast engine is checked
-    to give the same numbers."""
-    want = replay(text, model, **kw)
-    got = _engine()(trace(text), captured_layout="superpage", model=model,
-                    include_waits=True, **kw)
+    """The reference's result on ``text``, once the fast engine is checked to give the same
+    numbers: every hand-worked expectation below holds for both."""
+    want = reference_replay(trace(text), captured_layout=captured, model=model, **kw)
+    got = _engine()(trace(text), captured_layout=captured, model=model, include_waits=True,
+                    **kw)
     assert _comparable(got) == _comparable(want), model
     return want
+
+
+def engine(text: str, model: str, captured: str = "superpage", **kw) -> dict:
+    """The fast engine's whole report (holds, percentiles, anomalies: what the reference
+    does not compute), once checked against the reference where it does."""
+    replay(text, model, captured, **kw)
+    return _engine()(trace(text), captured_layout=captured, model=model, **kw)
+
+
+replay_both = replay
 
 
 def h(x: int) -> str:
@@ -1048,3 +1054,142 @@ def test_engine_deep_nesting_and_locks_held_at_the_end():
     want = reference_replay(events, captured_layout="superpage", model="stock")
     assert want["acquisitions"] == 101 and want["contended"] == 1
     _agree(events, {"captured_layout": "superpage"})
+
+
+# ------------------------------------------------ (c) edges a mutation review found untested
+
+def test_a_run_release_wakes_a_sibling_on_a_shared_hash_slot_once():
+    # obm --layout hash:4: frames 1 and 5 share turnstile slot 1. 103 sleeps (from 1000) for
+    # 102's page of frame 5; 101 releases its 2m run of frame 1 at 2000, freeing 3 executed
+    # page keys on that turnstile at once: one sibling wakeup, not one per key.
+    f1, f5 = h(PV_SP + 64), h(PV_SP + 64 * 5)
+    text = f"""
+10 3 104 A pv {f1} w 0 0x201000 pmap_enter
+20 3 104 R pv {f1} w 0 0x201000 pmap_enter
+30 3 104 A pv {f1} w 0 0x202000 pmap_enter
+40 3 104 R pv {f1} w 0 0x202000 pmap_enter
+100 1 102 A pv {f5} w 0 0xa00000 pmap_enter
+500 0 101 A pv {f1} w 0 0x200000 pmap_promote_pde
+600 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
+2000 0 101 R pv {f1} w 0 0x200000 pmap_promote_pde
+5000 1 102 R pv {f5} w 0 0xa00000 pmap_enter
+5000 2 103 B pv {f5} w 4000 0xa00000 pmap_enter
+5000 2 103 A pv {f5} w 0 0xa00000 pmap_enter
+5100 2 103 R pv {f5} w 0 0xa00000 pmap_enter
+"""
+    r = replay(text, "obm", layout="hash:4")
+    assert r["sibling_wakeups"] == 1 and max(r["waits"]) == 4000
+    assert replay(text, "obm")["sibling_wakeups"] == 0      # superpage: own turnstiles
+
+
+SPIN_EDGE = f"""
+1000 0 101 A pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+5000 0 101 R pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+5000 1 102 B pv {h(PV_SP + 64)} w 3000 0x200000 pmap_enter
+5000 1 102 A pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+6000 1 102 R pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+"""
+
+
+def test_a_wait_of_exactly_the_spin_limit_spins_and_a_sleepers_hold_starts_when_it_runs():
+    # 102 asks at 2000 and is granted at 5000: G = 3000. With L = 3000 it spun (G <= L): no
+    # wakeup cost. With L = 0 it slept and runs 100 ns after the grant: its wait is 3100 and
+    # its hold starts when it runs, 5100..6100 (1000 ns, not 1100).
+    spun = engine(SPIN_EDGE, "stock", spin_limit_ns=3000, wakeup_ns=100)
+    assert (spun["wait_ns"], spun["spin_ns"], spun["block_ns"]) == (3000, 3000, 0)
+    assert spun["makespan_ns"] == 5000
+    slept = engine(SPIN_EDGE, "stock", spin_limit_ns=0, wakeup_ns=100)
+    assert (slept["wait_ns"], slept["spin_ns"], slept["block_ns"]) == (3100, 0, 3100)
+    assert slept["makespan_ns"] == 5100
+    assert slept["hold_percentiles_ns"]["p50"] == 1000
+    assert slept["hold_percentiles_ns"]["max"] == 4000
+    # a waiter is asleep only once t - request > L: with L = 1000, 103 (asking at 2000) is
+    # not asleep at 102's release at 3000, and is at 104's at 3100
+    assert replay(siblings_text(), "obm", spin_limit_ns=1000)["sibling_wakeups"] == 1
+
+
+def test_a_hash_size_that_is_not_a_power_of_two():
+    # Captured on a hash:384 kernel: frames 1 and 385 share slot 1's lock, so 101's move from
+    # frame 1 to frame 385 at 2000 is no captured switch; under OBM it switches page locks
+    # (rule 3), and 102's page of frame 1 is free from 2000: no wait. Stock keeps 2000.
+    lk = h(PV_HASH + 32)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_remove
+2000 0 101 P - 0 4k 0 {h(385 << 21)} pmap_remove
+5000 0 101 R pv {lk} w 0 {h(385 << 21)} pmap_remove
+5000 1 102 B pv {lk} w 2000 0x200000 pmap_enter
+5000 1 102 A pv {lk} w 0 0x200000 pmap_enter
+6000 1 102 R pv {lk} w 0 0x200000 pmap_enter
+"""
+    assert replay(text, "obm", captured="hash:384")["waits"] == [0, 0, 0]
+    assert replay(text, "stock", captured="hash:384")["waits"] == [0, 2000]
+    # replayed as hash:384 from a superpage capture, frames 1 and 385 alias: 102 waits for
+    # 101's lock until 11000 (a false block of 6000 ns); hash:256 keeps them apart
+    text = f"""
+1000 0 101 A pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+11000 0 101 R pv {h(PV_SP + 64)} w 0 0x200000 pmap_enter
+5000 1 102 A pv {h(PV_SP + 64 * 385)} w 0 {h(385 << 21)} pmap_enter
+6000 1 102 R pv {h(PV_SP + 64 * 385)} w 0 {h(385 << 21)} pmap_enter
+"""
+    r = replay(text, "stock", layout="hash:384")
+    assert r["wait_ns"] == 6000 and r["false_block"] == {"count": 1, "wait_ns": 6000}
+    assert replay(text, "stock", layout="hash:256")["wait_ns"] == 0
+
+
+def test_wait_percentiles_count_a_runs_page_locks():
+    # Under OBM 101 takes its page, then at the P 2m its frame's 512 page locks (2 of them
+    # executed): 514 acquisitions with 102's, none waits, and the percentiles and the
+    # histogram are over all 514 (SPEC 3).
+    from hdrh.histogram import HdrHistogram
+
+    lk = h(PV_SP + 64)
+    text = f"""
+500 1 102 A pv {lk} w 0 0x203000 pmap_enter
+1500 1 102 R pv {lk} w 0 0x203000 pmap_enter
+1500 0 101 B pv {lk} w 500 0x200000 pmap_promote_pde
+1500 0 101 A pv {lk} w 0 0x200000 pmap_promote_pde
+1600 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
+2500 0 101 R pv {lk} w 0 0x200000 pmap_promote_pde
+"""
+    r = engine(text, "obm")
+    assert r["acquisitions"] == 514
+    assert r["wait_percentiles_ns"]["p99"] == 0
+    assert HdrHistogram.decode(r["histograms"]["wait_ns"]).get_total_count() == 514
+
+
+def test_anomaly_counts():
+    lk = h(PV_SP + 64)
+    pageless = f"""
+1000 0 101 A pv {lk} w 0 0 pmap_remove_pages
+3000 0 101 R pv {lk} w 0 0 pmap_remove_pages
+3000 1 102 B pv {lk} w 1000 0 pmap_remove_pages
+3000 1 102 A pv {lk} w 0 0 pmap_remove_pages
+3500 1 102 R pv {lk} w 0 0 pmap_remove_pages
+"""
+    for model in ("stock", "obm"):
+        assert engine(pageless, model)["anomalies"]["unknown_page_acquisitions"] == 2
+    # two pv locks held when the capture began (records were lost): one is held, the other
+    # counted
+    two = f"""
+1000 0 101 E - 0 - 0 0 pmap_enter
+2000 0 101 R pv {lk} w 0 0x200000 pmap_enter
+3000 0 101 R pv {h(PV_SP + 128)} w 0 0x400000 pmap_enter
+"""
+    assert engine(two, "stock")["anomalies"]["nested_pv_holds"] == 1
+
+
+def test_observed_spins_add_up_per_class_and_operation():
+    lk = h(PV_SP + 64)
+    text = f"""
+1000 0 101 A pv {lk} w 0 0x200000 pmap_enter
+2000 0 101 R pv {lk} w 0 0x200000 pmap_enter
+2000 1 102 S pv {lk} w 400 0x201000 pmap_enter
+2000 1 102 A pv {lk} w 0 0x201000 pmap_enter
+2100 1 102 R pv {lk} w 0 0x201000 pmap_enter
+2400 2 103 S pv {lk} w 300 0x202000 pmap_enter
+2400 2 103 A pv {lk} w 0 0x202000 pmap_enter
+2500 2 103 R pv {lk} w 0 0x202000 pmap_enter
+"""
+    o = observed_events(trace(text))
+    assert o["spin_ns"] == o["by_class"]["pv"]["spin_ns"] == 700
+    assert o["by_op"]["pmap_enter"]["spin_ns"] == 700 and o["by_class"]["pv"]["block_ns"] == 0

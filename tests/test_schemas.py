@@ -146,3 +146,26 @@ def test_events_written_with_time_statistics_and_per_column_encodings(bundle_dir
     assert col["pa"].compression == "LZ4" and col["ns"].compression == "ZSTD"
     assert (col["ts"].statistics.min, col["ts"].statistics.max) == (1000, 11000)
     assert not col["pa"].is_stats_set
+
+
+def test_events_and_lockstat_schemas_keep_specs_column_types():
+    # SPEC section 2 fixes these types; the write test checks tables against the schema
+    # files, so a type changed in a file would pass it.
+    events = schemas.load("events").arrow
+    assert events.field("ts").type in (pa.int64(), pa.uint64())
+    for name in ("cpu", "tid"):
+        assert pa.types.is_integer(events.field(name).type), name
+    assert events.field("lock").type == events.field("pa").type == pa.uint64()
+    assert events.field("ns").type == pa.int64()
+    def text(t: pa.DataType) -> bool:          # strings, or a dictionary of them
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+            pa.types.is_dictionary(t) and pa.types.is_string(t.value_type))
+
+    for name in ("ev", "cls", "mode", "op"):
+        assert text(events.field(name).type), name
+    lockstat = schemas.load("lockstat").arrow
+    for name in ("event", "lock", "caller"):
+        assert text(lockstat.field(name).type), name
+    for name in ("count", "nsec"):
+        assert pa.types.is_integer(lockstat.field(name).type), name
+    assert {"events_total", "seconds"} <= set(lockstat.names)
