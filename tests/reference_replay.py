@@ -382,7 +382,8 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                 # READING: a switch pair names two captured locks (CHANGE_PV_LIST_LOCK never
                 # releases a lock to take it again): an R and an A of one lock are real.
                 if (nxt is not None and nxt.ev == "A" and nxt.cls == "pv"
-                        and nxt.lock != rec.lock and design.pv_key(nxt.pa, size_of[nxt.idx], nxt.lock) == hold.spec
+                        and nxt.lock != rec.lock
+                        and design.pv_key(nxt.pa, size_of[nxt.idx], nxt.lock) == hold.spec
                         and design.pv_mode(nxt.mode) == hold.mode):
                     carried = hold.spec      # rule 2: nothing happens
                     continue

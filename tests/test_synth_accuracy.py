@@ -53,9 +53,10 @@ TRUTH = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "sibling
          "makespan_ns", "contended_wait_percentiles_ns")
 
 
-# (threads, ms, seed, spin limit, wakeup): spins, sleeps and wakeups occur; the second is a case where a thread asked for a lock while its holder, granted, was
-# still waking up (the simulator had applied the holder's coming page moves ahead of their
-# time, and logged sleeps without their wakeup: true/false blocks and waits differed)
+# (threads, ms, seed, spin limit, wakeup): spins, sleeps and wakeups occur; the second is a
+# case where a thread asked for a lock while its holder, granted, was still waking up (the
+# simulator had applied the holder's coming page moves ahead of their time, and logged
+# sleeps without their wakeup: true/false blocks and waits differed)
 RUNS = [(6, 1.5, 7, 1_000, 700), (3, 0.5, 4, 0, 5_000)]
 
 

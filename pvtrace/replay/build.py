@@ -306,8 +306,9 @@ def build_steps(tl, dk: DesignKeys, groups: int | None = None,
             tl.thread_first[lo:hi], tl.thread_end[lo:hi], t_start[lo:hi], held_idx,
             held_off[lo:hi + 1], ev, tl.ts, tl.waited_idx[w0:], tl.waited_ns[w0:],
             tl.partner, tl.pa, tl.mode, tl.cls, tl.op, tl.t_last, tl.lock, dk.pvpos,
-            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.cap_slot, dk.removed_cls, dk.pv_removed,
-            dk.pv_exclusive, dk.pv_pageless_free, dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
+            dk.pv_lo, dk.pv_hi, dk.pv_range, dk.pv_2m, dk.lock_key, dk.cap_slot,
+            dk.removed_cls, dk.pv_removed, dk.pv_exclusive, dk.pv_pageless_free,
+            dk.captured_hash, dk.pv_code, part, acls, aop, aextra, ev_acq, open_keys,
             open_acq, tfirst[lo:hi], tend[lo:hi], tstart[lo:hi], tacq[lo:hi])
         return n, na, clamped, nested, acls[:na], aop[:na], aextra[:na]
 
@@ -622,8 +623,8 @@ def _build(t_first, t_end, t_start, held_idx, held_off, ev, ts, waited_idx, wait
                     # releases a lock to take it again, so an R and an A of one lock are a
                     # real release, and the work between them is done without it.
                     if (j < e and ev[j] == 0 and is_pv(j) and not removed(j)
-                            and lock[j] != lock[i] and klo(j) == h_lo and khi(j) == h_hi and krange(j) == h_range
-                            and kmode(j) == h_mode):
+                            and lock[j] != lock[i] and klo(j) == h_lo and khi(j) == h_hi
+                            and krange(j) == h_range and kmode(j) == h_mode):
                         skip_a = j                          # CHANGE_PV_LIST_LOCK no-op
                         continue
                     n = _emit_rel(rec, n, h_lo, h_acq, h_n, True, pending)
