@@ -441,14 +441,14 @@ class Waiter:
 
 @dataclass
 class KeyState:
-    holders: list = field(default_factory=list)     # [(tid, mode)], one entry per hold
+    holders: list = field(default_factory=list)     # [(tid, mode, start)], one per hold
     queue: deque = field(default_factory=deque)     # of Waiter
 
     def free(self) -> bool:
         return not self.holders
 
     def read_held(self) -> bool:
-        return bool(self.holders) and all(m == "r" for _, m in self.holders)
+        return bool(self.holders) and all(m == "r" for _, m, _ in self.holders)
 
 
 class _Engine:
@@ -466,6 +466,7 @@ class _Engine:
         self.ended: dict[int, int] = {}
         # results
         self.waits: list[int] = []
+        self.holds: list[int] = []
         self.class_waits: dict[str, list[int]] = defaultdict(list)
         self.spin = self.block = 0
         self.true_count = self.true_ns = self.false_count = self.false_ns = 0
@@ -529,13 +530,13 @@ class _Engine:
         state = self.keys[step.key]
         w = Waiter(tid, step.key, step.mode, step.cls, self.env.now, done)
         if not state.queue and (state.free() or (state.read_held() and step.mode == "r")):
-            state.holders.append((tid, step.mode))
+            state.holders.append((tid, step.mode, self.env.now))
             self.record(w, 0)
             done.succeed(0)
             return
         if step.cls == "pv":
             mine = self.page.get(tid, PageSet("unknown", 0))
-            blockers = [t for t, _ in state.holders] + [q.tid for q in state.queue]
+            blockers = [t for t, _, _ in state.holders] + [q.tid for q in state.queue]
             w.true_block = any(self.page.get(b, PageSet("unknown", 0)).intersects(mine)
                                for b in blockers)
         state.queue.append(w)
@@ -545,9 +546,12 @@ class _Engine:
         """``tid`` releases ``key`` and its waiters are granted; True when the release left
         the key free (a reader leaving other readers behind frees nothing)."""
         state = self.keys[key]
-        for i, (holder, _) in enumerate(state.holders):
+        # the thread's latest hold of the key (a recursive read lock pairs last in, first out)
+        for i in range(len(state.holders) - 1, -1, -1):
+            holder, _, start = state.holders[i]
             if holder == tid:
                 del state.holders[i]
+                self.holds.append(self.env.now - start)
                 break
         else:
             raise AssertionError(f"thread {tid} releases {key} it does not hold")
@@ -557,7 +561,7 @@ class _Engine:
             if head.mode == "w" and state.free():
                 self.grant(state.queue.popleft())
                 break
-            if head.mode == "r" and not any(m == "w" for _, m in state.holders):
+            if head.mode == "r" and not any(m == "w" for _, m, _ in state.holders):
                 self.grant(state.queue.popleft())
                 continue
             break
@@ -573,11 +577,12 @@ class _Engine:
                 self.sibling += 1
 
     def grant(self, w: Waiter) -> None:
-        self.keys[w.key].holders.append((w.tid, w.mode))
         del self.waiting[w.tid]
         wait = self.env.now - w.request
         if wait > self.L:       # asleep: the wait lasts until the thread runs (REPLAY.md 4)
             wait += self.wakeup
+        # the lock is its own from the grant; its hold starts when it runs
+        self.keys[w.key].holders.append((w.tid, w.mode, w.request + wait))
         self.record(w, wait)
         w.granted.succeed(wait)
 
@@ -666,5 +671,6 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
         "makespan_ns": (max(engine.ended.values()) - min(starts)) if plans else 0,
         "by_class": by_class,
         "waits": sorted(engine.waits),
+        "holds": sorted(engine.holds),
         "forced_grants": engine.forced,
     }

@@ -869,7 +869,7 @@ def captures(draw):
 
 
 COMPARED = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "false_block",
-            "true_block", "sibling_wakeups", "makespan_ns", "waits", "by_class")
+            "true_block", "sibling_wakeups", "makespan_ns", "waits", "holds", "by_class")
 
 
 def _comparable(result: dict) -> dict:
@@ -880,6 +880,7 @@ def _comparable(result: dict) -> dict:
     for k in ("false_block", "true_block"):
         out[k] = {"count": result[k]["count"], "wait_ns": result[k]["wait_ns"]}
     out["waits"] = sorted(int(w) for w in result["waits"])
+    out["holds"] = sorted(int(w) for w in result["holds"])
     out["by_class"] = {c: {k: d[k] for k in ("acquisitions", "contended", "wait_ns")}
                        for c, d in result["by_class"].items() if d["acquisitions"] > 0}
     return out

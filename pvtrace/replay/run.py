@@ -629,8 +629,8 @@ def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
                   wakeup_ns: int = 0, include_waits: bool = False) -> dict:
     """Replay an ``events`` table under one design; returns the SPEC model object.
 
-    ``include_waits`` adds ``waits``: every executed acquisition's wait, sorted (for tests and
-    small traces; a capture has millions).
+    ``include_waits`` adds ``waits`` and ``holds``: every executed acquisition's wait and
+    hold, sorted (for tests and small traces; a capture has millions).
     """
     tl = Timeline.from_events(events)
     params = make_params(captured_layout, layout, spin_limit_ns, wakeup_ns)
@@ -638,6 +638,7 @@ def replay_events(events: pl.DataFrame, *, captured_layout: str, model: str,
     out = summarize(run, tl)
     if include_waits:
         out["waits"] = sorted(int(w) for w in run.wait)
+        out["holds"] = sorted(int(h) for h in run.hold if h >= 0)
     return out
 
 
