@@ -48,6 +48,7 @@ class Rec:
     mode: str
     ns: int
     pa: int
+    op: str = "-"
     wait: int = 0            # A: sum of the ns of its B/S records
     first_wait_idx: int | None = None   # A: index of its first B/S record
     attached: bool = False   # B/S: belongs to an A
@@ -63,7 +64,7 @@ def _split_threads(events: pl.DataFrame) -> dict[int, list[Rec]]:
     for row in events.iter_rows(named=True):
         recs = threads[int(row["tid"])]
         recs.append(Rec(len(recs), int(row["ts"]), row["ev"], row["cls"], int(row["lock"]),
-                        row["mode"], int(row["ns"]), int(row["pa"])))
+                        row["mode"], int(row["ns"]), int(row["pa"]), row["op"]))
     for recs in threads.values():
         _attach_waits(recs)
         _pair_holds(recs)
@@ -224,6 +225,7 @@ class Step:
     key: tuple | None = None       # acquire: the one key requested
     mode: str = "w"
     cls: str = ""
+    op: str = "-"                  # acquire: the pmap operation it counts for
     page: PageSet | None = None    # new current page (set before anything else of the step)
     releases: tuple = ()           # keys released by this step, in this order
 
@@ -248,16 +250,17 @@ class ThreadPlan:
     start: int
     steps: list[Step]
     acquisitions: dict[str, int]   # per class, what the design performs
+    op_acquisitions: dict[str, int]    # the same per pmap operation
 
 
 def _acquire_steps(spec: KeySpec, mode: str, cls: str, start: int, end: int,
-                   page: PageSet | None) -> list[Step]:
+                   page: PageSet | None, op: str) -> list[Step]:
     """A 2m run is acquired one page at a time, each page its own step (REPLAY.md 2.5)."""
     steps = []
     for n, key in enumerate(spec.keys):
         first = n == 0
         steps.append(Step("acquire", start if first else end, end, key=key, mode=mode, cls=cls,
-                          page=page if first else None))
+                          op=op, page=page if first else None))
     return steps
 
 
@@ -286,6 +289,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
     size_of = _sizes(recs)
     steps: list[Step] = []
     acq: dict[str, int] = defaultdict(int)
+    acq_op: dict[str, int] = defaultdict(int)
     holds: dict[int, Hold] = {}            # open holds by the index of their A (or R)
     open_order: list[int] = []             # open holds, oldest first
     carried: KeySpec | None = None         # pv key kept across a switch pair (rule 2)
@@ -296,14 +300,15 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
             return Hold(cls, lock, design.pv_mode(mode), design.pv_key(pa, size, lock))
         return Hold(cls, lock, mode, design.other_key(cls, lock))
 
-    def acquire(hold: Hold, start: int, end: int, page: PageSet | None) -> None:
+    def acquire(hold: Hold, start: int, end: int, page: PageSet | None, op: str) -> None:
         if hold.spec is None or hold.spec == KEYLESS:
             # A removed lock keeps the work and loses the wait: the timeline is cut at the
             # captured request time and resumes from the captured A time.
             steps.append(Step("cut", start, end))
             return
         acq[hold.cls] += hold.spec.count
-        steps.extend(_acquire_steps(hold.spec, hold.mode, hold.cls, start, end, page))
+        acq_op[op] += hold.spec.count
+        steps.extend(_acquire_steps(hold.spec, hold.mode, hold.cls, start, end, page, op))
 
     def open_pv() -> Hold | None:
         for k in reversed(open_order):
@@ -326,7 +331,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
         page = PageSet.of(r.pa, "4k") if r.cls == "pv" else None
         if r.cls == "pv":
             cur_pa = r.pa
-        acquire(hold, tid_start, tid_start, page)
+        acquire(hold, tid_start, tid_start, page, r.op)
 
     def prev_record(a: Rec) -> Rec | None:
         i = (a.first_wait_idx if a.first_wait_idx is not None else a.idx) - 1
@@ -345,7 +350,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
             holds[rec.idx] = hold
             open_order.append(rec.idx)
             if rec.cls != "pv":
-                acquire(hold, rec.request, rec.ts, None)
+                acquire(hold, rec.request, rec.ts, None, rec.op)
                 continue
             cur_pa = rec.pa
             page = PageSet.of(rec.pa, size)
@@ -367,7 +372,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                 # Rule 1: no switch under this design; the captured wait disappears.
                 steps.append(Step("move", rec.request, rec.ts, page=page))
             else:
-                acquire(hold, rec.request, rec.ts, page)
+                acquire(hold, rec.request, rec.ts, page, rec.op)
             carried = None
         elif rec.ev == "R":
             key_idx = rec.pair if rec.pair is not None else rec.idx
@@ -402,7 +407,9 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                     # that page's key (rule 3 without a key to release).
                     hold.spec = new
                     acq["pv"] += new.count
-                    steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None))
+                    acq_op[rec.op] += new.count
+                    steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None,
+                                                rec.op))
                 cur_pa = rec.pa
                 continue
             if (new != hold.spec
@@ -411,7 +418,8 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
                 steps.append(Step("move", rec.ts, rec.ts, page=page, releases=hold.spec.keys))
                 hold.spec = new
                 acq["pv"] += new.count
-                steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None))
+                acq_op[rec.op] += new.count
+                steps.extend(_acquire_steps(new, hold.mode, "pv", rec.ts, rec.ts, None, rec.op))
             else:
                 steps.append(Step("move", rec.ts, rec.ts, page=page))
             cur_pa = rec.pa
@@ -423,7 +431,7 @@ def _walk(tid: int, recs: list[Rec], design: Design, capture_start: int,
             steps.append(Step("release", capture_end, capture_end, releases=hold.spec.keys))
     last = recs[-1].ts
     steps.append(Step("end", last, last))
-    return ThreadPlan(tid, tid_start, steps, dict(acq))
+    return ThreadPlan(tid, tid_start, steps, dict(acq), dict(acq_op))
 
 
 # ---------------------------------------------------------------- sections 3 and 4: the engine
@@ -434,6 +442,7 @@ class Waiter:
     key: tuple
     mode: str
     cls: str
+    op: str
     request: int
     granted: simpy.Event
     true_block: bool = False
@@ -468,6 +477,7 @@ class _Engine:
         self.waits: list[int] = []
         self.holds: list[int] = []
         self.class_waits: dict[str, list[int]] = defaultdict(list)
+        self.op_waits: dict[str, list[int]] = defaultdict(list)
         self.spin = self.block = 0
         self.true_count = self.true_ns = self.false_count = self.false_ns = 0
         self.sibling = 0
@@ -528,7 +538,7 @@ class _Engine:
 
     def request(self, tid: int, step: Step, done: simpy.Event) -> None:
         state = self.keys[step.key]
-        w = Waiter(tid, step.key, step.mode, step.cls, self.env.now, done)
+        w = Waiter(tid, step.key, step.mode, step.cls, step.op, self.env.now, done)
         if not state.queue and (state.free() or (state.read_held() and step.mode == "r")):
             state.holders.append((tid, step.mode, self.env.now))
             self.record(w, 0)
@@ -595,6 +605,7 @@ class _Engine:
     def record(self, w: Waiter, wait: int) -> None:
         self.waits.append(wait)
         self.class_waits[w.cls].append(wait)
+        self.op_waits[w.op].append(wait)
         spin = min(wait, self.L)
         self.spin += spin
         self.block += wait - spin
@@ -658,6 +669,16 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
         waits = engine.class_waits.get(cls, [])
         by_class[cls] = {"acquisitions": n, "contended": sum(1 for w in waits if w > 0),
                          "wait_ns": sum(waits)}
+    by_op = {}
+    op_acquisitions: dict[str, int] = defaultdict(int)
+    for plan in plans:
+        for op, n in plan.op_acquisitions.items():
+            op_acquisitions[op] += n
+    for op, n in sorted(op_acquisitions.items()):
+        if n:
+            waits = engine.op_waits.get(op, [])
+            by_op[op] = {"acquisitions": n, "contended": sum(1 for w in waits if w > 0),
+                         "wait_ns": sum(waits)}
     starts = [p.start for p in plans]
     return {
         "acquisitions": sum(acquisitions.values()),
@@ -670,6 +691,7 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
         "sibling_wakeups": engine.sibling,
         "makespan_ns": (max(engine.ended.values()) - min(starts)) if plans else 0,
         "by_class": by_class,
+        "by_op": by_op,
         "waits": sorted(engine.waits),
         "holds": sorted(engine.holds),
         "forced_grants": engine.forced,

@@ -742,12 +742,13 @@ class _Thread:
     def __init__(self, tid: int, t0: int, layout: Layout, draw):
         self.tid, self.t, self.layout, self.draw = tid, t0, layout, draw
         self.rows: list[tuple] = []
+        self.op = "pmap_enter"      # the operation the records name (by_op is compared)
 
     def gap(self, lo: int = 0) -> None:
         self.t += self.draw(st.sampled_from((lo, lo, 1, 5, 10, 40, 100)))
 
-    def emit(self, ev, cls="-", lock=0, mode="-", ns=0, pa=0, op="pmap_enter"):
-        self.rows.append((self.t, self.tid % 4, self.tid, ev, cls, lock, mode, ns, pa, op))
+    def emit(self, ev, cls="-", lock=0, mode="-", ns=0, pa=0):
+        self.rows.append((self.t, self.tid % 4, self.tid, ev, cls, lock, mode, ns, pa, self.op))
 
     def acquire(self, cls, lock, mode, pa):
         # a wait never longer than the time since the thread's previous record (no clamping)
@@ -821,6 +822,8 @@ class _Thread:
         for _ in range(self.draw(st.integers(1, 3))):
             self.gap()
             kind = self.draw(st.sampled_from(("pmap", "pv", "pv", "pv", "pv", "nested")))
+            self.op = self.draw(st.sampled_from(("pmap_enter", "pmap_remove_all",
+                                                 "pmap_promote_pde")))
             if kind == "pmap":
                 pmap = self.draw(st.sampled_from(PMAP))
                 self.acquire("pmap", pmap, "w", 0)
@@ -869,7 +872,8 @@ def captures(draw):
 
 
 COMPARED = ("acquisitions", "contended", "wait_ns", "spin_ns", "block_ns", "false_block",
-            "true_block", "sibling_wakeups", "makespan_ns", "waits", "holds", "by_class")
+            "true_block", "sibling_wakeups", "makespan_ns", "waits", "holds", "by_class",
+            "by_op")
 
 
 def _comparable(result: dict) -> dict:
@@ -881,8 +885,9 @@ def _comparable(result: dict) -> dict:
         out[k] = {"count": result[k]["count"], "wait_ns": result[k]["wait_ns"]}
     out["waits"] = sorted(int(w) for w in result["waits"])
     out["holds"] = sorted(int(w) for w in result["holds"])
-    out["by_class"] = {c: {k: d[k] for k in ("acquisitions", "contended", "wait_ns")}
-                       for c, d in result["by_class"].items() if d["acquisitions"] > 0}
+    for group in ("by_class", "by_op"):
+        out[group] = {c: {k: d[k] for k in ("acquisitions", "contended", "wait_ns")}
+                      for c, d in result[group].items() if d["acquisitions"] > 0}
     return out
 
 
