@@ -207,7 +207,8 @@ def replay_trace(path: str, models: list[str], *, layout: str | None = None,
             "dtrace_messages": messages,
             # every such line (a probe error lost that probe's record): the messages above
             # are the first distinct ones
-            "dtrace_message_lines": max(_int(meta.get("dtrace_message_lines")), len(messages)),
+            # (open_bundle checked both keys' shapes; an older bundle lacks the count)
+            "dtrace_message_lines": max(meta.get("dtrace_message_lines", 0), len(messages)),
             "timeline_cache": cache_status,
             **_provenance(meta),
         },
@@ -255,11 +256,6 @@ def _provenance(meta: dict) -> dict[str, Any]:
     ingested = {k: meta.get(m) if isinstance(meta.get(m), str) else None
                 for k, m in (("pvtrace_version", "pvtrace_version"), ("at", "ingested_at"))}
     return {"inputs": inputs, "ingested": ingested}
-
-
-def _int(value) -> int:
-    """A count from the bundle's metadata (0 when absent or not a count)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _skipped_lines(meta: dict) -> dict[str, int]:
