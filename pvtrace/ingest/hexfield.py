@@ -4,11 +4,12 @@ SPEC section 1 writes addresses as ``0x`` and hex digits, or a bare ``0``. polar
 reader for that: stripping the prefix with ``str.strip_prefix`` copies every string, and
 ``str.to_integer(base=16)`` then reads the copy: 0.26-0.29 s (0.5 s of CPU) of the 2 s
 fast read of the 5 M-line bench log, where this takes 0.04-0.08 s per column. A
-compiled loop reads each string where the CSV reader left it, in the column's Arrow
-string-view buffers (a view holds a string of up to 12 bytes inline, else its first bytes
-and where the rest is), and writes the value, or a null where the text is not a valid
-address: exactly what :func:`pvtrace.ingest.pvlog.hex_expr` computes with polars
-expressions, which the slow path uses and the property tests compare against.
+compiled loop reads each string where the CSV reader left it (polars': Arrow string-view
+buffers, where a view holds a string of up to 12 bytes inline, else its first bytes and
+where the rest is; pyarrow's: binary arrays, offsets into one buffer), and writes the
+value, or a null where the text is not a valid address: exactly what
+:func:`pvtrace.ingest.pvlog.hex_expr` computes with polars expressions, which the slow path
+uses and the property tests compare against.
 """
 
 from __future__ import annotations
@@ -35,6 +36,34 @@ for _c in b"abcdef":
     _DIGITS[_c - 32] = _c - 87
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _value(text, n, digits):
+    """(value, valid) of the ``n`` bytes at address ``text``: ``0x`` and hex digits, or ``0``."""
+    if n == 1:
+        return np.uint64(0), _load(text, _ZERO) == 48                   # "0"
+    if n < 3 or _load(text, _ZERO) != 48 or _load(text + 1, _ZERO) != 120:   # "0x"
+        return np.uint64(0), False
+    # No branch per digit: a bad byte makes ``bad`` negative. Digits beyond the 16 a
+    # value holds must be leading zeros (shifted out, so they must add nothing).
+    value = np.uint64(0)
+    bad = np.int64(0)
+    first = max(2, n - MAX_DIGITS)
+    for p in range(2, first):
+        bad |= -1 if _load(text + p, _ZERO) != 48 else 0
+    for p in range(first, n):
+        d = digits[_load(text + p, _ZERO)]
+        bad |= d
+        value = (value << np.uint64(4)) | np.uint64(d & 15)
+    if bad < 0:
+        return np.uint64(0), False
+    return value, True
+
+
+@njit(nogil=True, cache=True)
+def _null(validity, j):
+    return validity != 0 and (_load(validity + (j >> 3), _ZERO) >> (j & 7)) & 1 == 0
+
+
 @njit(nogil=True, cache=True)
 def _decode(views, bufs, validity, offset, digits, out, ok):
     """Decode ``len(out)`` strings of one string-view array: ``views`` is the byte address
@@ -46,7 +75,7 @@ def _decode(views, bufs, validity, offset, digits, out, ok):
         j = offset + i
         out[i] = 0
         ok[i] = False
-        if validity != 0 and (_load(validity + (j >> 3), _ZERO) >> (j & 7)) & 1 == 0:
+        if _null(validity, j):
             continue
         view = views + 16 * j
         n = np.int64(_load(view, np.uint32(0)))
@@ -54,38 +83,46 @@ def _decode(views, bufs, validity, offset, digits, out, ok):
             text = view + 4
         else:
             text = bufs[_load(view + 8, np.uint32(0))] + np.int64(_load(view + 12, np.uint32(0)))
-        if n == 1:
-            ok[i] = _load(text, _ZERO) == 48                     # "0"
+        out[i], ok[i] = _value(text, n, digits)
+
+
+@njit(nogil=True, cache=True)
+def _decode_offsets(offsets, data, validity, offset, digits, out, ok):
+    """:func:`_decode` for a binary or string array (32-bit ``offsets`` into ``data``), as
+    pyarrow's CSV reader makes them."""
+    for i in range(len(out)):
+        j = offset + i
+        out[i] = 0
+        ok[i] = False
+        if _null(validity, j):
             continue
-        if n < 3 or _load(text, _ZERO) != 48 or _load(text + 1, _ZERO) != 120:   # "0x"
-            continue
-        # No branch per digit: a bad byte makes ``bad`` negative. Digits beyond the 16 a
-        # value holds must be leading zeros (shifted out, so they must add nothing).
-        value = np.uint64(0)
-        bad = np.int64(0)
-        first = max(2, n - MAX_DIGITS)
-        for p in range(2, first):
-            bad |= -1 if _load(text + p, _ZERO) != 48 else 0
-        for p in range(first, n):
-            d = digits[_load(text + p, _ZERO)]
-            bad |= d
-            value = (value << np.uint64(4)) | np.uint64(d & 15)
-        if bad >= 0:
-            out[i] = value
-            ok[i] = True
+        start = np.int64(_load(offsets + 4 * j, np.int32(0)))
+        end = np.int64(_load(offsets + 4 * j + 4, np.int32(0)))
+        out[i], ok[i] = _value(data + start, end - start, digits)
 
 
 def _chunk_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values, valid) of one Arrow string-view chunk."""
+    """(values, valid) of one Arrow string-view, string or binary chunk."""
     n = len(chunk)
     out = np.empty(n, np.uint64)
     ok = np.empty(n, np.bool_)
     if n:
         buffers = chunk.buffers()
-        bufs = np.array([b.address for b in buffers[2:]] or [0], np.int64)
         validity = buffers[0].address if buffers[0] is not None else 0
-        _decode(buffers[1].address, bufs, validity, chunk.offset, _DIGITS, out, ok)
+        if pa.types.is_string_view(chunk.type):
+            bufs = np.array([b.address for b in buffers[2:]] or [0], np.int64)
+            _decode(buffers[1].address, bufs, validity, chunk.offset, _DIGITS, out, ok)
+        else:       # binary or string: 32-bit offsets, then the bytes
+            data = buffers[2].address if buffers[2] is not None else 0
+            _decode_offsets(buffers[1].address, data, validity, chunk.offset, _DIGITS, out, ok)
     return out, ok
+
+
+def decode_arrow(chunk: pa.Array) -> pa.Array:
+    """One Arrow string-view, string or binary chunk decoded as :func:`decode` does."""
+    values, ok = _chunk_values(chunk)
+    mask = None if ok.all() else pa.py_buffer(np.packbits(ok, bitorder="little"))
+    return pa.Array.from_buffers(pa.uint64(), len(values), [mask, pa.py_buffer(values)])
 
 
 def decode(column: pl.Series) -> pl.Series:
@@ -96,10 +133,7 @@ def decode(column: pl.Series) -> pl.Series:
         arrow = chunk.to_arrow(compat_level=pl.CompatLevel.newest())
         if not pa.types.is_string_view(arrow.type):
             arrow = arrow.cast(pa.string_view())
-        values, ok = _chunk_values(arrow)
-        mask = None if ok.all() else pa.py_buffer(np.packbits(ok, bitorder="little"))
-        parts.append(pl.from_arrow(pa.Array.from_buffers(
-            pa.uint64(), len(values), [mask, pa.py_buffer(values)])))
+        parts.append(pl.from_arrow(decode_arrow(arrow)))
     if not parts:
         return pl.Series(column.name, [], pl.UInt64)
     return (pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]).alias(column.name)

@@ -4,13 +4,15 @@ An event log is what ``pvtrace.d`` prints: one record of 10 blank-separated fiel
 ``# ...`` metadata lines, and, when stderr was captured too, ``dtrace: ...`` diagnostics. Logs
 hold millions of lines, so nothing here loops over lines in Python:
 
-- Fast path: polars' native CSV reader splits the lines on single spaces and types the
-  fields on the way in (an 11th column catches lines with too many fields; whatever it cannot
-  type becomes null); the two address fields, read as strings, are decoded in a compiled
-  pass over the reader's buffers (:mod:`.hexfield`). Checks are polars expressions; a line
-  passing them all is a record.
-  It reads strict UTF-8 (replacing invalid bytes would first decode the whole file into a
-  copy, a large share of the read); only a file with invalid bytes is read again lossily.
+- Fast path: a native CSV reader splits the lines on single spaces and types the fields on
+  the way in. pyarrow's goes first (:mod:`.arrowcsv`: faster, and strict: a field it cannot
+  type hands the whole file to polars'); polars' reader types what it can (an 11th column
+  catches lines with too many fields; whatever it cannot type becomes null). The two
+  address fields, read as text, are decoded in a compiled pass over the reader's buffers
+  (:mod:`.hexfield`). Checks are polars expressions; a line passing them all is a record.
+  polars' reader reads strict UTF-8 (replacing invalid bytes would first decode the whole
+  file into a copy, a large share of the read); only a file with invalid bytes is read
+  again lossily.
 - The reader also reads each line as ONE string column (the separator is the unit separator
   byte ``\\x1f``, which never occurs in a log; quoting off; invalid UTF-8 replaced; the reader
   strips the ``\\r`` of CRLF line ends). Blank lines come back as null rows in both reads, so
@@ -19,10 +21,10 @@ hold millions of lines, so nothing here loops over lines in Python:
   lines with tabs or runs of blanks (normalized by a regex, then split with
   ``str.splitn``), and malformed lines, whose reason text (a ``pl.when`` chain naming the
   first failed check) is built only for them.
-- Files larger than :data:`ONE_BATCH_BYTES` are streamed (polars' streaming engine, batches
-  of :data:`BATCH_ROWS` lines), so their text is never all in memory at once; only the typed
-  columns accumulate (in a spill file, see :func:`_spilled`). The slow path reads back only
-  the lines the fast path refused.
+- Files larger than :data:`ONE_BATCH_BYTES` are streamed (in pieces, or polars' streaming
+  engine; batches of about :data:`BATCH_ROWS` lines), so their text is never all in memory
+  at once; only the typed columns accumulate (in a spill file, see :func:`_spilled`). The
+  slow path reads back only the lines the fast path refused.
 
 The last line of an input that ends without a newline and does not parse is a cut-off record
 (the capture was interrupted): it is reported as ``CUT_OFF`` and skipped, not counted as
@@ -37,12 +39,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
-from pvtrace.ingest import hexfield
+from pvtrace.ingest import arrowcsv, hexfield
 from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
 
 LOG_MAJOR = 1                        # the event-log major version this module reads
@@ -99,31 +102,58 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
     lines read); lines read is -1 when the fast reader failed (the slow path takes over).
 
-    The reader first insists on valid UTF-8, which is much cheaper than replacing invalid
-    bytes (that decodes the whole file into a copy before the read); only a file that does
-    hold invalid bytes is read again with them replaced. Progress: the stage ``what``, in
-    ``lines``. With ``spill`` (a directory), each batch's records are spilled there.
+    pyarrow's reader goes first (:mod:`.arrowcsv`); when it cannot vouch for the file, or
+    its lines do not add up to the file's (blank lines), polars' reader reads it. That one
+    first insists on valid UTF-8, which is much cheaper than replacing invalid bytes (that
+    decodes the whole file into a copy before the read); only a file that does hold invalid
+    bytes is read again with them replaced. Progress: the stage ``what``, in ``lines``.
+    With ``spill`` (a directory), each batch's records are spilled there.
     """
-    for encoding in ("utf8", "utf8-lossy"):
-        progress.stage(what if encoding == "utf8" else f"{what} (invalid UTF-8 replaced)", lines)
+    for reader in ("arrow", "utf8", "utf8-lossy"):
+        progress.stage(what if reader != "utf8-lossy"
+                       else f"{what} (invalid UTF-8 replaced)", lines)
         fast: list[pl.DataFrame] = []
         refused: list[pl.Series] = []
         seen = 0
         try:
-            for typed in _field_batches(path, encoding):
+            for typed, skipped, height in _typed_batches(path, reader):
                 events, refused_rows = _fast(typed)
-                height = typed.height
                 del typed
                 if spill is not None:
-                    events = _spilled(events, spill / f"{encoding}-{len(fast)}.arrow")
+                    events = _spilled(events, spill / f"{reader}-{len(fast)}.arrow")
                 fast.append(events)
-                refused.append(refused_rows)
+                refused.append(pl.concat([pl.Series(skipped), refused_rows]).sort()
+                               if len(skipped) else refused_rows)
                 seen += height
                 progress.advance(height)
-        except pl.exceptions.PolarsError:
+        except (pl.exceptions.PolarsError, arrowcsv.Unsure):
+            _drop_spilled(fast, spill, reader)
+            continue
+        if reader == "arrow" and seen != lines:    # blank lines: polars numbers them
+            _drop_spilled(fast, spill, reader)
             continue
         return fast or [_empty_events()], refused, seen
     return [], [], -1
+
+
+def _drop_spilled(fast: list[pl.DataFrame], spill: Path | None, reader: str) -> None:
+    """Delete what a reader that gave up had spilled (its frames go with ``fast``)."""
+    fast.clear()
+    if spill is not None:
+        for file in spill.glob(f"{reader}-*.arrow"):
+            file.unlink(missing_ok=True)
+
+
+def _typed_batches(path: Path, reader: str):
+    """(typed records with ``ok`` and ``line``, 0-based rows of lines the reader skipped,
+    lines in the batch) per batch, from :mod:`.arrowcsv` or :func:`_field_batches`."""
+    if reader == "arrow":
+        rows = BATCH_ROWS if os.path.getsize(path) > ONE_BATCH_BYTES else 1 << 62
+        for typed, skipped, height in arrowcsv.batches(path, rows):
+            yield typed.with_columns(_valid().alias("ok")), skipped, height
+    else:
+        for typed in _field_batches(path, reader):
+            yield typed, _NO_ROWS, typed.height
 
 
 # --------------------------------------------------------------------------- reading
@@ -151,6 +181,7 @@ _LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char
                                     truncate_ragged_lines=True, missing_columns="insert")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
+_NO_ROWS = np.zeros(0, np.uint64)
 
 
 def _read_error(exc: Exception, name: str) -> PvtraceError:
@@ -282,6 +313,8 @@ def _valid() -> pl.Expr:
                 .otherwise(c("mode") == "-")
             & (c("ns") >= 0)
             & c("pa").is_not_null()
+            # pyarrow's reader reads two blanks in a row as an empty field between them
+            & (c("cls") != "") & (c("op") != "")
             # the lossy reader makes a token with invalid UTF-8 null: the slow path reads it
             & c("op").is_not_null()).fill_null(False)
 

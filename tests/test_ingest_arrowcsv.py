@@ -1,0 +1,142 @@
+"""The event log's first reader (pyarrow, in pieces): it must give exactly what polars'
+reader gives, line numbers included, or hand the file over to it."""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pvtrace.ingest import arrowcsv, pvlog
+from spec_example import SPEC_LOG
+
+COLUMNS = ["ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op", "src", "line"]
+
+
+def rows(df: pl.DataFrame) -> list[tuple]:
+    return df.select(pl.col(c).cast(pl.String) if df.schema[c] == pl.Categorical
+                     else pl.col(c) for c in COLUMNS).rows()
+
+
+@contextmanager
+def small_pieces(size: int = 120):
+    """Pieces of ``size`` bytes, so that a tiny log is read in several."""
+    with mock.patch.object(arrowcsv, "PIECE_BYTES", size), \
+            mock.patch.object(arrowcsv, "MIN_PIECE_BYTES", 1):
+        yield
+
+
+def _unsure(*args, **kwargs):
+    raise arrowcsv.Unsure("test: polars' reader only")
+    yield
+
+
+def parse_both(path: Path):
+    """(parse with pyarrow's reader first, with polars' reader only, which reader read
+    the first parse: "arrow" or "polars")."""
+    calls = []
+    field_batches = pvlog._field_batches
+
+    def spy(*args):
+        calls.append(1)
+        return field_batches(*args)
+    with mock.patch.object(pvlog, "_field_batches", spy):
+        first = pvlog.parse(path, 0, "x.log")
+    with mock.patch.object(arrowcsv, "batches", _unsure):
+        polars = pvlog.parse(path, 0, "x.log")
+    return first, polars, "polars" if calls else "arrow"
+
+
+def assert_same(a, b):
+    assert rows(a.tables["events"]) == rows(b.tables["events"])
+    assert a.problems == b.problems
+    assert a.lines == b.lines and a.records == b.records
+    assert a.meta == b.meta
+    assert a.tables["diagnostics"].equals(b.tables["diagnostics"])
+
+
+def test_a_clean_log_is_read_by_pyarrow_in_pieces_with_its_line_numbers(tmp_path):
+    """Headers, a dtrace line in the middle and a line of 3 fields are skipped by pyarrow
+    and numbered; the records between them keep their lines across piece boundaries."""
+    records = [f"{1000 + i} {i % 4} {100 + i % 3} E - 0 - 0 0x{i:x}000 pmap_enter"
+               for i in range(40)]
+    text = (SPEC_LOG + "\n".join(records[:15]) + "\ndtrace: 12 drops on CPU 2\n"
+            + "\n".join(records[15:30]) + "\n1 2 3\n" + "\n".join(records[30:]) + "\n")
+    path = tmp_path / "x.log"
+    path.write_text(text)
+    with small_pieces():
+        assert len(arrowcsv._spans_of(path)) > 10
+        first, polars, reader = parse_both(path)
+    assert reader == "arrow"
+    assert_same(first, polars)
+    lines = first.tables["events"]["line"].to_list()
+    assert lines == [*range(4, 10), *range(10, 25), *range(26, 41), *range(42, 52)]
+    assert [(p.line, p.reason) for p in first.problems] == [(41, "expected 10 fields, got 3")]
+    assert first.tables["diagnostics"]["line"].to_list() == [25]
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda t: t.replace("\n", "\r\n"), id="crlf"),
+    pytest.param(lambda t: t.replace("# ncpu=4\n", "# ncpu=4\n\n"), id="blank-line"),
+    pytest.param(lambda t: t.replace("11000 1 102 B", "+11000 1 102 B"), id="plus-sign"),
+    pytest.param(lambda t: t.replace("16000 1", "99999999999999999999 1"), id="65-bit"),
+    pytest.param(lambda t: t + "\xff\xfe junk\n", id="invalid-utf8-in-a-skipped-line"),
+    pytest.param(lambda t: t.replace(" pv ", " p\xffv ", 1), id="invalid-utf8-in-a-token"),
+])
+def test_what_pyarrow_cannot_vouch_for_is_read_by_polars(tmp_path, capfd, damage):
+    """A ``\\r``, a blank line, a field pyarrow cannot type: polars reads the file, and
+    the user sees only its result (no "Exception ignored" from pyarrow's handler)."""
+    path = tmp_path / "x.log"
+    path.write_bytes(damage(SPEC_LOG).encode("latin-1"))    # "\xff": one byte, not UTF-8
+    first, polars, reader = parse_both(path)
+    assert reader == "polars"
+    assert_same(first, polars)
+    assert capfd.readouterr().err == ""
+
+
+def test_an_empty_field_is_not_a_token(tmp_path):
+    """pyarrow reads two blanks as an empty field between them: not a lock class."""
+    path = tmp_path / "x.log"
+    path.write_text(SPEC_LOG.replace(" A pv ", " A  "))
+    first, polars, reader = parse_both(path)
+    assert reader == "arrow"
+    assert_same(first, polars)
+    assert [(p.line, p.reason) for p in first.problems] == [(5, "expected 10 fields, got 9"),
+                                                             (8, "expected 10 fields, got 9")]
+
+
+# Lines of a damaged log: records, and what captures and damage put between them.
+_RECORD = st.builds(
+    lambda ts, cpu, tid, ev, lock, ns, pa, op: (
+        f"{ts} {cpu} {tid} {ev} {'pv' if ev in 'ARBS' else '-'} "
+        f"{hex(lock) if ev in 'ARBS' else '0'} {'w' if ev in 'ARBS' else '-'} {ns} "
+        f"{hex(pa) if pa else '0'} {op}"),
+    st.integers(0, 2**64 - 1), st.integers(0, 64), st.integers(0, 2**40),
+    st.sampled_from("AREX"), st.integers(1, 2**64 - 1), st.integers(0, 10**6),
+    st.integers(0, 2**52), st.sampled_from(["pmap_enter", "-", "NULL", "N/A"]))
+_OTHER = st.sampled_from([
+    "# k=v", "# pvtrace-log v1", "dtrace: 5 drops on CPU 1", "dtrace: 2 dynamic variable drops",
+    "1 2 3", "junk", "1 0 5 A pv 0x10 w 0 0x1000 op extra", "1 0 5 A pv 0xzz w 0 0x1000 op",
+    "1 0 5 A - 0x10 w 0 0x1000 op", "1 0 5 Q pv 0x10 w 0 0x1000 op", "1 -1 5 E - 0 - 0 0 op",
+    "1 0 5 E - 0 - -3 0 op", "1 0 5 A pv 0 w 0 0x1000 op", "1 0 5 P - 0 9k 0 0x1000 op",
+    "1 0 5 E - 0 - 0 0 op\x1b[1m", "1 0 5 E - 0 - 0 0 op\x00", "1 0 5 E - 0 - 0 0 op ",
+    " 1 0 5 E - 0 - 0 0 op", "1  0 5 E - 0 - 0 0 op", "1 0 5 E - 0 - 0 0",
+])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.one_of(_RECORD, _RECORD, _OTHER), min_size=1, max_size=40),
+       end=st.sampled_from(["\n", ""]), piece=st.integers(40, 400))
+def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece):
+    text = "# pvtrace-log v1\n" + "\n".join(lines) + end
+    with tempfile.TemporaryDirectory() as tmp, small_pieces(piece):
+        path = Path(tmp, "x.log")
+        path.write_text(text)
+        first, polars, _ = parse_both(path)
+    assert_same(first, polars)
