@@ -587,6 +587,7 @@ def _ordered(events, rows=None, recycle=False):
 
 
 def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
+    from pvtrace.ingest import order
 
     text = "# pvtrace-log v1\n" + "".join(
         f"{(i * 7919) % 50} {i % 4} {100 + i % 5} {'APRX'[i % 4]} {'-' if i % 4 % 2 else 'pv'} "
@@ -605,8 +606,19 @@ def test_ordered_arrow_matches_a_stable_polars_sort(tmp_path):
                 table = _ordered(frame, part_rows, recycle)
                 assert rows(pl.from_arrow(table)) == expect
                 assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
-    assert rows(pl.from_arrow(_ordered(events.sort("ts"), 64))) == rows(events.sort("ts"))
     assert _ordered(events.head(0)).num_rows == 0
+    # Rows in time order already: the numeric columns' parts are their chunks, sliced.
+    in_order = events.sort("ts", maintain_order=True)
+    in_order = pl.concat([in_order.slice(i, 37) for i in range(0, 400, 37)], rechunk=False)
+    for part_rows in (None, 7, 64):
+        table = _ordered(in_order, part_rows)
+        assert rows(pl.from_arrow(table)) == expect
+        assert "zzz" not in table.column("op").chunk(0).dictionary.to_pylist()
+    parts, _ = order.ordered_parts(in_order, 64)
+    first = next(parts)
+    assert first.column("ts").num_chunks == 1
+    assert (first.column("ts").chunk(0).buffers()[1].address
+            == in_order.get_column("ts").get_chunks()[0].to_arrow().buffers()[1].address)
 
 
 def test_recycled_parts_reuse_the_memory_of_the_part_before_last(monkeypatch):

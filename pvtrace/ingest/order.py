@@ -134,15 +134,23 @@ class _Group:
         return arrays, buffer
 
 
-def _gather_plan(events: pl.DataFrame) -> tuple[list[_Group], list[tuple[str, pl.Series]]]:
-    """The groups of columns the compiled gather takes, and the columns it cannot (with
-    nulls, or of another type: a polars gather takes them)."""
+def _gather_plan(events: pl.DataFrame, in_order: bool = False
+                 ) -> tuple[list[_Group], list[tuple[str, pl.Series]], list[str]]:
+    """The groups of columns the compiled gather takes, the columns it cannot (with nulls,
+    or of another type: a polars gather takes them), and, when the rows are ``in_order``
+    already, the numeric columns whose parts are slices of their chunks (no copy at all:
+    a gather of the 5 M-record bench log's in time order cost 0.45 s of CPU, most of it
+    moving numbers that were in place)."""
     groups: dict[tuple[tuple[int, ...], int], _Group] = {}
     bounds: dict[tuple[int, ...], np.ndarray] = {}    # one array per chunking (see _parts)
     others = []
+    sliced = []
     for col in events.iter_columns():
         if col.null_count() or not (col.dtype.is_numeric() or col.dtype == pl.Categorical):
             others.append((col.name, col))
+            continue
+        if in_order and col.dtype.is_numeric():
+            sliced.append(col.name)
             continue
         dictionary = lut = None
         if col.dtype == pl.Categorical:
@@ -165,7 +173,7 @@ def _gather_plan(events: pl.DataFrame) -> tuple[list[_Group], list[tuple[str, pl
         groups[key].add(col.name, chunks, dictionary, lut)
     for group in groups.values():
         group.seal()
-    return list(groups.values()), others
+    return list(groups.values()), others, sliced
 
 
 def category_codes(col: pl.Series) -> list[np.ndarray]:
@@ -204,7 +212,7 @@ def _parts(events: pl.DataFrame, rows: int, recycle: bool) -> Iterator[pa.Table]
     ts = events.get_column("ts")
     order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
     del ts
-    groups, others = _gather_plan(events)
+    groups, others, sliced = _gather_plan(events, in_order=order is None)
     names = events.columns
 
     def part(lo: int, hi: int, spare: list[np.ndarray] | None
@@ -231,6 +239,9 @@ def _parts(events: pl.DataFrame, rows: int, recycle: bool) -> Iterator[pa.Table]
             buffers.append(buffer)
         for name, col in others:
             arrays[name] = col.gather(idx).to_arrow()
+        for name in sliced:
+            arrays[name] = pa.chunked_array(
+                [c.to_arrow() for c in events.get_column(name).slice(lo, hi - lo).get_chunks()])
         return pa.Table.from_arrays([arrays[name] for name in names], names=names), buffers
 
     # The writer idles until the first part is gathered, so that one is small: the
