@@ -699,7 +699,14 @@ hex_tokens = st.one_of(
     .map(lambda zv: "0x" + "0" * zv[0] + format(zv[1], "x")),
     st.integers(2**64, 2**80).map(hex),
     st.text("0x+-Xfg9 ", max_size=24),
-    st.text(max_size=30))
+    st.text(max_size=30),
+    # 9 to 16 digits (decoded a word of 8 at a time) with one character replaced: the
+    # neighbours of the digit and letter ranges, control bytes, non-ASCII.
+    st.tuples(st.integers(2**32, 2**64 - 1), st.integers(0, 15),
+              st.one_of(st.sampled_from("/:@G`g\x10\x19\x7f\x80\xe9\u20ac\x00"),
+                        st.characters(exclude_categories=("Cs",))))
+    .map(lambda t: "0x" + (h := format(t[0], "x"))[:t[1] % len(h)] + t[2]
+         + h[t[1] % len(h) + 1:]))
 
 
 @settings(max_examples=200, deadline=None)
@@ -711,6 +718,11 @@ def test_property_hex_decoder_matches_the_slow_path(tokens):
                     rechunk=False)
     expected = col.to_frame().select(pvlog.hex_expr(pl.col("a"))).to_series()
     assert hexfield.decode(col).to_list() == expected.to_list()
+    # pyarrow's reader gives binary arrays (offsets into one buffer): decoded alike.
+    binary = pa.array([t if t is None else t.encode() for t in tokens], pa.binary())
+    for part in (binary, binary.slice(len(tokens) // 3)):
+        assert (hexfield.decode_arrow(part).to_pylist()
+                == expected.to_list()[len(tokens) - len(part):])
 
 
 def test_hex_decoder_exact_values():
