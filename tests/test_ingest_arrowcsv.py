@@ -140,3 +140,17 @@ def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece)
         path.write_text(text)
         first, polars, _ = parse_both(path)
     assert_same(first, polars)
+
+
+def test_a_file_that_cannot_be_mapped_is_read_by_polars(tmp_path, monkeypatch):
+    """Some file systems cannot map files into memory: polars' reader reads them."""
+    path = tmp_path / "x.log"
+    path.write_text(SPEC_LOG)
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+    monkeypatch.setattr(arrowcsv.mmap, "mmap", refuse)
+    first, polars, reader = parse_both(path)
+    assert reader == "polars"
+    assert_same(first, polars)
+    assert len(first.tables["events"]) == 6

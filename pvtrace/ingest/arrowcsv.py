@@ -71,7 +71,10 @@ def batches(path: Path, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray, i
         raise Unsure("empty file")
     workers = _workers()
     spans = _spans_of(path)
-    source = pa.memory_map(str(path))
+    try:
+        source = pa.memory_map(str(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise Unsure(f"cannot map the file: {exc}") from None
     first = 0                      # lines before the piece
     frames: list[pl.DataFrame] = []
     skipped: list[np.ndarray] = []
@@ -116,11 +119,14 @@ def _spans_of(path: Path) -> list[tuple[int, int]]:
     """The pieces :func:`batches` reads: (start, end) byte offsets. Raises :class:`Unsure`
     for a file holding a ``\\r``."""
     size = os.path.getsize(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm.find(b"\r") >= 0:
-            raise Unsure("carriage returns")
-        per_piece = size // (PIECES_PER_WORKER * _workers())
-        return _spans(mm, size, min(PIECE_BYTES, max(per_piece, MIN_PIECE_BYTES)))
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm.find(b"\r") >= 0:
+                raise Unsure("carriage returns")
+            per_piece = size // (PIECES_PER_WORKER * _workers())
+            return _spans(mm, size, min(PIECE_BYTES, max(per_piece, MIN_PIECE_BYTES)))
+    except (OSError, ValueError) as exc:     # a file system without mmap; the file emptied
+        raise Unsure(f"cannot map the file: {exc}") from None
 
 
 def _spans(mm: mmap.mmap, size: int, piece: int) -> list[tuple[int, int]]:
