@@ -81,16 +81,30 @@ def test_a_clean_log_is_read_by_pyarrow_in_pieces_with_its_line_numbers(tmp_path
     assert first.tables["diagnostics"]["line"].to_list() == [25]
 
 
+def test_the_blank_lines_dtrace_prints_keep_the_line_numbers(tmp_path):
+    """dtrace(1) prints a newline when tracing stops and, on an interrupt, another one
+    before the records it drains then: pyarrow reads such a log, blank lines numbered."""
+    lines = SPEC_LOG.splitlines()
+    text = "\n".join(lines[:7]) + "\n\n" + "\n".join(lines[7:]) + "\n\n"
+    path = tmp_path / "x.log"
+    path.write_text("\n" + text)
+    with small_pieces(60):
+        first, polars, reader = parse_both(path)
+    assert reader == "arrow"
+    assert_same(first, polars)
+    assert first.tables["events"]["line"].to_list() == [5, 6, 7, 8, 10, 11]
+    assert first.lines == 12 and first.problems == []
+
+
 @pytest.mark.parametrize("damage", [
     pytest.param(lambda t: t.replace("\n", "\r\n"), id="crlf"),
-    pytest.param(lambda t: t.replace("# ncpu=4\n", "# ncpu=4\n\n"), id="blank-line"),
     pytest.param(lambda t: t.replace("11000 1 102 B", "+11000 1 102 B"), id="plus-sign"),
     pytest.param(lambda t: t.replace("16000 1", "99999999999999999999 1"), id="65-bit"),
     pytest.param(lambda t: t + "\xff\xfe junk\n", id="invalid-utf8-in-a-skipped-line"),
     pytest.param(lambda t: t.replace(" pv ", " p\xffv ", 1), id="invalid-utf8-in-a-token"),
 ])
 def test_what_pyarrow_cannot_vouch_for_is_read_by_polars(tmp_path, capfd, damage):
-    """A ``\\r``, a blank line, a field pyarrow cannot type: polars reads the file, and
+    """A ``\\r``, a field pyarrow cannot type, invalid UTF-8: polars reads the file, and
     the user sees only its result (no "Exception ignored" from pyarrow's handler)."""
     path = tmp_path / "x.log"
     path.write_bytes(damage(SPEC_LOG).encode("latin-1"))    # "\xff": one byte, not UTF-8
@@ -126,15 +140,16 @@ _OTHER = st.sampled_from([
     "1 0 5 A - 0x10 w 0 0x1000 op", "1 0 5 Q pv 0x10 w 0 0x1000 op", "1 -1 5 E - 0 - 0 0 op",
     "1 0 5 E - 0 - -3 0 op", "1 0 5 A pv 0 w 0 0x1000 op", "1 0 5 P - 0 9k 0 0x1000 op",
     "1 0 5 E - 0 - 0 0 op\x1b[1m", "1 0 5 E - 0 - 0 0 op\x00", "1 0 5 E - 0 - 0 0 op ",
-    " 1 0 5 E - 0 - 0 0 op", "1  0 5 E - 0 - 0 0 op", "1 0 5 E - 0 - 0 0",
+    " 1 0 5 E - 0 - 0 0 op", "1  0 5 E - 0 - 0 0 op", "1 0 5 E - 0 - 0 0", "", "",
 ])
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.one_of(_RECORD, _RECORD, _OTHER), min_size=1, max_size=40),
-       end=st.sampled_from(["\n", ""]), piece=st.integers(40, 400))
-def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece):
-    text = "# pvtrace-log v1\n" + "\n".join(lines) + end
+       end=st.sampled_from(["\n", "", "\n\n", "\n\n\n"]), piece=st.integers(40, 400),
+       lead=st.sampled_from(["", "\n"]))
+def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece, lead):
+    text = lead + "# pvtrace-log v1\n" + "\n".join(lines) + end
     with tempfile.TemporaryDirectory() as tmp, small_pieces(piece):
         path = Path(tmp, "x.log")
         path.write_text(text)
