@@ -39,7 +39,8 @@ OPS = np.array(["pmap_enter", "pmap_remove_all", "pmap_enter_quick", "pmap_remov
 
 def generate(path: Path, records: int, seed: int = 1, temporal: bool = False) -> None:
     """Write ``records`` records: groups of E A P R X per operation, some with a B first; in
-    per-CPU order (dtrace's default), or in time order with ``temporal`` (``-x temporal``)."""
+    per-CPU order (dtrace's default), or in time order with ``temporal`` (``-x temporal``);
+    then the blank line dtrace ends its output with."""
     rng = np.random.default_rng(seed)
     n_ops = records // 5 + 1
     ncpu = 32
@@ -77,6 +78,7 @@ def generate(path: Path, records: int, seed: int = 1, temporal: bool = False) ->
         f.write("# pvtrace-log v1\n# ncpu=32\n# ndomains=2\n# timestamp0=1000000000\n")
     with open(path, "a") as f:
         hexed.write_csv(f, separator=" ", include_header=False, quote_style="never")
+        f.write("\n")     # dtrace(1) prints a newline when tracing stops: a blank last line
 
 
 def _hex(s: pl.Series) -> pl.Series:
