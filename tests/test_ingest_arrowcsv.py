@@ -39,25 +39,20 @@ def _unsure(*args, **kwargs):
 
 def parse_both(path: Path):
     """(parse with pyarrow's reader first, with polars' reader only, which reader read
-    the first parse: "arrow" or "polars")."""
-    calls = []
-    field_batches = pvlog._field_batches
-
-    def spy(*args):
-        calls.append(1)
-        return field_batches(*args)
-    with mock.patch.object(pvlog, "_field_batches", spy):
-        first = pvlog.parse(path, 0, "x.log")
+    the first parse: "pyarrow" or "polars", as metadata.json says)."""
+    first = pvlog.parse(path, 0, "x.log")
     with mock.patch.object(arrowcsv, "batches", _unsure):
         polars = pvlog.parse(path, 0, "x.log")
-    return first, polars, "polars" if calls else "arrow"
+    assert polars.meta["reader"] == {"name": "polars",
+                                     "pyarrow_gave_up": "test: polars' reader only"}
+    return first, polars, first.meta["reader"]["name"]
 
 
 def assert_same(a, b):
     assert rows(a.tables["events"]) == rows(b.tables["events"])
     assert a.problems == b.problems
     assert a.lines == b.lines and a.records == b.records
-    assert a.meta == b.meta
+    assert {**a.meta, "reader": None} == {**b.meta, "reader": None}
     assert a.tables["diagnostics"].equals(b.tables["diagnostics"])
 
 
@@ -73,7 +68,7 @@ def test_a_clean_log_is_read_by_pyarrow_in_pieces_with_its_line_numbers(tmp_path
     with small_pieces():
         assert len(arrowcsv._spans_of(path)) > 10
         first, polars, reader = parse_both(path)
-    assert reader == "arrow"
+    assert reader == "pyarrow"
     assert_same(first, polars)
     lines = first.tables["events"]["line"].to_list()
     assert lines == [*range(4, 10), *range(10, 25), *range(26, 41), *range(42, 52)]
@@ -90,7 +85,7 @@ def test_the_blank_lines_dtrace_prints_keep_the_line_numbers(tmp_path):
     path.write_text("\n" + text)
     with small_pieces(60):
         first, polars, reader = parse_both(path)
-    assert reader == "arrow"
+    assert reader == "pyarrow"
     assert_same(first, polars)
     assert first.tables["events"]["line"].to_list() == [5, 6, 7, 8, 10, 11]
     assert first.lines == 12 and first.problems == []
@@ -109,7 +104,7 @@ def test_what_pyarrow_cannot_vouch_for_is_read_by_polars(tmp_path, capfd, damage
     path = tmp_path / "x.log"
     path.write_bytes(damage(SPEC_LOG).encode("latin-1"))    # "\xff": one byte, not UTF-8
     first, polars, reader = parse_both(path)
-    assert reader == "polars"
+    assert reader == "polars" and first.meta["reader"]["pyarrow_gave_up"]
     assert_same(first, polars)
     assert capfd.readouterr().err == ""
 
@@ -119,7 +114,7 @@ def test_an_empty_field_is_not_a_token(tmp_path):
     path = tmp_path / "x.log"
     path.write_text(SPEC_LOG.replace(" A pv ", " A  "))
     first, polars, reader = parse_both(path)
-    assert reader == "arrow"
+    assert reader == "pyarrow"
     assert_same(first, polars)
     assert [(p.line, p.reason) for p in first.problems] == [(5, "expected 10 fields, got 9"),
                                                              (8, "expected 10 fields, got 9")]
@@ -166,6 +161,22 @@ def test_a_file_that_cannot_be_mapped_is_read_by_polars(tmp_path, monkeypatch):
         raise OSError(19, "No such device")
     monkeypatch.setattr(arrowcsv.mmap, "mmap", refuse)
     first, polars, reader = parse_both(path)
-    assert reader == "polars"
+    assert first.meta["reader"] == {"name": "polars",
+                                    "pyarrow_gave_up": "cannot map the file: [Errno 19] No "
+                                                       "such device"}
     assert_same(first, polars)
     assert len(first.tables["events"]) == 6
+
+
+def test_metadata_names_the_reader_of_each_input_and_why_pyarrow_gave_up(tmp_path):
+    import json
+
+    from pvtrace.ingest import run_ingest
+
+    (tmp_path / "a.log").write_text(SPEC_LOG)
+    other = SPEC_LOG.replace(" 101 ", " 201 ").replace(" 102 ", " 202 ")  # other threads
+    (tmp_path / "b.log").write_bytes(other.replace("\n", "\r\n").encode())
+    run_ingest([str(tmp_path / "a.log"), str(tmp_path / "b.log")], str(tmp_path / "out"))
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert [i["reader"] for i in meta["inputs"]] == [
+        {"name": "pyarrow"}, {"name": "polars", "pyarrow_gave_up": "carriage returns"}]

@@ -63,7 +63,7 @@ def test_spec_example(tmp_path):
     assert meta["inputs"][0] | {"path": None} == {
         "path": None, "format": "pvlog", "compression": None, "lines": 9, "records": 6,
         "malformed": 0, "cut_off": 0, "capture": {"ncpu": "4", "ndomains": "1"},
-        "log_version": "v1"}
+        "log_version": "v1", "reader": {"name": "pyarrow"}}
     assert meta["counts"] == {"ev": {"A": 2, "R": 2, "B": 1, "E": 1},
                               "cls": {"pv": 5, "-": 1}, "op": {"pmap_enter": 6}}
     assert meta["time"] == {"first_ts": 1000, "last_ts": 16000, "duration_ns": 15000}
@@ -552,6 +552,10 @@ def test_slow_path_for_everything_gives_the_same_result(tmp_path, monkeypatch):
     assert [r[:10] for r in rows(fast.tables["events"])] == [r[:10] for r in SPEC_ROWS]
     assert slow.problems == fast.problems and slow.lines == fast.lines == 11
     assert slow.tables["diagnostics"].equals(fast.tables["diagnostics"])
+    # pyarrow cannot type "1000\t0": polars' reader reads the file, and the user is told why
+    fast_reader, slow_reader = fast.meta.pop("reader"), slow.meta.pop("reader")
+    assert fast_reader["name"] == "polars" and slow_reader["name"] == "line by line"
+    assert "1000\t0" in fast_reader["pyarrow_gave_up"]
     assert slow.meta == fast.meta
 
 

@@ -589,9 +589,10 @@ def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> 
 
     Keys: ``pvtrace_version``, ``ingested_at`` (UTC), ``inputs`` (per input: path, format,
     compression, lines, records, malformed, cut_off, capture facts, log_version, captures when
-    one file holds several), ``capture`` (``# key=value`` facts, first value wins), ``records``,
-    ``time`` (first_ts, last_ts, duration_ns), ``threads``, ``cpus`` (count, ids), ``counts``
-    (records per ev / cls / op), ``drops`` (per_cpu, total, dynvar_drops, aggregation_drops),
+    one file holds several, ``reader``: the event-log reader that read it and why pyarrow's
+    gave up), ``capture`` (``# key=value`` facts, first value wins), ``records``, ``time``
+    (first_ts, last_ts, duration_ns), ``threads``, ``cpus`` (count, ids), ``counts`` (records
+    per ev / cls / op), ``drops`` (per_cpu, total, dynvar_drops, aggregation_drops),
     ``diagnostics`` (lines per kind), ``problems`` (totals per kind, the first 100 in full),
     ``layout`` (effective, detected, evidence, source), ``warnings``.
     """
@@ -607,7 +608,8 @@ def _metadata(result: IngestResult, parsed: list[Parsed], started: datetime) -> 
              "lines": s.lines, "records": s.records, "malformed": s.malformed,
              "cut_off": s.cut_off, "capture": s.capture,
              **({"log_version": r.meta["log_version"]} if "log_version" in r.meta else {}),
-             **({"captures": r.meta["captures"]} if "captures" in r.meta else {})}
+             **({"captures": r.meta["captures"]} if "captures" in r.meta else {}),
+             **({"reader": r.meta["reader"]} if r.meta.get("reader") else {})}
             for s, r in zip(result.inputs, parsed)],
         "capture": capture,
         "records": result.records,

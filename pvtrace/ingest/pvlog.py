@@ -81,12 +81,14 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parse
              and os.path.getsize(path) > ONE_BATCH_BYTES else None)
     if spill is not None:
         spill.mkdir(exist_ok=True)    # one directory per input: their batch files never meet
-    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill)
+    reader: dict[str, str] = {}
+    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill, reader)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
         # The two readers disagree on the lines, or most lines need the slow path (a log
         # with tabs, say): stream every line through the slow path instead.
         progress.stage(f"parsing {name} line by line", n_lines)
+        reader["name"] = "line by line"
         parts = [_slow(_numbered(lines, first)) for first, lines in _line_batches(path, name)]
     else:
         events = pl.concat(fast) if len(fast) != 1 else fast[0]
@@ -94,10 +96,13 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parse
         if slow.events.height:  # keep line order: the ingest's stable sort by ts relies on it
             events = pl.concat([events, slow.events]).sort("line")
         parts = [_Batch(events, slow.bad, slow.meta, slow.diag)]
-    return _assemble(parts, src, name, n_lines, _ends_with_newline(path))
+    parsed = _assemble(parts, src, name, n_lines, _ends_with_newline(path))
+    parsed.meta["reader"] = reader
+    return parsed
 
 
-def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None
+def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
+               reader_used: dict[str, str] | None = None
                ) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
     lines read); lines read is -1 when the fast reader failed (the slow path takes over).
@@ -107,8 +112,12 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None
     first insists on valid UTF-8, which is much cheaper than replacing invalid bytes (that
     decodes the whole file into a copy before the read); only a file that does hold invalid
     bytes is read again with them replaced. Progress: the stage ``what``, in ``lines``.
-    With ``spill`` (a directory), each batch's records are spilled there.
+    With ``spill`` (a directory), each batch's records are spilled there. ``reader_used``
+    gets the reader that read the file (``name``: ``pyarrow`` or ``polars``) and, when
+    pyarrow gave up, why (``pyarrow_gave_up``): a log read twice takes longer, and the
+    user can see why in metadata.json.
     """
+    used = reader_used if reader_used is not None else {}
     for reader in ("arrow", "utf8", "utf8-lossy"):
         progress.stage(what if reader != "utf8-lossy"
                        else f"{what} (invalid UTF-8 replaced)", lines)
@@ -126,12 +135,17 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None
                                if len(skipped) else refused_rows)
                 seen += height
                 progress.advance(height)
-        except (pl.exceptions.PolarsError, arrowcsv.Unsure):
+        except (pl.exceptions.PolarsError, arrowcsv.Unsure) as exc:
             _drop_spilled(fast, spill, reader)
+            if reader == "arrow":
+                used["pyarrow_gave_up"] = str(exc).splitlines()[0][:200]
             continue
-        if reader == "arrow" and seen != lines:    # blank lines: polars numbers them
+        if reader == "arrow" and seen != lines:    # the readers disagree on the lines
             _drop_spilled(fast, spill, reader)
+            used["pyarrow_gave_up"] = (f"pyarrow read {seen:,} lines where the file has "
+                                       f"{lines:,}")
             continue
+        used["name"] = "pyarrow" if reader == "arrow" else "polars"
         return fast or [_empty_events()], refused, seen
     return [], [], -1
 
