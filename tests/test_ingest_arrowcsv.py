@@ -183,3 +183,32 @@ def test_metadata_names_the_reader_of_each_input_and_why_pyarrow_gave_up(tmp_pat
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert [i["reader"] for i in meta["inputs"]] == [
         {"name": "pyarrow"}, {"name": "polars", "pyarrow_gave_up": "carriage returns"}]
+
+
+def test_a_failed_spill_leaves_no_reader_thread_behind(tmp_path, monkeypatch):
+    """The reader's pieces are read on a thread pool held by a generator: abandoned when a
+    batch cannot be spilled (a full disk), it is closed at once, not left to the garbage
+    collector (which may run it in any thread, where joining threads can deadlock)."""
+    import gc
+    import threading
+
+    from pvtrace.errors import PvtraceError
+
+    path = tmp_path / "x.log"
+    path.write_text(SPEC_LOG + "".join(f"{20000 + i} 0 103 E - 0 - 0 0 op\n"
+                                       for i in range(200)))
+    monkeypatch.setattr(pvlog, "ONE_BATCH_BYTES", 0)
+    monkeypatch.setattr(pvlog, "BATCH_ROWS", 20)
+
+    def full(frame, file, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
+    (tmp_path / "scratch").mkdir()
+    before = set(threading.enumerate())
+    gc.disable()
+    try:
+        with small_pieces(200), pytest.raises(PvtraceError, match="No space left"):
+            pvlog.parse(path, 0, "x.log", scratch=tmp_path / "scratch")
+        assert set(threading.enumerate()) - before == set()
+    finally:
+        gc.enable()

@@ -34,6 +34,7 @@ malformed. Records are NOT sorted by time here (they stay in line order);
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -124,8 +125,9 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
         fast: list[pl.DataFrame] = []
         refused: list[pl.Series] = []
         seen = 0
+        batches = _typed_batches(path, reader)
         try:
-            for typed, skipped, height in _typed_batches(path, reader):
+            for typed, skipped, height in batches:
                 events, refused_rows = _fast(typed)
                 del typed
                 if spill is not None:
@@ -140,6 +142,11 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
             if reader == "arrow":
                 used["pyarrow_gave_up"] = str(exc).splitlines()[0][:200]
             continue
+        finally:
+            # Now, in this thread, however the loop ended: the reader's generator holds a
+            # thread pool, and one finalized later by the garbage collector, in any thread,
+            # can deadlock (see bundle.close_iterator).
+            batches.close()
         if reader == "arrow" and seen != lines:    # the readers disagree on the lines
             _drop_spilled(fast, spill, reader)
             used["pyarrow_gave_up"] = (f"pyarrow read {seen:,} lines where the file has "
@@ -163,8 +170,9 @@ def _typed_batches(path: Path, reader: str):
     lines in the batch) per batch, from :mod:`.arrowcsv` or :func:`_field_batches`."""
     if reader == "arrow":
         rows = BATCH_ROWS if os.path.getsize(path) > ONE_BATCH_BYTES else 1 << 62
-        for typed, skipped, height in arrowcsv.batches(path, rows):
-            yield typed.with_columns(_valid().alias("ok")), skipped, height
+        with contextlib.closing(arrowcsv.batches(path, rows)) as batches:
+            for typed, skipped, height in batches:
+                yield typed.with_columns(_valid().alias("ok")), skipped, height
     else:
         for typed in _field_batches(path, reader):
             yield typed, _NO_ROWS, typed.height
