@@ -306,18 +306,20 @@ def test_lock_moves_between_pages():
     assert obm["makespan_ns"] == 4000     # 101 ends at 5000, 102 at 3000
 
 
-def test_superpage_run():
-    # 102 holds page 0x203000 of frame 1 500..1500. 101 takes frame 1 (waiting 500 ns in the
-    # capture), then promotes: P 2m at 1600, release at 2500.
-    lk = h(PV_SP + 64)
-    text = f"""
-500 1 102 A pv {lk} w 0 0x203000 pmap_enter
-1500 1 102 R pv {lk} w 0 0x203000 pmap_enter
-1500 0 101 B pv {lk} w 500 0x200000 pmap_promote_pde
-1500 0 101 A pv {lk} w 0 0x200000 pmap_promote_pde
+# 102 holds page 0x203000 of frame 1 500..1500. 101 takes frame 1 (waiting 500 ns in the
+# capture), then promotes: P 2m at 1600, release at 2500.
+SUPERPAGE_RUN = f"""
+500 1 102 A pv {h(PV_SP + 64)} w 0 0x203000 pmap_enter
+1500 1 102 R pv {h(PV_SP + 64)} w 0 0x203000 pmap_enter
+1500 0 101 B pv {h(PV_SP + 64)} w 500 0x200000 pmap_promote_pde
+1500 0 101 A pv {h(PV_SP + 64)} w 0 0x200000 pmap_promote_pde
 1600 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
-2500 0 101 R pv {lk} w 0 0x200000 pmap_promote_pde
+2500 0 101 R pv {h(PV_SP + 64)} w 0 0x200000 pmap_promote_pde
 """
+
+
+def test_superpage_run():
+    text = SUPERPAGE_RUN
     stock = replay(text, "stock")
     # stock: one lock per frame; pages 0x200000 and 0x203000 differ: a false block
     assert stock["acquisitions"] == 2 and stock["waits"] == [0, 500]
@@ -1145,18 +1147,10 @@ def test_a_hash_size_that_is_not_a_power_of_two():
 def test_wait_percentiles_count_a_runs_page_locks():
     # Under OBM 101 takes its page, then at the P 2m its frame's 512 page locks (2 of them
     # executed): 514 acquisitions with 102's, none waits, and the percentiles and the
-    # histogram are over all 514 (SPEC 3).
+    # histogram are over all 514 (SPEC 3). The capture of test_superpage_run.
     from hdrh.histogram import HdrHistogram
 
-    lk = h(PV_SP + 64)
-    text = f"""
-500 1 102 A pv {lk} w 0 0x203000 pmap_enter
-1500 1 102 R pv {lk} w 0 0x203000 pmap_enter
-1500 0 101 B pv {lk} w 500 0x200000 pmap_promote_pde
-1500 0 101 A pv {lk} w 0 0x200000 pmap_promote_pde
-1600 0 101 P - 0 2m 0 0x200000 pmap_promote_pde
-2500 0 101 R pv {lk} w 0 0x200000 pmap_promote_pde
-"""
+    text = SUPERPAGE_RUN
     r = engine(text, "obm")
     assert r["acquisitions"] == 514
     assert r["wait_percentiles_ns"]["p99"] == 0
