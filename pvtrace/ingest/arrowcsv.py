@@ -110,7 +110,7 @@ def batches(path: Path, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray, i
     finally:
         for future in queue:
             future.cancel()
-    if frames or not first:
+    if frames:      # a file of one byte or more has a piece, so a frame (maybe empty)
         yield _batch(frames, skipped, lines)
 
 
@@ -240,14 +240,8 @@ def _typed(table: pa.Table, numbers: list[int | None], lines: int, blanks: np.nd
 
 def _batch(frames: list[pl.DataFrame], skipped: list[np.ndarray], lines: int
            ) -> tuple[pl.DataFrame, np.ndarray, int]:
-    frame = (pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0] if frames
-             else pl.DataFrame(schema={**dict(zip(RECORD_FIELDS, _POLARS_TYPES)),
-                                       "line": pl.UInt64}))
-    return frame, (np.concatenate(skipped) if skipped else np.zeros(0, np.uint64)), lines
-
-
-_POLARS_TYPES = (pl.UInt64, pl.Int32, pl.Int64, pl.Categorical, pl.Categorical, pl.UInt64,
-                 pl.Categorical, pl.Int64, pl.UInt64, pl.Categorical)
+    frame = pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
+    return frame, np.concatenate(skipped), lines
 
 
 @contextmanager
