@@ -139,8 +139,19 @@ class Parts:
     first: pa.Table
 
 
+@dataclass(frozen=True)
+class Written:
+    """A table already written as a Parquet file of ``rows`` rows, outside the bundle (by
+    :func:`open_part_writer`, which conforms it to its schema): :func:`write_bundle` moves
+    it into place. The ingest writes the events of a log in time order so, while it parses
+    the log (:mod:`pvtrace.ingest.stream`)."""
+
+    path: Path
+    rows: int
+
+
 def write_bundle(out_dir: str | os.PathLike,
-                 tables: dict[str, pl.DataFrame | pa.Table | Parts],
+                 tables: dict[str, pl.DataFrame | pa.Table | Parts | Written],
                  metadata: dict[str, Any] | Callable[[], dict[str, Any]], *,
                  force: bool = False) -> Path:
     """Write ``tables`` (each conformed to its schema) and ``metadata`` to ``out_dir`` atomically.
@@ -167,6 +178,9 @@ def write_bundle(out_dir: str | os.PathLike,
             path = tmp / f"{name}.parquet"
             if isinstance(data, Parts):
                 rows = _write_parts(data, name, path)
+            elif isinstance(data, Written):
+                shutil.move(data.path, path)    # a rename: the ingest's scratch is a sibling
+                rows = data.rows
             else:
                 table = schemas.conform(data, name)
                 _write_parquet(table, path)
@@ -193,7 +207,7 @@ def write_bundle(out_dir: str | os.PathLike,
     return out
 
 
-def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """pyarrow writer options for ``schema``: per column an encoding and a codec (see above)."""
     names = set(schema.names)
     dict_cols = [f.name for f in schema
@@ -215,7 +229,15 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, **_parquet_options(table.schema))
+    pq.write_table(table, path, **parquet_options(table.schema))
+
+
+def open_part_writer(path: Path, name: str, part: pa.Table) -> pq.ParquetWriter:
+    """A Parquet writer of table ``name`` at ``path``, with the schema and options
+    :func:`write_bundle` gives it, for parts like ``part`` (each conformed to the schema
+    with :func:`pvtrace.schemas.conform` and written as a row group)."""
+    schema = schemas.conform(part.slice(0, 0), name).schema
+    return pq.ParquetWriter(path, schema, **parquet_options(schema))
 
 
 def close_iterator(iterator: Iterator[Any]) -> None:
@@ -238,7 +260,7 @@ def _write_parts(data: Parts, name: str, path: Path) -> int:
     rows = 0
     parts = data.parts
     try:
-        with pq.ParquetWriter(path, first.schema, **_parquet_options(first.schema)) as writer:
+        with pq.ParquetWriter(path, first.schema, **parquet_options(first.schema)) as writer:
             for part in parts:
                 table = schemas.conform(part, name)
                 writer.write_table(table, row_group_size=max(table.num_rows, 1))

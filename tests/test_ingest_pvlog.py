@@ -63,7 +63,7 @@ def test_spec_example(tmp_path):
     assert meta["inputs"][0] | {"path": None} == {
         "path": None, "format": "pvlog", "compression": None, "lines": 9, "records": 6,
         "malformed": 0, "cut_off": 0, "capture": {"ncpu": "4", "ndomains": "1"},
-        "log_version": "v1", "reader": {"name": "pyarrow"}}
+        "log_version": "v1", "reader": {"name": "pyarrow", "events_written": "while parsing"}}
     assert meta["counts"] == {"ev": {"A": 2, "R": 2, "B": 1, "E": 1},
                               "cls": {"pv": 5, "-": 1}, "op": {"pmap_enter": 6}}
     assert meta["time"] == {"first_ts": 1000, "last_ts": 16000, "duration_ns": 15000}

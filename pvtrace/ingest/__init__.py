@@ -19,7 +19,9 @@
 Steps 4 to 7 overlap: the events go to Arrow in time order one row group at a time
 (:mod:`.order`, compiled, in a thread) while pyarrow encodes the previous one, and the facts
 for the summary and ``metadata.json`` (step 5 included) are computed from the unsorted frame
-meanwhile.
+meanwhile. A single event log that is in time order already (``dtrace -x temporal``) skips
+step 4: its events are written while it is parsed (:mod:`.stream`), and the sort is only the
+fallback when the stream gives up.
 
 Several event logs in one call are merged into one trace. They are taken to be pieces of ONE
 capture (for example split files, or per-CPU files) when they agree on ``# timestamp0=``;
@@ -30,6 +32,7 @@ threads (or different boots) that the replay would mistake for one.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import importlib
 import tempfile
@@ -51,6 +54,7 @@ from pvtrace.errors import PvtraceError
 from pvtrace.ingest import detect, layout as layouts, order
 from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
 from pvtrace.ingest.source import open_source
+from pvtrace.ingest.stream import EventStream
 
 PARSERS: dict[Format, str] = {
     Format.PVLOG: "pvtrace.ingest.pvlog",
@@ -144,7 +148,17 @@ def run_ingest(inputs: list[str], out: str, *, layout: str | None = None, max_ba
 
 def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_bad: int,
             force: bool, started: datetime) -> IngestResult:
+    with contextlib.ExitStack() as stack:
+        return _ingest_in(stack, inputs, out, scratch, layout, max_bad, force, started)
+
+
+def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch: Path,
+               layout: str | None, max_bad: int, force: bool, started: datetime
+               ) -> IngestResult:
     parsed: list[tuple[Parsed, InputSummary]] = []
+    # One event log: its records are written while it is parsed, if they come in time
+    # order (:mod:`.stream`); else, as for several inputs, sorted once all are parsed.
+    streamed: bundle.Written | None = None
     extra_problems: list[Problem] = []
     seen: dict[tuple[int, bytes, bytes], tuple[str, Path]] = {}
     for src, arg in enumerate(inputs):
@@ -162,8 +176,16 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             if fmt is not Format.PVLOG:   # the event-log parser announces its line count
                 progress.stage(f"parsing {source.name}")
             # An event log too big to parse in one go spills its records to scratch.
-            extra = {"scratch": scratch} if fmt is Format.PVLOG else {}
+            extra: dict[str, Any] = {"scratch": scratch} if fmt is Format.PVLOG else {}
+            if fmt is Format.PVLOG and len(inputs) == 1:
+                extra["stream"] = stack.enter_context(EventStream(
+                    scratch / "events.parquet", src, _RepeatCheck([source.name])))
             one = _parser(fmt, source.name).parse(source.path, src, source.name, **extra)
+            if "stream" in extra:
+                streamed = extra["stream"].finish(one.records)
+                one.meta.setdefault("reader", {})["events_written"] = (
+                    "while parsing" if streamed is not None
+                    else f"after sorting: {extra['stream'].gave_up}")
         totals = _totals(one)
         if source.trailing:
             extra_problems.append(Problem(
@@ -205,7 +227,9 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
 
     tables: dict[str, Any] = _merge_tables([r for r, _ in parsed])
     events = tables.get("events")
-    if events is not None:
+    if streamed is not None and events is not None and streamed.rows == events.height:
+        tables["events"] = streamed    # in time order, written while it was parsed
+    elif events is not None:
         # Put into time order as Arrow (what the bundle writes), one row group at a time, so
         # that no sorted copy of a big capture ever exists whole ...
         tables["events"] = _ordered_parts(events, recycle=True,
@@ -232,7 +256,7 @@ def _ingest(inputs: list[str], out: str, scratch: Path, layout: str | None, max_
             facts.set_exception(exc)   # the writer gives up and removes its temporary files
             raise
         written.result()
-    result.tables = {name: t.rows if isinstance(t, bundle.Parts) else t.height
+    result.tables = {name: t.rows if isinstance(t, (bundle.Parts, bundle.Written)) else t.height
                      for name, t in tables.items()}
     return result
 

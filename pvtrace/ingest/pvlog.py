@@ -38,7 +38,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -48,6 +48,9 @@ from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import arrowcsv, hexfield
 from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
+
+if TYPE_CHECKING:
+    from pvtrace.ingest.stream import EventStream
 
 LOG_MAJOR = 1                        # the event-log major version this module reads
 ONE_BATCH_BYTES = 512 * 1024 * 1024  # larger files are streamed in batches ...
@@ -73,19 +76,25 @@ _DTRACE_KINDS: list[tuple[str, str, int | None, int | None]] = [
 ]
 
 
-def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parsed:
+def parse(path: Path, src: int, name: str, scratch: Path | None = None,
+          stream: EventStream | None = None) -> Parsed:
     """Parse the plain-text event log at ``path`` (input number ``src``, shown as ``name``).
     A log read in batches (bigger than ONE_BATCH_BYTES) spills each batch's records to an
-    Arrow file in ``scratch``, when given, and returns them memory-mapped from there."""
+    Arrow file in ``scratch``, when given, and returns them memory-mapped from there. With
+    ``stream``, the records are handed to it as they are read (by pyarrow's reader, the one
+    that reads pieces in line order); the stream is told to give up when they are not all
+    it gets, in line order (see :mod:`.stream`)."""
     n_lines = _count_lines(path, name)
     spill = (scratch / f"input-{src}" if scratch is not None
              and os.path.getsize(path) > ONE_BATCH_BYTES else None)
     if spill is not None:
         spill.mkdir(exist_ok=True)    # one directory per input: their batch files never meet
     reader: dict[str, str] = {}
-    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill, reader)
+    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill, reader, stream)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
+        if stream is not None:
+            stream.give_up("the log was read line by line")
         # The two readers disagree on the lines, or most lines need the slow path (a log
         # with tabs, say): stream every line through the slow path instead.
         progress.stage(f"parsing {name} line by line", n_lines)
@@ -96,6 +105,8 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parse
         slow = _slow(_refused_lines(path, name, rows))
         if slow.events.height:  # keep line order: the ingest's stable sort by ts relies on it
             events = pl.concat([events, slow.events]).sort("line")
+            if stream is not None:
+                stream.give_up("records read from lines the first reader refused")
         parts = [_Batch(events, slow.bad, slow.meta, slow.diag)]
     parsed = _assemble(parts, src, name, n_lines, _ends_with_newline(path))
     parsed.meta["reader"] = reader
@@ -103,7 +114,7 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None) -> Parse
 
 
 def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
-               reader_used: dict[str, str] | None = None
+               reader_used: dict[str, str] | None = None, stream: EventStream | None = None
                ) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
     lines read); lines read is -1 when the fast reader failed (the slow path takes over).
@@ -116,7 +127,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
     With ``spill`` (a directory), each batch's records are spilled there. ``reader_used``
     gets the reader that read the file (``name``: ``pyarrow`` or ``polars``) and, when
     pyarrow gave up, why (``pyarrow_gave_up``): a log read twice takes longer, and the
-    user can see why in metadata.json.
+    user can see why in metadata.json. ``stream`` gets pyarrow's records piece by piece
+    (:mod:`.stream`), and is told to give up when another reader takes over.
     """
     used = reader_used if reader_used is not None else {}
     for reader in ("arrow", "utf8", "utf8-lossy"):
@@ -125,18 +137,36 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
         fast: list[pl.DataFrame] = []
         refused: list[pl.Series] = []
         seen = 0
-        batches = _typed_batches(path, reader)
+        streamed = stream if reader == "arrow" else None
+        if stream is not None and streamed is None:
+            stream.give_up("pyarrow's reader gave up on the log")
+        # With a stream, pyarrow's reader hands over every piece it reads; the records are
+        # spilled (when they are) in batches of BATCH_ROWS all the same.
+        held: list[pl.DataFrame] = []
+        batches = _typed_batches(path, reader, by_piece=streamed is not None)
         try:
             for typed, skipped, height in batches:
                 events, refused_rows = _fast(typed)
                 del typed
+                if streamed is not None:
+                    streamed.add(events)
                 if spill is not None:
-                    events = _spilled(events, spill / f"{reader}-{len(fast)}.arrow")
-                fast.append(events)
+                    held.append(events)
+                    if streamed is None or sum(f.height for f in held) >= BATCH_ROWS:
+                        fast.append(_spilled(pl.concat(held, rechunk=False),
+                                             spill / f"{reader}-{len(fast)}.arrow"))
+                        held = []
+                else:
+                    fast.append(events)
+                del events
                 refused.append(pl.concat([pl.Series(skipped), refused_rows]).sort()
                                if len(skipped) else refused_rows)
                 seen += height
                 progress.advance(height)
+            if held:
+                fast.append(_spilled(pl.concat(held, rechunk=False),
+                                     spill / f"{reader}-{len(fast)}.arrow"))
+                held = []
         except (pl.exceptions.PolarsError, arrowcsv.Unsure) as exc:
             _drop_spilled(fast, spill, reader)
             if reader == "arrow":
@@ -149,6 +179,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
             batches.close()
         if reader == "arrow" and seen != lines:    # the readers disagree on the lines
             _drop_spilled(fast, spill, reader)
+            if stream is not None:
+                stream.give_up("pyarrow's reader gave up on the log")
             used["pyarrow_gave_up"] = (f"pyarrow read {seen:,} lines where the file has "
                                        f"{lines:,}")
             continue
@@ -165,11 +197,13 @@ def _drop_spilled(fast: list[pl.DataFrame], spill: Path | None, reader: str) -> 
             file.unlink(missing_ok=True)
 
 
-def _typed_batches(path: Path, reader: str):
+def _typed_batches(path: Path, reader: str, by_piece: bool = False):
     """(typed records with ``ok`` and ``line``, 0-based rows of lines the reader skipped,
-    lines in the batch) per batch, from :mod:`.arrowcsv` or :func:`_field_batches`."""
+    lines in the batch) per batch, from :mod:`.arrowcsv` (``by_piece``: a batch per piece
+    it reads) or :func:`_field_batches`."""
     if reader == "arrow":
-        rows = BATCH_ROWS if os.path.getsize(path) > ONE_BATCH_BYTES else 1 << 62
+        rows = (1 if by_piece else BATCH_ROWS if os.path.getsize(path) > ONE_BATCH_BYTES
+                else 1 << 62)
         with contextlib.closing(arrowcsv.batches(path, rows)) as batches:
             for typed, skipped, height in batches:
                 yield typed.with_columns(_valid().alias("ok")), skipped, height

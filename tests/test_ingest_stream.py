@@ -1,0 +1,191 @@
+"""Event logs already in time order: their events are written while they are parsed
+(pvtrace.ingest.stream), into the same bundle as the sort would write; anything else is
+sorted as before."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pvtrace import bundle
+from pvtrace.errors import PvtraceError
+from pvtrace.ingest import arrowcsv, run_ingest, stream
+
+HEADER = "# pvtrace-log v1\n# ncpu=4\n# ndomains=1\n"
+LOCK = "0xfffff80001000040"
+
+
+def record(ts: int, cpu: int, tid: int, ev: str = "A", ns: int = 0) -> str:
+    cls, lock, mode = ("pv", LOCK, "w") if ev in "ARBS" else ("-", "0", "-")
+    return f"{ts} {cpu} {tid} {ev} {cls} {lock} {mode} {ns} 0x{0x200000 + tid * 4096:x} op{tid}\n"
+
+
+def temporal(n: int = 120) -> str:
+    """``n`` records in time order, A and R in turn on three threads and CPUs."""
+    return "".join(record(1000 + 10 * i, i % 3, 100 + i % 3, "AR"[i // 3 % 2])
+                   for i in range(n))
+
+
+@pytest.fixture
+def pieces(monkeypatch):
+    """pyarrow's reader reads the log in pieces of about 400 bytes (several row groups)."""
+    monkeypatch.setattr(arrowcsv, "PIECE_BYTES", 400)
+    monkeypatch.setattr(arrowcsv, "MIN_PIECE_BYTES", 1)
+
+
+def ingest(tmp_path: Path, text: str, name: str = "bundle", **kw) -> tuple[Path, dict]:
+    log = tmp_path / f"{name}.log"
+    log.write_text(text)
+    out = tmp_path / name
+    run_ingest([str(log)], str(out), **kw)
+    return out, json.loads((out / "metadata.json").read_text())
+
+
+def sorted_path(tmp_path: Path, text: str, monkeypatch) -> Path:
+    """The bundle the sort writes for ``text`` (the stream gives up at once)."""
+    with monkeypatch.context() as m:
+        m.setattr(stream.EventStream, "add", lambda self, events: self.give_up("test"))
+        out, meta = ingest(tmp_path, text, "sorted")
+    assert meta["inputs"][0]["reader"]["events_written"] == "after sorting: test"
+    return out
+
+
+def events(out: Path) -> pl.DataFrame:
+    df = pl.read_parquet(out / "events.parquet")
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def written(meta: dict) -> str:
+    return meta["inputs"][0]["reader"]["events_written"]
+
+
+def test_a_log_in_time_order_is_written_while_parsed(tmp_path, pieces, monkeypatch):
+    text = HEADER + temporal()
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == "while parsing"
+    assert meta["tables"]["events"]["rows"] == 120
+    file = pq.ParquetFile(out / "events.parquet")
+    assert file.metadata.num_row_groups > 3             # a row group per piece
+    reference = sorted_path(tmp_path, text, monkeypatch)
+    assert events(out).equals(events(reference))        # values, types, order, lines
+    assert file.schema_arrow.equals(pq.read_schema(reference / "events.parquet"),
+                                    check_metadata=True)
+    assert events(out)["line"].to_list() == list(range(4, 124))
+    # nothing left behind: the scratch directory (and the stream's file) is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.log", "sorted",
+                                                          "sorted.log"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("pvtrace-stream")]
+
+
+def test_a_log_by_cpu_buffers_is_sorted(tmp_path, pieces, monkeypatch):
+    # as dtrace prints without -x temporal: CPU 0's records, then CPU 1's from the start
+    lines = temporal().splitlines(keepends=True)
+    text = HEADER + "".join(sorted(lines, key=lambda line: int(line.split()[1])))
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == "after sorting: the log is not in time order"
+    ts = events(out)["ts"].to_list()
+    assert ts == sorted(ts) and len(ts) == 120
+    assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
+
+
+def test_a_piece_that_goes_back_in_time_is_sorted(tmp_path, pieces):
+    # every piece in order, but the records after the first 60 start over earlier
+    text = HEADER + temporal(60) + "".join(record(1005 + 10 * i, 3, 200) for i in range(60))
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == "after sorting: the log is not in time order"
+    ts = events(out)["ts"].to_list()
+    assert ts == sorted(ts) and len(ts) == 120
+    # ties and order as the stable sort gives them: by line within equal times
+    assert events(out).filter(pl.col("tid") == 200)["line"].to_list() == list(range(64, 124))
+
+
+def test_a_record_only_the_line_reader_reads_makes_it_sort(tmp_path, pieces, monkeypatch):
+    lines = temporal().splitlines(keepends=True)
+    lines[50] = lines[50].replace(" ", "  ", 1)         # two blanks: pyarrow refuses it
+    text = HEADER + "".join(lines)
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == "after sorting: records read from lines the first reader refused"
+    assert events(out).height == 120 and 54 in events(out)["line"].to_list()
+    assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
+
+
+def test_a_log_pyarrow_gives_up_on_is_sorted(tmp_path, pieces):
+    out, meta = ingest(tmp_path, (HEADER + temporal()).replace("\n", "\r\n"))
+    assert meta["inputs"][0]["reader"] == {
+        "name": "polars", "pyarrow_gave_up": "carriage returns",
+        "events_written": "after sorting: pyarrow's reader gave up on the log"}
+    assert events(out).height == 120
+
+
+def test_a_failed_write_falls_back_to_the_sort(tmp_path, pieces, monkeypatch):
+    def broken(path, name, part):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(bundle, "open_part_writer", broken)
+    out, meta = ingest(tmp_path, HEADER + temporal())
+    assert written(meta) == "after sorting: OSError: [Errno 28] No space left on device"
+    assert events(out).height == 120 and events(out)["line"].to_list() == list(range(4, 124))
+
+
+def test_repeated_records_are_refused_as_by_the_sort(tmp_path, pieces, monkeypatch):
+    lines = temporal().splitlines(keepends=True)
+    text = HEADER + "".join(lines[:80]) + lines[79] + "".join(lines[80:])   # line 84 = 83
+    with pytest.raises(PvtraceError) as streamed:
+        ingest(tmp_path, text)
+    monkeypatch.setattr(stream.EventStream, "add", lambda self, events: self.give_up("test"))
+    with pytest.raises(PvtraceError) as by_sort:
+        ingest(tmp_path, text, "sorted")
+    assert "84 repeats" in streamed.value.message
+    assert streamed.value.message == by_sort.value.message.replace("sorted.log", "bundle.log")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.log", "sorted.log"]
+
+
+def test_too_many_malformed_lines_fail_after_the_stream(tmp_path, pieces):
+    text = HEADER + temporal(60) + "junk\n" * 3 + temporal(60).replace("op1", "opx")
+    with pytest.raises(PvtraceError, match="3 malformed lines, more than --max-bad 2"):
+        ingest(tmp_path, text, max_bad=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.log"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("pvtrace-stream")]
+
+
+def test_several_inputs_are_merged_by_the_sort(tmp_path):
+    (tmp_path / "a.log").write_text(HEADER + temporal(30))
+    (tmp_path / "b.log").write_text(HEADER + "".join(record(1003 + 10 * i, 3, 300)
+                                                     for i in range(30)))
+    run_ingest([str(tmp_path / "a.log"), str(tmp_path / "b.log")], str(tmp_path / "out"))
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert [i["reader"] for i in meta["inputs"]] == [{"name": "pyarrow"}] * 2
+    ts = events(tmp_path / "out")["ts"].to_list()
+    assert ts == sorted(ts) and len(ts) == 60
+
+
+def test_the_parser_waits_for_a_slow_writer(tmp_path):
+    """At most stream.QUEUED pieces wait for the writer: a slow disk holds the parser back
+    instead of piling a big log's records up in memory."""
+    from pvtrace.ingest import pvlog
+
+    log = tmp_path / "x.log"
+    log.write_text(HEADER + temporal(40))
+    records = pvlog.parse(log, 0, "x").tables["events"].drop("src")
+    gate = threading.Event()
+
+    class Slow(stream.EventStream):
+        def _write(self, events):
+            gate.wait(10)
+            super()._write(events)
+
+    with Slow(tmp_path / "events.parquet", 0) as slow:
+        adding = threading.Thread(
+            target=lambda: [slow.add(records.slice(i, 10)) for i in range(0, 40, 10)])
+        adding.start()
+        adding.join(0.5)
+        assert adding.is_alive() and slow.rows == 30     # the third piece waits
+        gate.set()
+        adding.join(10)
+        done = slow.finish(40)
+    assert done == bundle.Written(tmp_path / "events.parquet", 40)
+    assert pl.read_parquet(done.path)["line"].to_list() == list(range(4, 44))
