@@ -5,12 +5,15 @@ sorted as before."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pvtrace import bundle
 from pvtrace.errors import PvtraceError
@@ -189,3 +192,67 @@ def test_the_parser_waits_for_a_slow_writer(tmp_path):
         done = slow.finish(40)
     assert done == bundle.Written(tmp_path / "events.parquet", 40)
     assert pl.read_parquet(done.path)["line"].to_list() == list(range(4, 44))
+
+
+DAMAGE = st.one_of(
+    st.tuples(st.just("junk"), st.integers(0, 200), st.sampled_from(
+        ["junk\n", "\n", "dtrace: 3 drops on CPU 1\n", "# k=v\n", "1 2 3\n"])),
+    st.tuples(st.just("blanks"), st.integers(0, 200), st.just("")),    # two blanks: line reader
+    st.tuples(st.just("repeat"), st.integers(0, 200), st.just("")),
+    st.tuples(st.just("swap"), st.integers(0, 200), st.just("")),      # back in time
+    st.tuples(st.just("cr"), st.integers(0, 200), st.just("")),
+)
+
+
+def _damaged(n: int, damage: list[tuple[str, int, str]]) -> str:
+    lines = temporal(n).splitlines(keepends=True)
+    for kind, at, text in damage:
+        i = at % len(lines)
+        if kind == "junk":
+            lines.insert(i, text)
+        elif kind == "blanks":
+            lines[i] = lines[i].replace(" ", "  ", 1)
+        elif kind == "repeat":
+            lines.insert(i, lines[i])
+        elif kind == "swap" and i + 1 < len(lines):
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        elif kind == "cr":
+            lines[i] = lines[i].replace("\n", "\r\n")
+    return HEADER + "".join(lines)
+
+
+def _outcome(tmp: Path, text: str, name: str, stream_on: bool):
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if not stream_on:
+            m = stack.enter_context(pytest.MonkeyPatch.context())
+            m.setattr(stream.EventStream, "add", lambda self, events: self.give_up("off"))
+        try:
+            out, meta = ingest(tmp, text, name, max_bad=1000)
+        except PvtraceError as exc:
+            return exc.message.replace(f"{name}.log", "LOG")
+        return events(out), meta["inputs"][0]["reader"].get("events_written")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 150), damage=st.lists(DAMAGE, max_size=4),
+       piece=st.integers(60, 600))
+def test_the_stream_and_the_sort_write_the_same_bundle(n, damage, piece):
+    """Whatever the log, writing while parsing gives what the sort gives (records, types,
+    order, line numbers), or the same error."""
+    text = _damaged(n, damage)
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as m:
+        m.setattr(arrowcsv, "PIECE_BYTES", piece)
+        m.setattr(arrowcsv, "MIN_PIECE_BYTES", 1)
+        streamed = _outcome(Path(tmp), text, "a", True)
+        by_sort = _outcome(Path(tmp), text, "b", False)
+    if isinstance(streamed, str) or isinstance(by_sort, str):
+        assert streamed == by_sort
+        return
+    assert streamed[0].equals(by_sort[0])
+    assert by_sort[1].startswith("after sorting: ")
+    # a log in time order that pyarrow reads whole, with no record only the line reader
+    # reads, is written while parsed
+    if not damage:
+        assert streamed[1] == "while parsing"
