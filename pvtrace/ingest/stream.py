@@ -114,9 +114,9 @@ class EventStream:
             return None
         writer, self._writer = self._writer, None
         try:
-            writer.close()
-        except OSError as exc:
-            self.gave_up = f"cannot write: {exc}"
+            writer.close()      # the footer: a full disk may fail it too
+        except Exception as exc:        # noqa: BLE001 - the sorted path meets it again
+            self.gave_up = f"cannot write: {exc}".splitlines()[0][:200]
             self._discard()
             return None
         return bundle.Written(self.path, self.rows)
@@ -139,6 +139,6 @@ class EventStream:
         if writer is not None:
             try:
                 writer.close()
-            except OSError:
+            except Exception:           # noqa: BLE001 - the file is deleted anyway
                 pass
         self.path.unlink(missing_ok=True)
