@@ -227,8 +227,8 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
 
     tables: dict[str, Any] = _merge_tables([r for r, _ in parsed])
     events = tables.get("events")
-    if streamed is not None and events is not None and streamed.rows == events.height:
-        tables["events"] = streamed    # in time order, written while it was parsed
+    if streamed is not None:    # every record of the one input, written while parsed
+        tables["events"] = streamed
     elif events is not None:
         # Put into time order as Arrow (what the bundle writes), one row group at a time, so
         # that no sorted copy of a big capture ever exists whole ...

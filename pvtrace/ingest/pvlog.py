@@ -138,7 +138,7 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
         refused: list[pl.Series] = []
         seen = 0
         streamed = stream if reader == "arrow" else None
-        if stream is not None and streamed is None:
+        if stream is not None and streamed is None:     # another reader reads the file
             stream.give_up("pyarrow's reader gave up on the log")
         # With a stream, pyarrow's reader hands over every piece it reads; the records are
         # spilled (when they are) in batches of BATCH_ROWS all the same.
@@ -179,8 +179,6 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
             batches.close()
         if reader == "arrow" and seen != lines:    # the readers disagree on the lines
             _drop_spilled(fast, spill, reader)
-            if stream is not None:
-                stream.give_up("pyarrow's reader gave up on the log")
             used["pyarrow_gave_up"] = (f"pyarrow read {seen:,} lines where the file has "
                                        f"{lines:,}")
             continue
