@@ -240,6 +240,14 @@ def open_part_writer(path: Path, name: str, part: pa.Table) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, **parquet_options(schema))
 
 
+def write_part(writer: pq.ParquetWriter, name: str, part: pa.Table) -> int:
+    """Write ``part`` of table ``name``, conformed to its schema, as one row group; returns
+    its rows."""
+    table = schemas.conform(part, name)
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+    return table.num_rows
+
+
 def close_iterator(iterator: Iterator[Any]) -> None:
     """Close ``iterator`` now if it can be closed (a generator: its ``finally`` blocks and
     context managers run at once; see :func:`_write_parts`)."""
@@ -256,18 +264,16 @@ def _write_parts(data: Parts, name: str, path: Path) -> int:
     it would only be finalized by the garbage collector, at any later point in any thread,
     and joining a thread there can deadlock (it did inside ``threading``'s own bookkeeping
     while another thread started: the fuzz tests hung)."""
-    first = schemas.conform(data.first, name)
     rows = 0
     parts = data.parts
     try:
-        with pq.ParquetWriter(path, first.schema, **parquet_options(first.schema)) as writer:
+        with open_part_writer(path, name, data.first) as writer:
             for part in parts:
-                table = schemas.conform(part, name)
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                rows += table.num_rows
-                progress.advance(table.num_rows)
+                n = write_part(writer, name, part)
+                rows += n
+                progress.advance(n)
             if rows == 0:
-                writer.write_table(first)
+                writer.write_table(schemas.conform(data.first, name))
     finally:
         close_iterator(parts)
     if rows != data.rows:

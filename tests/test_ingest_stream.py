@@ -127,8 +127,12 @@ def test_a_log_pyarrow_gives_up_on_is_sorted(tmp_path, pieces):
 
 
 def test_a_failed_write_falls_back_to_the_sort(tmp_path, pieces, monkeypatch):
-    def broken(path, name, part):
-        raise OSError(28, "No space left on device")
+    opened = bundle.open_part_writer
+
+    def broken(path, name, part):      # the stream's writer fails, the bundle's does not
+        if threading.current_thread().name.startswith("pvtrace-stream"):
+            raise OSError(28, "No space left on device")
+        return opened(path, name, part)
     monkeypatch.setattr(bundle, "open_part_writer", broken)
     out, meta = ingest(tmp_path, HEADER + temporal())
     assert written(meta) == "after sorting: OSError: [Errno 28] No space left on device"

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pvtrace import bundle, schemas
+from pvtrace import bundle
 from pvtrace.ingest import order
 
 
@@ -90,8 +90,7 @@ class EventStream:
             for part in parts:
                 if self._writer is None:
                     self._writer = bundle.open_part_writer(self.path, "events", part)
-                table = schemas.conform(part, "events")
-                self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                bundle.write_part(self._writer, "events", part)
         except Exception as exc:        # noqa: BLE001 - the sorted path meets it again
             self.give_up(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
 
