@@ -91,6 +91,48 @@ def test_the_blank_lines_dtrace_prints_keep_the_line_numbers(tmp_path):
     assert first.lines == 12 and first.problems == []
 
 
+def _log_with_skipped_lines(tmp_path: Path) -> Path:
+    """The SPEC example with a dtrace line, a damaged record and dtrace's blank last line."""
+    lines = SPEC_LOG.splitlines()
+    path = tmp_path / "x.log"
+    path.write_text("\n".join([*lines[:5], "dtrace: 3 drops on CPU 1", "1 2 3", *lines[5:]])
+                    + "\n\n")
+    return path
+
+
+def test_the_slow_path_gets_skipped_lines_from_the_reader_not_the_file(tmp_path, monkeypatch):
+    """pyarrow's handler hands over each skipped line's text: with dtrace's blank last line,
+    reading them from the file would mean reading the whole file a second time."""
+    path = _log_with_skipped_lines(tmp_path)
+    expected = pvlog.parse(path, 0, "x.log")
+
+    def no_second_read(*args):
+        raise AssertionError("the file was read again for the refused lines")
+    monkeypatch.setattr(pvlog, "_lines", no_second_read)
+    with small_pieces(60):
+        first = pvlog.parse(path, 0, "x.log")
+    assert first.meta["reader"]["name"] == "pyarrow"
+    assert_same(first, expected)
+    assert [(p.line, p.reason) for p in first.problems] == [(7, "expected 10 fields, got 3")]
+    assert first.tables["diagnostics"]["text"].to_list() == ["dtrace: 3 drops on CPU 1"]
+
+
+def test_a_piece_with_more_skipped_lines_than_it_keeps_reads_them_from_the_file(
+        tmp_path, monkeypatch):
+    """Past MAX_TEXTS skipped lines a piece keeps none of their text (a log of mostly
+    junk would pile them up): the slow path reads those lines from the file, alike."""
+    path = _log_with_skipped_lines(tmp_path)
+    expected = pvlog.parse(path, 0, "x.log")
+    monkeypatch.setattr(arrowcsv, "MAX_TEXTS", 1)
+    reads = []
+    lines = pvlog._lines
+    monkeypatch.setattr(pvlog, "_lines", lambda path: reads.append(path) or lines(path))
+    first = pvlog.parse(path, 0, "x.log")
+    assert first.meta["reader"]["name"] == "pyarrow" and len(reads) == 1
+    assert_same(first, expected)
+    assert len(first.problems) == 1 and first.tables["diagnostics"].height == 1
+
+
 @pytest.mark.parametrize("damage", [
     pytest.param(lambda t: t.replace("\n", "\r\n"), id="crlf"),
     pytest.param(lambda t: t.replace("11000 1 102 B", "+11000 1 102 B"), id="plus-sign"),

@@ -1057,3 +1057,25 @@ def test_a_garbled_drop_line_is_shown_not_counted_as_zero(tmp_path):
     assert result.drops_per_cpu == {2: 7}
     assert result.dtrace_messages == ["dtrace: 99999999999999999999 drops on CPU 1",
                                       "dtrace: 5 drops on CPU 99999999999"]
+
+
+@pytest.mark.parametrize("span", [10, 1 << 40], ids=["narrow: marked", "wide: polars"])
+def test_distinct_values_and_code_counts_over_chunks(span):
+    """The ingest summary's threads and CPUs: distinct values over a chunked column, marked
+    in a table over a narrow range or left to polars over a wide one, alike; and records per
+    categorical code."""
+    from pvtrace.ingest import order
+
+    values = [100_000 + span, 100_000, 100_003, 100_000, 100_000 + span, 100_001]
+    col = pl.concat([pl.Series("tid", values[:4], pl.Int64), pl.Series("tid", values[4:],
+                                                                      pl.Int64)], rechunk=False)
+    assert col.n_chunks() == 2
+    got = order.distinct_values(col)
+    assert got.tolist() == sorted(set(values)) and got.dtype == "int64"
+    assert order.distinct_values(pl.Series("cpu", [3, 1, 3], pl.Int32)).tolist() == [1, 3]
+    assert order.distinct_values(pl.Series("cpu", [], pl.Int32)).tolist() == []
+    ev = pl.concat([pl.Series(["A", "R", "A"], dtype=pl.Categorical),
+                    pl.Series(["X", "A"], dtype=pl.Categorical)], rechunk=False)
+    categories = ev.dtype.categories.to_series()
+    counts = order.code_counts(order.category_codes(ev), categories.len())
+    assert {categories[i]: n for i, n in enumerate(counts) if n} == {"A": 3, "R": 1, "X": 1}

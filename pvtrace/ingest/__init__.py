@@ -431,15 +431,14 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
     counts: dict[str, dict[str, int]] = {}
     threads, cpus, first, last = 0, [], None, None
     if events is not None and events.height:
-        # This runs while the events are sorted and written on the other core: cheap
-        # passes only (counting categorical codes, not grouping the strings).
+        # This runs while the events are sorted and written on the other core (or, for a
+        # log written while parsed, after it): cheap passes only (counting categorical
+        # codes, not grouping the strings; marking ids in a table, not hashing them).
         for col in ("ev", "cls", "op"):
             counts[col] = _value_counts(events.get_column(col))
-        threads, cpus, first, last = events.select(
-            pl.col("tid").n_unique().alias("threads"),
-            pl.col("cpu").unique().sort().implode().alias("cpus"),
-            pl.col("ts").min().alias("first"),
-            pl.col("ts").max().alias("last")).row(0)
+        threads = len(order.distinct_values(events.get_column("tid")))
+        cpus = order.distinct_values(events.get_column("cpu")).tolist()
+        first, last = events.get_column("ts").min(), events.get_column("ts").max()
     drops: dict[int, int] = {}
     other: dict[str, int] = {}
     kinds: dict[str, int] = {}

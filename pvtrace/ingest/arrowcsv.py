@@ -49,6 +49,7 @@ from pvtrace.ingest.common import RECORD_FIELDS
 PIECE_BYTES = 16 << 20        # the most a piece holds (a big log streams piece by piece) ...
 MIN_PIECE_BYTES = 1 << 20     # ... and the least, unless the file is smaller
 PIECES_PER_WORKER = 4         # pieces per core at least, so that the cores end together
+MAX_TEXTS = 4096              # skipped lines per piece whose text is kept (see batches)
 
 _TOKEN = pa.dictionary(pa.int32(), pa.string())
 _TYPES = {"ts": pa.uint64(), "cpu": pa.int32(), "tid": pa.int64(), "ev": _TOKEN,
@@ -64,12 +65,20 @@ class Unsure(Exception):
     """This reader cannot vouch for its result: polars' reader reads the file instead."""
 
 
-def batches(path: Path, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray, int]]:
+def batches(path: Path, rows: int
+            ) -> Iterator[tuple[pl.DataFrame, np.ndarray, pl.DataFrame, int]]:
     """The records of the log at ``path`` in batches of about ``rows`` rows, each as
     (typed records: the 10 fields, addresses decoded, null where not valid hex, and their
-    1-based ``line``; 0-based indexes of the lines skipped in the batch; lines in the
-    batch). Raises :class:`Unsure` when this reader cannot read the file as polars' would;
-    the caller must also check that the lines add up to the file's (blank lines)."""
+    1-based ``line``; 0-based indexes of the lines skipped in the batch; the text of the
+    skipped lines the batch kept, as ``line`` and ``l``; lines in the batch). Raises
+    :class:`Unsure` when this reader cannot read the file as polars' would; the caller must
+    also check that the lines add up to the file's (blank lines).
+
+    The reader hands each skipped line's text to its handler: the slow path reads those
+    (``#`` and ``dtrace:`` lines, damaged records) from here instead of from the file, where
+    dtrace's blank last line would make it read the whole file again. A piece with more than
+    :data:`MAX_TEXTS` of them keeps none (a log that is mostly not records takes the
+    line-by-line path anyway); the caller reads the missing ones from the file."""
     size = os.path.getsize(path)
     if size == 0:
         raise Unsure("empty file")
@@ -82,6 +91,7 @@ def batches(path: Path, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray, i
     first = 0                      # lines before the piece
     frames: list[pl.DataFrame] = []
     skipped: list[np.ndarray] = []
+    texts: list[pl.DataFrame] = []
     lines = 0
     queue: deque[Future] = deque()
     todo = iter(spans)
@@ -92,26 +102,27 @@ def batches(path: Path, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray, i
                 if len(queue) > workers:
                     break
             while queue:
-                table, numbers, n, blanks = queue.popleft().result()
+                table, numbers, said, n, blanks = queue.popleft().result()
                 span = next(todo, None)
                 if span is not None:
                     queue.append(pool.submit(_read, source, *span))
-                frame, where = _typed(table, numbers, n, blanks, first)
+                frame, where, text = _typed(table, numbers, said, n, blanks, first)
                 del table
                 first += n
                 lines += n
                 frames.append(frame)
                 skipped.append(where)
+                texts.append(text)
                 if sum(f.height for f in frames) >= rows:
-                    yield _batch(frames, skipped, lines)
-                    frames, skipped, lines = [], [], 0
+                    yield _batch(frames, skipped, texts, lines)
+                    frames, skipped, texts, lines = [], [], [], 0
     except pa.ArrowException as exc:      # a field it cannot type, a line it cannot split
         raise Unsure(str(exc)) from None
     finally:
         for future in queue:
             future.cancel()
     if frames:      # a file of one byte or more has a piece, so a frame (maybe empty)
-        yield _batch(frames, skipped, lines)
+        yield _batch(frames, skipped, texts, lines)
 
 
 def _workers() -> int:
@@ -146,14 +157,17 @@ def _spans(mm: mmap.mmap, size: int, piece: int) -> list[tuple[int, int]]:
 
 
 def _read(source: pa.MemoryMappedFile, lo: int, hi: int
-          ) -> tuple[pa.Table, list[int | None], int, np.ndarray]:
+          ) -> tuple[pa.Table, list[int | None], list[str], int, np.ndarray]:
     """The piece ``lo:hi`` read: its records, the 1-based numbers of the lines skipped
-    (among its lines that are not blank: pyarrow counts no blank line), its lines, and the
-    0-based indexes of its blank lines."""
+    (among its lines that are not blank: pyarrow counts no blank line) and their text (the
+    first :data:`MAX_TEXTS`), its lines, and the 0-based indexes of its blank lines."""
     numbers: list[int | None] = []
+    said: list[str] = []
 
     def skip(row: pcsv.InvalidRow) -> str:
         numbers.append(row.number)
+        if len(said) < MAX_TEXTS:
+            said.append(row.text)
         return "skip"
 
     data = source.read_at(hi - lo, lo)
@@ -166,7 +180,7 @@ def _read(source: pa.MemoryMappedFile, lo: int, hi: int
                                         escape_char=False, newlines_in_values=False,
                                         ignore_empty_lines=True, invalid_row_handler=skip),
         convert_options=_CONVERT)
-    return table, numbers, lines, blanks
+    return table, numbers, said, lines, blanks
 
 
 def _lines(text: np.ndarray) -> tuple[int, np.ndarray]:
@@ -210,16 +224,18 @@ def _blank_lines(text, out):
         previous = text[i]
 
 
-def _typed(table: pa.Table, numbers: list[int | None], lines: int, blanks: np.ndarray,
-           first: int) -> tuple[pl.DataFrame, np.ndarray]:
+def _typed(table: pa.Table, numbers: list[int | None], said: list[str], lines: int,
+           blanks: np.ndarray, first: int) -> tuple[pl.DataFrame, np.ndarray, pl.DataFrame]:
     """A piece's records as polars' reader types them, with their line numbers (the
-    piece starts after line ``first`` and has ``lines``, blank at ``blanks``), and the
-    0-based lines of the file skipped in it."""
+    piece starts after line ``first`` and has ``lines``, blank at ``blanks``), the
+    0-based lines of the file skipped in it, and their text (``line``, ``l``) when the
+    reader kept all of it (``said``, in the order of ``numbers``)."""
     if None in numbers:
         raise Unsure("a skipped line without its number")
     if table.num_rows + len(numbers) + len(blanks) != lines:
         raise Unsure("records, skipped and blank lines do not add up to the piece's lines")
-    within = np.sort(np.asarray(numbers, np.int64)) - 1     # among the lines not blank
+    by_line = np.argsort(np.asarray(numbers, np.int64), kind="stable")
+    within = np.asarray(numbers, np.int64)[by_line] - 1     # among the lines not blank
     nonblank = lines - len(blanks)
     if len(within) and (within[0] < 0 or within[-1] >= nonblank
                         or (np.diff(within) == 0).any()):
@@ -235,13 +251,20 @@ def _typed(table: pa.Table, numbers: list[int | None], lines: int, blanks: np.nd
         table = table.set_column(i, name, pa.chunked_array(
             [hexfield.decode_arrow(c) for c in table.column(i).chunks], pa.uint64()))
     frame = pl.from_arrow(table).with_columns(pl.Series("line", line))
-    return frame, (skipped + first).astype(np.uint64)
+    skipped = (skipped + first).astype(np.uint64)
+    text = (pl.DataFrame({"line": skipped + np.uint64(1),
+                          "l": pl.Series(said, dtype=pl.String).gather(by_line)})
+            if len(said) == len(numbers) else _NO_TEXT)
+    return frame, skipped, text
 
 
-def _batch(frames: list[pl.DataFrame], skipped: list[np.ndarray], lines: int
-           ) -> tuple[pl.DataFrame, np.ndarray, int]:
+_NO_TEXT = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
+
+
+def _batch(frames: list[pl.DataFrame], skipped: list[np.ndarray], texts: list[pl.DataFrame],
+           lines: int) -> tuple[pl.DataFrame, np.ndarray, pl.DataFrame, int]:
     frame = pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
-    return frame, np.concatenate(skipped), lines
+    return frame, np.concatenate(skipped), pl.concat(texts), lines
 
 
 @contextmanager

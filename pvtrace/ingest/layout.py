@@ -60,11 +60,12 @@ def detect(events: pl.DataFrame) -> Layout:
     # carry the next page), and they are a fifth of the records to look at.
     pv = events.lazy().filter((pl.col("ev") == "A") & (pl.col("cls") == "pv")
                               & (pl.col("lock") != 0))
-    pairs, lock_list = pl.collect_all([
-        pv.filter(pl.col("pa") != 0)
-        .select("lock", (pl.col("pa") // (1 << 21)).alias("frame")).unique(),
-        pv.select(pl.col("lock").unique())])
-    locks = np.sort(lock_list["lock"].to_numpy())
+    # One pass of distinct (lock, frame) pairs, frame null where the page is unknown; the
+    # distinct locks follow from it.
+    both = pv.select("lock", pl.when(pl.col("pa") != 0).then(pl.col("pa") // (1 << 21))
+                     .alias("frame")).unique().collect()
+    locks = np.unique(both["lock"].to_numpy())
+    pairs = both.filter(pl.col("frame").is_not_null())
     if locks.size == 0:
         return Layout("unknown", "no pv-list lock records")
     if pairs.height:

@@ -183,9 +183,43 @@ def category_codes(col: pl.Series) -> list[np.ndarray]:
 
 
 def code_counts(codes: list[np.ndarray], ncategories: int) -> np.ndarray:
-    """Records per category code over the chunks ``codes`` (see :func:`category_codes`)."""
-    return sum((np.bincount(c, minlength=ncategories) for c in codes),
-               np.zeros(ncategories, np.int64))
+    """Records per category code over the chunks ``codes`` (see :func:`category_codes`).
+    (np.bincount would first copy each chunk's 32-bit codes to 64 bits.)"""
+    counts = np.zeros(ncategories, np.int64)
+    for chunk in codes:
+        _count_codes(chunk, counts)
+    return counts
+
+
+@njit(nogil=True, cache=True)
+def _count_codes(codes, counts):
+    for i in range(codes.size):
+        counts[codes[i]] += 1
+
+
+DISTINCT_SPAN = 1 << 24     # distinct_values marks values in a table up to this wide
+
+
+def distinct_values(col: pl.Series) -> np.ndarray:
+    """The distinct values of the integer column ``col`` (no nulls), sorted: marked in a
+    table over the column's range, one compiled pass per chunk, when that range is
+    narrow (CPU numbers; FreeBSD's thread ids, which count up from 100000); else by polars
+    (a hash or a sort of every value, several times slower)."""
+    lo, hi = col.min(), col.max()
+    if lo is None:
+        return np.zeros(0, np.int64)
+    if hi - lo >= DISTINCT_SPAN:
+        return col.unique().sort().to_numpy().astype(np.int64)
+    seen = np.zeros(hi - lo + 1, np.bool_)
+    for chunk in col.get_chunks():
+        _mark(chunk.to_numpy(), np.int64(lo), seen)
+    return np.flatnonzero(seen) + np.int64(lo)
+
+
+@njit(nogil=True, cache=True)
+def _mark(values, lo, seen):
+    for i in range(values.size):
+        seen[np.int64(values[i]) - lo] = True
 
 
 def ordered_parts(events: pl.DataFrame, rows: int, recycle: bool = False,

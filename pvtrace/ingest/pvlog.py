@@ -24,7 +24,9 @@ hold millions of lines, so nothing here loops over lines in Python:
 - Files larger than :data:`ONE_BATCH_BYTES` are streamed (in pieces, or polars' streaming
   engine; batches of about :data:`BATCH_ROWS` lines), so their text is never all in memory
   at once; only the typed columns accumulate (in a spill file, see :func:`_spilled`). The
-  slow path reads back only the lines the fast path refused.
+  slow path gets the text of the lines the fast path refused from pyarrow's reader, which
+  hands over each line it skips; it reads back from the file only the others (records
+  that failed a check, or lines polars' reader refused).
 
 The last line of an input that ends without a newline and does not parse is a cut-off record
 (the capture was interrupted): it is reported as ``CUT_OFF`` and skipped, not counted as
@@ -90,7 +92,8 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None,
     if spill is not None:
         spill.mkdir(exist_ok=True)    # one directory per input: their batch files never meet
     reader: dict[str, str] = {}
-    fast, refused, seen = _fast_read(path, f"parsing {name}", n_lines, spill, reader, stream)
+    fast, refused, said, seen = _fast_read(path, f"parsing {name}", n_lines, spill, reader,
+                                           stream)
     rows = pl.concat(refused) if refused else pl.Series(dtype=pl.UInt64)
     if seen != n_lines or rows.len() > BATCH_ROWS:
         if stream is not None:
@@ -102,7 +105,7 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None,
         parts = [_slow(_numbered(lines, first)) for first, lines in _line_batches(path, name)]
     else:
         events = pl.concat(fast) if len(fast) != 1 else fast[0]
-        slow = _slow(_refused_lines(path, name, rows))
+        slow = _slow(_refused_lines(path, name, rows, said))
         if slow.events.height:  # keep line order: the ingest's stable sort by ts relies on it
             events = pl.concat([events, slow.events]).sort("line")
             if stream is not None:
@@ -115,9 +118,10 @@ def parse(path: Path, src: int, name: str, scratch: Path | None = None,
 
 def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                reader_used: dict[str, str] | None = None, stream: EventStream | None = None
-               ) -> tuple[list[pl.DataFrame], list[pl.Series], int]:
+               ) -> tuple[list[pl.DataFrame], list[pl.Series], pl.DataFrame, int]:
     """The fast path over the whole file: (records per batch, refused 0-based rows per batch,
-    lines read); lines read is -1 when the fast reader failed (the slow path takes over).
+    the text of refused lines the reader kept (``line``, ``l``), lines read); lines read is
+    -1 when the fast reader failed (the slow path takes over).
 
     pyarrow's reader goes first (:mod:`.arrowcsv`); when it cannot vouch for the file, or
     its lines do not add up to the file's (blank lines), polars' reader reads it. That one
@@ -136,6 +140,7 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                        else f"{what} (invalid UTF-8 replaced)", lines)
         fast: list[pl.DataFrame] = []
         refused: list[pl.Series] = []
+        said: list[pl.DataFrame] = []
         seen = 0
         streamed = stream if reader == "arrow" else None
         if stream is not None and streamed is None:     # another reader reads the file
@@ -145,7 +150,7 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
         held: list[pl.DataFrame] = []
         batches = _typed_batches(path, reader, by_piece=streamed is not None)
         try:
-            for typed, skipped, height in batches:
+            for typed, skipped, text, height in batches:
                 events, refused_rows = _fast(typed)
                 del typed
                 if streamed is not None:
@@ -161,6 +166,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                 del events
                 refused.append(pl.concat([pl.Series(skipped), refused_rows]).sort()
                                if len(skipped) else refused_rows)
+                if text.height:
+                    said.append(text)
                 seen += height
                 progress.advance(height)
             if held:
@@ -183,8 +190,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                                        f"{lines:,}")
             continue
         used["name"] = "pyarrow" if reader == "arrow" else "polars"
-        return fast or [_empty_events()], refused, seen
-    return [], [], -1
+        return fast or [_empty_events()], refused, pl.concat([_NO_LINES, *said]), seen
+    return [], [], _NO_LINES, -1
 
 
 def _drop_spilled(fast: list[pl.DataFrame], spill: Path | None, reader: str) -> None:
@@ -197,17 +204,17 @@ def _drop_spilled(fast: list[pl.DataFrame], spill: Path | None, reader: str) -> 
 
 def _typed_batches(path: Path, reader: str, by_piece: bool = False):
     """(typed records with ``ok`` and ``line``, 0-based rows of lines the reader skipped,
-    lines in the batch) per batch, from :mod:`.arrowcsv` (``by_piece``: a batch per piece
-    it reads) or :func:`_field_batches`."""
+    the text of those it kept (``line``, ``l``), lines in the batch) per batch, from
+    :mod:`.arrowcsv` (``by_piece``: a batch per piece it reads) or :func:`_field_batches`."""
     if reader == "arrow":
         rows = (1 if by_piece else BATCH_ROWS if os.path.getsize(path) > ONE_BATCH_BYTES
                 else 1 << 62)
         with contextlib.closing(arrowcsv.batches(path, rows)) as batches:
-            for typed, skipped, height in batches:
-                yield typed.with_columns(_valid().alias("ok")), skipped, height
+            for typed, skipped, text, height in batches:
+                yield typed.with_columns(_valid().alias("ok")), skipped, text, height
     else:
         for typed in _field_batches(path, reader):
-            yield typed, _NO_ROWS, typed.height
+            yield typed, _NO_ROWS, _NO_LINES, typed.height
 
 
 # --------------------------------------------------------------------------- reading
@@ -302,12 +309,16 @@ def _line_batches(path: Path, name: str):
         raise _read_error(exc, name) from None
 
 
-def _refused_lines(path: Path, name: str, rows: pl.Series) -> pl.DataFrame:
-    """The text of the lines at 0-based ``rows`` (few), reading only up to the last of them."""
+def _refused_lines(path: Path, name: str, rows: pl.Series,
+                   said: pl.DataFrame = _NO_LINES) -> pl.DataFrame:
+    """The text (``line``, ``l``) of the lines at 0-based ``rows`` (few): from ``said``,
+    the lines whose text the reader kept, the others from the file, which is read only up to
+    the last of them."""
+    rows = rows.filter(~(rows + 1).is_in(said.get_column("line").implode()))
     if rows.len() == 0:
-        return _NO_LINES
+        return said.sort("line")
     try:
-        return (_lines(path)
+        read = (_lines(path)
                 .head(int(rows.max()) + 1)
                 .with_row_index("i")
                 .filter(pl.col("i").cast(pl.UInt64).is_in(rows.implode()))
@@ -315,6 +326,7 @@ def _refused_lines(path: Path, name: str, rows: pl.Series) -> pl.DataFrame:
                 .collect())
     except pl.exceptions.PolarsError as exc:
         raise _read_error(exc, name) from None
+    return pl.concat([said, read]).sort("line")
 
 
 def _count_lines(path: Path, name: str) -> int:
