@@ -226,7 +226,7 @@ class Scratch:
     """Memory a design's steps need only while the design replays, kept for the next design
     of the same replay (``compare`` replays its designs one after the other). Fresh memory
     costs a page fault and a cleared page at its first touch, which here is most of the
-    builder's time (see README, "Performance"): the step records and the builder's
+    builder's time (see docs/PERFORMANCE.md): the step records and the builder's
     per-record scratch of the bench bundle are 300 MB per design. Arrays handed out are
     uninitialized and valid until the next design asks for the same name."""
 
