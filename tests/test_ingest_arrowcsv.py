@@ -3,6 +3,7 @@ reader gives, line numbers included, or hand the file over to it."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,13 +185,19 @@ _OTHER = st.sampled_from([
 ])
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 80 fixed examples in make test; PVTRACE_FUZZ_EXAMPLES=N draws that many random ones.
+@settings(max_examples=int(os.environ.get("PVTRACE_FUZZ_EXAMPLES", 80)),
+          derandomize="PVTRACE_FUZZ_EXAMPLES" not in os.environ, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.one_of(_RECORD, _RECORD, _OTHER), min_size=1, max_size=40),
        end=st.sampled_from(["\n", "", "\n\n", "\n\n\n"]), piece=st.integers(40, 400),
-       lead=st.sampled_from(["", "\n"]))
-def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece, lead):
+       lead=st.sampled_from(["", "\n"]), texts=st.sampled_from([arrowcsv.MAX_TEXTS, 1, 0]))
+def test_property_pyarrow_and_polars_read_a_damaged_log_alike(lines, end, piece, lead, texts):
+    """... also when pieces keep the text of few or none of the lines they skip (the slow
+    path then reads those from the file, the others from the reader)."""
     text = lead + "# pvtrace-log v1\n" + "\n".join(lines) + end
-    with tempfile.TemporaryDirectory() as tmp, small_pieces(piece):
+    with tempfile.TemporaryDirectory() as tmp, small_pieces(piece), \
+            mock.patch.object(arrowcsv, "MAX_TEXTS", texts):
         path = Path(tmp, "x.log")
         path.write_text(text)
         first, polars, _ = parse_both(path)
