@@ -234,27 +234,27 @@ def _typed(table: pa.Table, numbers: list[int | None], said: list[str], lines: i
         raise Unsure("a skipped line without its number")
     if table.num_rows + len(numbers) + len(blanks) != lines:
         raise Unsure("records, skipped and blank lines do not add up to the piece's lines")
-    by_line = np.argsort(np.asarray(numbers, np.int64), kind="stable")
-    within = np.asarray(numbers, np.int64)[by_line] - 1     # among the lines not blank
+    numbered = np.asarray(numbers, np.int64)
+    by_line = np.argsort(numbered, kind="stable")
+    within = numbered[by_line] - 1                   # among the lines not blank
     nonblank = lines - len(blanks)
     if len(within) and (within[0] < 0 or within[-1] >= nonblank
                         or (np.diff(within) == 0).any()):
         raise Unsure("skipped lines numbered outside their piece")
-    place = np.arange(lines, dtype=np.int64)                 # of the lines not blank
+    # The 1-based line number in the file of each line of the piece that is not blank.
+    place = np.arange(first + 1, first + 1 + lines, dtype=np.uint64)
     if len(blanks):
         place = np.delete(place, blanks)
-    skipped = place[within]
-    line = (np.delete(place, within) if len(within) else place).astype(np.uint64)
-    line += np.uint64(first + 1)
+    skipped = place[within] - np.uint64(1)
+    line = np.delete(place, within) if len(within) else place
     for name in ("lock", "pa"):
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pa.chunked_array(
             [hexfield.decode_arrow(c) for c in table.column(i).chunks], pa.uint64()))
     frame = pl.from_arrow(table).with_columns(pl.Series("line", line))
-    skipped = (skipped + first).astype(np.uint64)
     text = (pl.DataFrame({"line": skipped + np.uint64(1),
                           "l": pl.Series(said, dtype=pl.String).gather(by_line)})
-            if len(said) == len(numbers) else _NO_TEXT)
+            if numbers and len(said) == len(numbers) else _NO_TEXT)
     return frame, skipped, text
 
 
