@@ -179,6 +179,8 @@ _OTHER = st.sampled_from([
     "1 0 5 E - 0 - -3 0 op", "1 0 5 A pv 0 w 0 0x1000 op", "1 0 5 P - 0 9k 0 0x1000 op",
     "1 0 5 E - 0 - 0 0 op\x1b[1m", "1 0 5 E - 0 - 0 0 op\x00", "1 0 5 E - 0 - 0 0 op ",
     " 1 0 5 E - 0 - 0 0 op", "1  0 5 E - 0 - 0 0 op", "1 0 5 E - 0 - 0 0", "", "",
+    # the line reader's separator byte, in a record's token and in a skipped line
+    "1 0 5 E - 0 - 0 0 op\x1fx", "# k=\x1fv", "junk\x1f \x1f",
     # 10 fields pyarrow cannot type: it gives the whole file to polars' reader
     "x 0 5 E - 0 - 0 0 op", "+1 0 5 E - 0 - 0 0 op", "1 0 5 E - 0 - 1.5 0 op",
     "1 99999999999 5 E - 0 - 0 0 op",

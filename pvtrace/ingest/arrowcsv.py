@@ -44,7 +44,7 @@ import pyarrow.csv as pcsv
 from numba import njit
 
 from pvtrace.ingest import hexfield
-from pvtrace.ingest.common import RECORD_FIELDS
+from pvtrace.ingest.common import LINE_SEP, RECORD_FIELDS
 
 PIECE_BYTES = 16 << 20        # the most a piece holds (a big log streams piece by piece) ...
 MIN_PIECE_BYTES = 1 << 20     # ... and the least, unless the file is smaller
@@ -167,7 +167,7 @@ def _read(source: pa.MemoryMappedFile, lo: int, hi: int
     def skip(row: pcsv.InvalidRow) -> str:
         numbers.append(row.number)
         if len(said) < MAX_TEXTS:
-            said.append(row.text)
+            said.append(_as_polars_reads(row.text))
         return "skip"
 
     data = source.read_at(hi - lo, lo)
@@ -181,6 +181,14 @@ def _read(source: pa.MemoryMappedFile, lo: int, hi: int
                                         ignore_empty_lines=True, invalid_row_handler=skip),
         convert_options=_CONVERT)
     return table, numbers, said, lines, blanks
+
+
+def _as_polars_reads(text: str) -> str:
+    """A skipped line's text as polars' line reader reads it (:func:`.pvlog._lines`), so
+    that both readers report a line alike: that reader splits a line at its unit separator
+    bytes (``\\x1f``) and keeps what lies before the second one."""
+    return text if LINE_SEP not in text else LINE_SEP.join(text.split(LINE_SEP, 2)[:2])
+
 
 
 def _lines(text: np.ndarray) -> tuple[int, np.ndarray]:

@@ -49,7 +49,8 @@ import pyarrow as pa
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import arrowcsv, hexfield
-from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.common import (LINE_SEP, RECORD_FIELDS, Format, Parsed, Problem,
+                                   ProblemKind)
 
 if TYPE_CHECKING:
     from pvtrace.ingest.stream import EventStream
@@ -62,7 +63,7 @@ FEW_REFUSED = 64                     # up to this many refused lines in a batch 
 
 EVENTS = ("A", "R", "B", "S", "P", "E", "X")
 LOCK_EVENTS = ("A", "R", "B", "S")
-_SEP = "\x1f"
+_SEP = LINE_SEP
 
 _HEADER_RE = r"^#\s*pvtrace-log\s+v(\d+)(?:\.\d+)?\s*$"
 _LOOSE_HEADER = re.compile(r"^#\s*pvtrace-log(?![\w-])", re.IGNORECASE)
