@@ -478,6 +478,7 @@ class _Engine:
         self.holds: list[int] = []
         self.class_waits: dict[str, list[int]] = defaultdict(list)
         self.op_waits: dict[str, list[int]] = defaultdict(list)
+        self.thread_waits: dict[int, list[int]] = defaultdict(list)
         self.spin = self.block = 0
         self.true_count = self.true_ns = self.false_count = self.false_ns = 0
         self.sibling = 0
@@ -604,6 +605,7 @@ class _Engine:
 
     def record(self, w: Waiter, wait: int) -> None:
         self.waits.append(wait)
+        self.thread_waits[w.tid].append(wait)
         self.class_waits[w.cls].append(wait)
         self.op_waits[w.op].append(wait)
         spin = min(wait, self.L)
@@ -695,4 +697,8 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
         "waits": sorted(engine.waits),
         "holds": sorted(engine.holds),
         "forced_grants": engine.forced,
+        # every executed acquisition's wait, per lock class and per thread (the engine's
+        # percentiles and per-thread totals are checked against these)
+        "class_waits": {c: sorted(w) for c, w in engine.class_waits.items()},
+        "thread_waits": {t: sorted(w) for t, w in engine.thread_waits.items()},
     }

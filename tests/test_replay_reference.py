@@ -8,11 +8,15 @@ Part (b): hypothesis draws small valid captures; the fast engine
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import pytest
+from hdrh.histogram import HdrHistogram
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pvtrace import metrics
 from pvtrace.models.layout import Layout
 from pvtrace.replay.run import observed_events
 from reference_replay import MODELS, reference_replay
@@ -902,15 +906,70 @@ def _engine():
 
 
 def _agree(events: pl.DataFrame, params: dict) -> None:
-    """The engine gives the reference's numbers and forced grants on ``events``, every model."""
+    """The engine gives the reference's numbers and forced grants on ``events``, every model,
+    and the statistics it derives from them (percentiles, histograms, per-thread totals)."""
     replay_events = _engine()
     for model in MODELS:
         want = reference_replay(events, model=model, **params)
-        got = replay_events(events, model=model, include_waits=True, **params)
-        assert got["anomalies"]["forced_grants"] == want["forced_grants"], model
-        got, want = _comparable(got), _comparable(want)
-        diff = {k: {"engine": got[k], "reference": want[k]} for k in COMPARED if got[k] != want[k]}
+        report = replay_events(events, model=model, include_waits=True, **params)
+        assert report["anomalies"]["forced_grants"] == want["forced_grants"], model
+        got, expect = _comparable(report), _comparable(want)
+        diff = {k: {"engine": got[k], "reference": expect[k]} for k in COMPARED
+                if got[k] != expect[k]}
         assert not diff, f"{model} {params}: {diff}\n{as_log(events)}"
+        assert _derived(report) == _derived_from_reference(want), \
+            f"{model} {params}\n{as_log(events)}"
+
+
+def _nearest_rank(values: list[int]) -> dict[str, int]:
+    """p50/p90/p99/p99.9/max by the nearest-rank definition (metrics' docstring), written
+    out plainly: the value at rank ceil(p/100 * N) of the sorted values."""
+    values = sorted(values)
+    if not values:
+        return {"p50": 0, "p90": 0, "p99": 0, "p99.9": 0, "max": 0}
+    n = len(values)
+    at = {name: values[max(1, math.ceil(p * n / 100 - 1e-9)) - 1]
+          for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))}
+    return {**at, "max": values[-1]}
+
+
+def _derived(report: dict) -> dict:
+    """What a report derives from its waits and holds: percentiles, the histograms' counts
+    and largest values, per-class contended-wait percentiles, per-thread totals."""
+    waits = HdrHistogram.decode(report["histograms"]["wait_ns"])
+    holds = HdrHistogram.decode(report["histograms"]["hold_ns"])
+    return {
+        "wait": report["wait_percentiles_ns"],
+        "contended": report["contended_wait_percentiles_ns"],
+        "hold": report["hold_percentiles_ns"],
+        "histograms": (waits.get_total_count(), waits.get_max_value(),
+                       holds.get_total_count(), holds.get_max_value()),
+        "by_class": {c: d["contended_wait_percentiles_ns"]
+                     for c, d in report["by_class"].items() if d["acquisitions"] > 0},
+        "per_thread": report["per_thread"],
+    }
+
+
+def _derived_from_reference(want: dict) -> dict:
+    """:func:`_derived` computed from the reference's waits and holds. A design's
+    acquisitions it need not execute (a superpage run's untouched pages) wait 0."""
+    waits, holds = want["waits"], want["holds"]
+    zeros = want["acquisitions"] - len(waits)
+    contended = [w for w in waits if w > 0]
+    hdr = HdrHistogram(metrics.HDR_LOWEST, metrics.HDR_HIGHEST, metrics.HDR_DIGITS)
+
+    def highest(values: list[int]) -> int:
+        return hdr.get_highest_equivalent_value(max(values)) if values else 0
+    return {
+        "wait": _nearest_rank(waits + [0] * zeros),
+        "contended": _nearest_rank(contended),
+        "hold": _nearest_rank(holds),
+        "histograms": (len(waits) + zeros, highest(contended), len(holds), highest(holds)),
+        "by_class": {c: _nearest_rank([w for w in want["class_waits"].get(c, []) if w > 0])
+                     for c, d in want["by_class"].items()},
+        "per_thread": {str(t): {"wait_ns": sum(w), "contended": sum(1 for x in w if x > 0)}
+                       for t, w in sorted(want["thread_waits"].items())},
+    }
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
