@@ -697,8 +697,9 @@ def reference_replay(events: pl.DataFrame, *, captured_layout: str, model: str,
         "waits": sorted(engine.waits),
         "holds": sorted(engine.holds),
         "forced_grants": engine.forced,
-        # every executed acquisition's wait, per lock class and per thread (the engine's
+        # every executed acquisition's wait, per lock class, operation and thread (the engine's
         # percentiles and per-thread totals are checked against these)
         "class_waits": {c: sorted(w) for c, w in engine.class_waits.items()},
+        "op_waits": {o: sorted(w) for o, w in engine.op_waits.items()},
         "thread_waits": {t: sorted(w) for t, w in engine.thread_waits.items()},
     }

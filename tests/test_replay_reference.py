@@ -935,7 +935,8 @@ def _nearest_rank(values: list[int]) -> dict[str, int]:
 
 def _derived(report: dict) -> dict:
     """What a report derives from its waits and holds: percentiles, the histograms' counts
-    and largest values, per-class contended-wait percentiles, per-thread totals."""
+    and largest values, contended-wait percentiles per lock class and per pmap operation,
+    per-thread totals."""
     waits = HdrHistogram.decode(report["histograms"]["wait_ns"])
     holds = HdrHistogram.decode(report["histograms"]["hold_ns"])
     return {
@@ -944,8 +945,9 @@ def _derived(report: dict) -> dict:
         "hold": report["hold_percentiles_ns"],
         "histograms": (waits.get_total_count(), waits.get_max_value(),
                        holds.get_total_count(), holds.get_max_value()),
-        "by_class": {c: d["contended_wait_percentiles_ns"]
-                     for c, d in report["by_class"].items() if d["acquisitions"] > 0},
+        **{group: {c: d["contended_wait_percentiles_ns"]
+                   for c, d in report[group].items() if d["acquisitions"] > 0}
+           for group in ("by_class", "by_op")},
         "per_thread": report["per_thread"],
     }
 
@@ -965,8 +967,9 @@ def _derived_from_reference(want: dict) -> dict:
         "contended": _nearest_rank(contended),
         "hold": _nearest_rank(holds),
         "histograms": (len(waits) + zeros, highest(contended), len(holds), highest(holds)),
-        "by_class": {c: _nearest_rank([w for w in want["class_waits"].get(c, []) if w > 0])
-                     for c, d in want["by_class"].items()},
+        **{group: {c: _nearest_rank([w for w in want[waits_of].get(c, []) if w > 0])
+                   for c in want[group]}
+           for group, waits_of in (("by_class", "class_waits"), ("by_op", "op_waits"))},
         "per_thread": {str(t): {"wait_ns": sum(w), "contended": sum(1 for x in w if x > 0)}
                        for t, w in sorted(want["thread_waits"].items())},
     }
