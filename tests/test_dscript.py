@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pvtrace.cli import app
+from pvtrace.cli import app, dscript
 from pvtrace.ingest.common import Format
 from pvtrace.ingest.detect import sniff
 
@@ -221,6 +221,26 @@ def test_an_empty_or_directory_output_is_refused(tmp_path, monkeypatch, output, 
     result = CliRunner().invoke(app, ["dscript", "-o", output])
     assert result.exit_code != 0 and message in str(result.exception)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_overwrites_an_old_script_but_nothing_else_without_force(tmp_path,
+                                                                          monkeypatch):
+    """`pvtrace dscript -o capture.log`, meant as `> capture.log`, must not destroy a
+    capture; writing the script over an older pvtrace.d (or an empty file) is fine."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pvtrace.d").write_text(_script().replace("pmap_enter", "pmap_old"))
+    (tmp_path / "empty.d").write_text("")
+    (tmp_path / "capture.log").write_text("# pvtrace-log v1\n1 0 5 E - 0 - 0 0 op\n")
+    assert _script().encode().startswith(dscript.SIGNATURE)
+    for name in ("pvtrace.d", "empty.d"):
+        result = CliRunner().invoke(app, ["dscript", "-o", name])
+        assert result.exit_code == 0 and (tmp_path / name).read_text() == _script(), name
+    result = CliRunner().invoke(app, ["dscript", "-o", "capture.log"])
+    assert result.exit_code != 0
+    assert "is not a pvtrace.d script: not overwritten" in str(result.exception)
+    assert (tmp_path / "capture.log").read_text().startswith("# pvtrace-log v1")
+    result = CliRunner().invoke(app, ["dscript", "-o", "capture.log", "--force"])
+    assert result.exit_code == 0 and (tmp_path / "capture.log").read_text() == _script()
 
 
 def test_unwritable_output_is_a_user_error(tmp_path):

@@ -70,6 +70,9 @@ def dscript(
     duration: int | None = typer.Option(
         None, "--duration", min=1, max=MAX_DURATION_S, metavar="SECONDS",
         help="Add a tick-Ns clause that stops the capture after SECONDS (at most a week)."),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite --output even when it holds something other than "
+                               "a pvtrace.d script."),
 ) -> None:
     text = load_script(duration)
     if output is None or output == "-":
@@ -79,6 +82,11 @@ def dscript(
         raise PvtraceError("--output is empty: name the file to write")
     if output.endswith("/"):
         raise PvtraceError("names a directory: name the script file", path=output)
+    if not force and _holds_something_else(Path(output)):
+        # `pvtrace dscript -o capture.log` instead of `> capture.log` would destroy the
+        # capture; an earlier pvtrace.d is replaced as asked.
+        raise PvtraceError("exists and is not a pvtrace.d script: not overwritten; choose "
+                           "another --output, or add --force", path=output)
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
@@ -86,3 +94,18 @@ def dscript(
                            path=output) from exc
     print(f"pvtrace: wrote {output}; run it with dtrace -Z -s {shlex.quote(output)} "
           f"(see pvtrace dscript --help)", file=sys.stderr)
+
+
+# How every version of the script begins (its comment's first line names it).
+SIGNATURE = b"/*\n * pvtrace.d "
+
+
+def _holds_something_else(path: Path) -> bool:
+    """``path`` is a file with content that does not begin as pvtrace.d does (the write
+    reports whatever else is wrong with ``path``)."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(SIGNATURE))
+    except OSError:
+        return False
+    return bool(start) and start != SIGNATURE
