@@ -190,7 +190,6 @@ def _as_polars_reads(text: str) -> str:
     return text if LINE_SEP not in text else LINE_SEP.join(text.split(LINE_SEP, 2)[:2])
 
 
-
 def _lines(text: np.ndarray) -> tuple[int, np.ndarray]:
     """The lines of ``text`` (whole lines; the last may lack its line end) and the 0-based
     indexes of the blank ones."""
