@@ -11,7 +11,9 @@ function.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -241,6 +243,22 @@ def test_output_overwrites_an_old_script_but_nothing_else_without_force(tmp_path
     assert (tmp_path / "capture.log").read_text().startswith("# pvtrace-log v1")
     result = CliRunner().invoke(app, ["dscript", "-o", "capture.log", "--force"])
     assert result.exit_code == 0 and (tmp_path / "capture.log").read_text() == _script()
+
+
+def test_output_to_a_fifo_is_written_not_read(tmp_path):
+    """Only a regular file is checked before it is overwritten: reading a FIFO (or a
+    terminal, as /dev/stdout) to check it would block."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got, results = [], []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    writer = threading.Thread(target=lambda: results.append(
+        CliRunner().invoke(app, ["dscript", "-o", str(fifo)])), daemon=True)
+    reader.start()
+    writer.start()
+    writer.join(timeout=30)     # a check that read the FIFO would block here for good
+    reader.join(timeout=30)
+    assert results and results[0].exit_code == 0 and got == [_script()]
 
 
 def test_unwritable_output_is_a_user_error(tmp_path):

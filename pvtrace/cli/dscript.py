@@ -101,9 +101,12 @@ SIGNATURE = b"/*\n * pvtrace.d "
 
 
 def _holds_something_else(path: Path) -> bool:
-    """``path`` is a file with content that does not begin as pvtrace.d does (the write
-    reports whatever else is wrong with ``path``)."""
+    """``path`` is a regular file with content that does not begin as pvtrace.d does (the
+    write reports whatever else is wrong with ``path``). Only a regular file is read: a
+    FIFO or ``/dev/stdout`` would block the read, and writing to them destroys nothing."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as f:
             start = f.read(len(SIGNATURE))
     except OSError:
