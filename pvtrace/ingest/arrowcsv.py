@@ -44,7 +44,7 @@ import pyarrow.csv as pcsv
 from numba import njit
 
 from pvtrace.ingest import hexfield
-from pvtrace.ingest.common import LINE_SEP, RECORD_FIELDS
+from pvtrace.ingest.common import LINE_SEP, NO_LINES, RECORD_FIELDS
 
 PIECE_BYTES = 16 << 20        # the most a piece holds (a big log streams piece by piece) ...
 MIN_PIECE_BYTES = 1 << 20     # ... and the least, unless the file is smaller
@@ -261,11 +261,8 @@ def _typed(table: pa.Table, numbers: list[int | None], said: list[str], lines: i
     frame = pl.from_arrow(table).with_columns(pl.Series("line", line))
     text = (pl.DataFrame({"line": skipped + np.uint64(1),
                           "l": pl.Series(said, dtype=pl.String).gather(by_line)})
-            if numbers and len(said) == len(numbers) else _NO_TEXT)
+            if numbers and len(said) == len(numbers) else NO_LINES)
     return frame, skipped, text
-
-
-_NO_TEXT = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 
 
 def _batch(frames: list[pl.DataFrame], skipped: list[np.ndarray], texts: list[pl.DataFrame],

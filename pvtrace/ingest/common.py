@@ -23,6 +23,8 @@ RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "o
 # The separator of the event-log parser's one-column line reader: the unit separator byte,
 # which no log holds (pvtrace.ingest.pvlog._lines; arrowcsv reads skipped lines alike).
 LINE_SEP = "\x1f"
+# Lines as the slow path takes them (1-based ``line``, text ``l``), none of them.
+NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 
 
 class Format(StrEnum):

@@ -49,8 +49,8 @@ import pyarrow as pa
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import arrowcsv, hexfield
-from pvtrace.ingest.common import (LINE_SEP, RECORD_FIELDS, Format, Parsed, Problem,
-                                   ProblemKind)
+from pvtrace.ingest.common import (LINE_SEP, NO_LINES, RECORD_FIELDS, Format, Parsed,
+                                   Problem, ProblemKind)
 
 if TYPE_CHECKING:
     from pvtrace.ingest.stream import EventStream
@@ -63,7 +63,6 @@ FEW_REFUSED = 64                     # up to this many refused lines in a batch 
 
 EVENTS = ("A", "R", "B", "S", "P", "E", "X")
 LOCK_EVENTS = ("A", "R", "B", "S")
-_SEP = LINE_SEP
 
 _HEADER_RE = r"^#\s*pvtrace-log\s+v(\d+)(?:\.\d+)?\s*$"
 _LOOSE_HEADER = re.compile(r"^#\s*pvtrace-log(?![\w-])", re.IGNORECASE)
@@ -191,8 +190,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                                        f"{lines:,}")
             continue
         used["name"] = "pyarrow" if reader == "arrow" else "polars"
-        return fast or [_empty_events()], refused, pl.concat([_NO_LINES, *said]), seen
-    return [], [], _NO_LINES, -1
+        return fast or [_empty_events()], refused, pl.concat([NO_LINES, *said]), seen
+    return [], [], NO_LINES, -1
 
 
 def _drop_spilled(fast: list[pl.DataFrame], spill: Path | None, reader: str) -> None:
@@ -215,7 +214,7 @@ def _typed_batches(path: Path, reader: str, by_piece: bool = False):
                 yield typed.with_columns(_valid().alias("ok")), skipped, text, height
     else:
         for typed in _field_batches(path, reader):
-            yield typed, _NO_ROWS, _NO_LINES, typed.height
+            yield typed, _NO_ROWS, NO_LINES, typed.height
 
 
 # --------------------------------------------------------------------------- reading
@@ -237,12 +236,11 @@ _FIELD_READER: dict[str, Any] = dict(
 # follows it (and truncate_ragged_lines anything after a second one) instead of the whole
 # read failing, and _lines() puts the line back together, control byte included, so that it
 # is reported as malformed.
-_LINE_READER: dict[str, Any] = dict(has_header=False, separator=_SEP, quote_char=None,
+_LINE_READER: dict[str, Any] = dict(has_header=False, separator=LINE_SEP, quote_char=None,
                                     schema={"l": pl.String, "more": pl.String},
                                     encoding="utf8-lossy", raise_if_empty=False, glob=False,
                                     truncate_ragged_lines=True, missing_columns="insert")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NO_LINES = pl.DataFrame(schema={"line": pl.UInt64, "l": pl.String})
 _NO_ROWS = np.zeros(0, np.uint64)
 
 
@@ -295,7 +293,7 @@ def _lines(path: Path) -> pl.LazyFrame:
     more = pl.col("more")
     return pl.scan_csv(path, **_LINE_READER).select(
         pl.when(more.is_null()).then(pl.col("l"))
-        .otherwise(pl.concat_str(pl.col("l").fill_null(""), pl.lit(_SEP), more)).alias("l"))
+        .otherwise(pl.concat_str(pl.col("l").fill_null(""), pl.lit(LINE_SEP), more)).alias("l"))
 
 
 def _line_batches(path: Path, name: str):
@@ -310,8 +308,8 @@ def _line_batches(path: Path, name: str):
         raise _read_error(exc, name) from None
 
 
-def _refused_lines(path: Path, name: str, rows: pl.Series,
-                   said: pl.DataFrame = _NO_LINES) -> pl.DataFrame:
+def _refused_lines(path: Path, name: str, rows: pl.Series, said: pl.DataFrame
+                   ) -> pl.DataFrame:
     """The text (``line``, ``l``) of the lines at 0-based ``rows`` (few): from ``said``,
     the lines whose text the reader kept, the others from the file, which is read only up to
     the last of them."""
