@@ -171,7 +171,8 @@ _RECORD = st.builds(
         f"{hex(pa) if pa else '0'} {op}"),
     st.integers(0, 2**64 - 1), st.integers(0, 64), st.integers(0, 2**40),
     st.sampled_from("AREX"), st.integers(1, 2**64 - 1), st.integers(0, 10**6),
-    st.integers(0, 2**52), st.sampled_from(["pmap_enter", "-", "NULL", "N/A"]))
+    st.integers(0, 2**52),
+    st.sampled_from(["pmap_enter", "-", "NULL", "N/A", "pmap_enter_quick_locked_\u00e9"]))
 _OTHER = st.sampled_from([
     "# k=v", "# pvtrace-log v1", "dtrace: 5 drops on CPU 1", "dtrace: 2 dynamic variable drops",
     "1 2 3", "junk", "1 0 5 A pv 0x10 w 0 0x1000 op extra", "1 0 5 A pv 0xzz w 0 0x1000 op",

@@ -1,8 +1,9 @@
 """The event log's first reader: pyarrow's CSV reader, over pieces of the file read in parallel.
 
 pyarrow's reader types this log faster than polars' (about 0.95 s against 1.45 s for the
-5 M-line bench log on two cores): it reads the four token fields straight into dictionaries
-and the two addresses as bytes, which :mod:`.hexfield` decodes. It is also stricter, which
+5 M-line bench log on two cores): it reads the four numbers as numbers and the other six
+fields as bytes, which compiled passes turn into dictionaries (the tokens, :mod:`.tokens`)
+and numbers (the addresses, :mod:`.hexfield`) in the reading thread. It is also stricter, which
 is what makes it safe to try first: a field it cannot type (``+5``, ``1e3``, a 65-bit
 number, invalid UTF-8 in a token) fails the whole read instead of becoming a null, and then
 :mod:`.pvlog`'s polars reader reads the file, which types what it can and leaves the rest
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 from numba import njit
 
-from pvtrace.ingest import hexfield
+from pvtrace.ingest import hexfield, tokens
 from pvtrace.ingest.common import LINE_SEP, NO_LINES, RECORD_FIELDS
 
 PIECE_BYTES = 16 << 20        # the most a piece holds (a big log streams piece by piece) ...
@@ -51,10 +52,10 @@ MIN_PIECE_BYTES = 1 << 20     # ... and the least, unless the file is smaller
 PIECES_PER_WORKER = 4         # pieces per core at least, so that the cores end together
 MAX_TEXTS = 4096              # skipped lines per piece whose text is kept (see batches)
 
-_TOKEN = pa.dictionary(pa.int32(), pa.string())
-_TYPES = {"ts": pa.uint64(), "cpu": pa.int32(), "tid": pa.int64(), "ev": _TOKEN,
-          "cls": _TOKEN, "lock": pa.binary(), "mode": _TOKEN, "ns": pa.int64(),
-          "pa": pa.binary(), "op": _TOKEN}
+TOKENS = ("ev", "cls", "mode", "op")      # read as bytes, then dictionary-encoded
+ADDRESSES = ("lock", "pa")                  # read as bytes, then decoded
+_TYPES = {name: pa.binary() for name in RECORD_FIELDS} | {
+    "ts": pa.uint64(), "cpu": pa.int32(), "tid": pa.int64(), "ns": pa.int64()}
 # Every field is text as printed: no quoting, no escapes, no null spellings ("NULL" and
 # "N/A" are tokens like any other).
 _CONVERT = pcsv.ConvertOptions(column_types=_TYPES, strings_can_be_null=False,
@@ -180,7 +181,20 @@ def _read(source: pa.MemoryMappedFile, lo: int, hi: int
                                         escape_char=False, newlines_in_values=False,
                                         ignore_empty_lines=True, invalid_row_handler=skip),
         convert_options=_CONVERT)
-    return table, numbers, said, lines, blanks
+    return _decoded(table), numbers, said, lines, blanks
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """The piece's token fields dictionary-encoded (:mod:`.tokens`) and its addresses
+    decoded (:mod:`.hexfield`), here in the reading thread: both passes free the GIL."""
+    for name in (*TOKENS, *ADDRESSES):
+        i = table.schema.get_field_index(name)
+        convert, kind = ((tokens.encode, None) if name in TOKENS
+                         else (hexfield.decode_arrow, pa.uint64()))
+        table = table.set_column(i, name, pa.chunked_array(
+            [convert(c) for c in table.column(i).chunks],
+            kind or pa.dictionary(pa.int32(), pa.string())))
+    return table
 
 
 def _as_polars_reads(text: str) -> str:
@@ -254,10 +268,6 @@ def _typed(table: pa.Table, numbers: list[int | None], said: list[str], lines: i
         place = np.delete(place, blanks)
     skipped = place[within] - np.uint64(1)
     line = np.delete(place, within) if len(within) else place
-    for name in ("lock", "pa"):
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pa.chunked_array(
-            [hexfield.decode_arrow(c) for c in table.column(i).chunks], pa.uint64()))
     frame = pl.from_arrow(table).with_columns(pl.Series("line", line))
     text = (pl.DataFrame({"line": skipped + np.uint64(1),
                           "l": pl.Series(said, dtype=pl.String).gather(by_line)})
