@@ -1,7 +1,8 @@
 """Benchmark ``pvtrace ingest`` on a generated multi-million-record event log.
 
-Generates a realistic pvtrace event log (E/A/P/R/X sequences, occasional B waits, per-CPU
-blocks out of time order, superpage-layout lock addresses) with numpy, then times
+Generates a realistic pvtrace event log (E/A/P/R/X sequences, occasional B waits,
+superpage-layout lock addresses; by default in dtrace's default order, CPU buffer by CPU
+buffer every second, see ``--order``) with numpy, then times
 :func:`pvtrace.ingest.run_ingest` (parse, validate, sort, detect the layout, write Parquet)
 against ``pl.read_csv(path, separator=' ', has_header=False, comment_prefix='#')`` reading
 the same file as plain CSV (the ``#`` header lines would make the bare call fail), best of N
@@ -11,15 +12,18 @@ Parquet write of the parsed events alone, since the full ingest additionally sor
 detects the layout and writes compressed Parquet. Each figure comes with its CPU time (all
 threads): the parse and the write need at least their summed CPU time divided by the cores,
 which bounds the ratio any ingest can reach on this machine; the script prints that bound,
-and the tighter one of a write that can start only when the parse ends (the sort by time
-needs the last record; pyarrow writes a file on one core).
+and the tighter one of a write that can start only when the parse ends (a log whose CPU
+buffers were drained once: the sort by time needs the last record; pyarrow writes a file on
+one core). It also says how the ingest wrote the events (while parsing, or after sorting
+and why: ``pvtrace.ingest.stream``).
 
-    .venv/bin/python scripts/bench_ingest.py --records 5000000 --runs 3
+    .venv/bin/python scripts/bench_ingest.py --records 5000000 --runs 3 [--order ORDER]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -37,10 +41,19 @@ OPS = np.array(["pmap_enter", "pmap_remove_all", "pmap_enter_quick", "pmap_remov
                 "pmap_ts_referenced", "pmap_promote_pde", "pmap_is_modified"])
 
 
-def generate(path: Path, records: int, seed: int = 1, temporal: bool = False) -> None:
-    """Write ``records`` records: groups of E A P R X per operation, some with a B first; in
-    per-CPU order (dtrace's default), or in time order with ``temporal`` (``-x temporal``);
-    then the blank line dtrace ends its output with."""
+ORDERS = {
+    "buffers": "by CPU buffers drained every second (dtrace's default output)",
+    "temporal": "in time order (dtrace -x temporal)",
+    "drained-once": "by CPU buffers drained once, at the end (-x bufpolicy=ring)",
+}
+
+
+def generate(path: Path, records: int, seed: int = 1, order: str = "buffers") -> None:
+    """Write ``records`` records: groups of E A P R X per operation, some with a B first, in
+    one of the :data:`ORDERS`; then the blank line dtrace ends its output with. By CPU
+    buffers, every ``switchrate`` tick (1 s by default) dtrace prints each CPU's buffer in
+    turn, CPU 0 first, each in time order (``dt_consume.c``); drained once, each CPU's
+    buffer holds the whole capture, the sort's worst case."""
     rng = np.random.default_rng(seed)
     n_ops = records // 5 + 1
     ncpu = 32
@@ -68,8 +81,9 @@ def generate(path: Path, records: int, seed: int = 1, temporal: bool = False) ->
         "ns": np.where(ev == "B", wait[:, None], 0).ravel(),
         "pa": np.repeat(page, 5), "op": np.repeat(op, 5),
     }).head(records)
-    # DTrace prints per-CPU buffers one after another: order by cpu, then time.
-    df = df.sort("ts" if temporal else ["cpu", "ts"], maintain_order=True)
+    keys = {"temporal": ["ts"], "drained-once": ["cpu", "ts"],
+            "buffers": [pl.col("ts") // 1_000_000_000, "cpu", "ts"]}[order]
+    df = df.sort(keys, maintain_order=True)
     hexed = df.with_columns(
         pl.when(pl.col(c) == 0).then(pl.lit("0"))
         .otherwise(pl.lit("0x") + pl.col(c).map_batches(_hex, return_dtype=pl.String))
@@ -104,17 +118,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=5_000_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--temporal", action="store_true",
-                    help="records in time order, as dtrace -x temporal prints them (default: "
-                         "per-CPU order, dtrace's default and the sort's worst case)")
+    ap.add_argument("--order", choices=list(ORDERS), default="buffers",
+                    help="; ".join(f"{k}: {v}" for k, v in ORDERS.items()))
+    ap.add_argument("--temporal", action="store_const", const="temporal", dest="order",
+                    help="the same as --order temporal")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pvtrace-bench-"))
     try:
         log = tmp / "bench.log"
         t0 = time.perf_counter()
-        generate(log, args.records, temporal=args.temporal)
+        generate(log, args.records, order=args.order)
         print(f"generated {args.records:,} records ({log.stat().st_size / 1e6:.0f} MB, "
-              f"{'time' if args.temporal else 'per-CPU'} order) "
+              f"{ORDERS[args.order]}) "
               f"in {time.perf_counter() - t0:.1f} s")
         events = pvlog.parse(log, 0, str(log)).tables["events"]
         ordered = events.sort("ts", maintain_order=True).with_columns(
@@ -143,15 +158,18 @@ def main() -> None:
         floor = (best["parse"][1] + best["write"][1]) / cores
         print(f"bound on {cores} cores: (parse CPU + write CPU) / {cores} = {floor:.2f} s, so at "
               f"best {csv / floor:.2f}x plain CSV")
-        # The events are written in time order, and in a per-CPU log the first of them in
-        # time may be the last line: no row group can be written before the parse ends, and
-        # pyarrow writes a Parquet file on one core. A log in time order is written while it
-        # is parsed (pvtrace.ingest.stream): for it, only the CPU bound above holds.
+        # The events are written in time order, and in a log whose CPU buffers were drained
+        # once the first of them in time may be the last line: no row group can be written
+        # before the parse ends, and pyarrow writes a Parquet file on one core. The logs
+        # dtrace prints otherwise are written while they are parsed (pvtrace.ingest.stream):
+        # for them, only the CPU bound above holds.
         serial = parse + best["write"][0]
+        how = json.loads((tmp / "out" / "metadata.json").read_text())["inputs"][0]["reader"]
+        print(f"the ingest wrote the events {how['events_written']}")
         print(f"bound with the write after the parse: parse + write = {serial:.2f} s, so at "
               f"best {csv / serial:.2f}x plain CSV"
-              + (" (a per-CPU log's; this log is written while it is parsed)"
-                 if args.temporal else ""))
+              + (" (when the events are written after sorting)"
+                 if how["events_written"] == "while parsing" else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

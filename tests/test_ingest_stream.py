@@ -86,14 +86,68 @@ def test_a_log_in_time_order_is_written_while_parsed(tmp_path, pieces, monkeypat
     assert not [t for t in threading.enumerate() if t.name.startswith("pvtrace-stream")]
 
 
-def test_a_log_by_cpu_buffers_is_sorted(tmp_path, pieces, monkeypatch):
-    # as dtrace prints without -x temporal: CPU 0's records, then CPU 1's from the start
-    lines = temporal().splitlines(keepends=True)
-    text = HEADER + "".join(sorted(lines, key=lambda line: int(line.split()[1])))
+def by_buffers(n: int = 240, ncpu: int = 3, drains: int = 6, idle: tuple[int, ...] = ()
+               ) -> str:
+    """``n`` records as dtrace prints them without ``-x temporal``: at every drain, each
+    CPU's buffer in turn, CPU 0 first, each in time order. CPU c's buffer is taken a little
+    after CPU c-1's, so it runs a little later: each drain's records of a CPU may be later
+    than the next drain's of the CPUs before it. CPUs in ``idle`` record nothing."""
+    cpus = [c for c in range(ncpu) if c not in idle]
+    span = 10 * n
+    drained = []
+    for i in range(n):
+        ts, cpu = 1000 + 10 * i, cpus[i % len(cpus)]
+        drain = next(k for k in range(drains)
+                     if ts < 1000 + span * (k + 1) // drains + 7 * cpu or k == drains - 1)
+        drained.append((drain, cpu, ts, record(ts, cpu, 100 + cpu, "AR"[i // 3 % 2])))
+    return "".join(line for *_, line in sorted(drained))
+
+
+WAITED = ("after sorting: more than 100 records wait for the watermark (a CPU that records "
+          "nothing, or buffers printed only at the end)")
+
+
+def test_a_log_by_cpu_buffers_is_written_while_parsed(tmp_path, pieces, monkeypatch):
+    text = HEADER.replace("ncpu=4", "ncpu=3") + by_buffers()
     out, meta = ingest(tmp_path, text)
-    assert written(meta) == "after sorting: the log is not in time order"
+    assert written(meta) == "while parsing"
+    assert pq.ParquetFile(out / "events.parquet").metadata.num_row_groups > 3
     ts = events(out)["ts"].to_list()
-    assert ts == sorted(ts) and len(ts) == 120
+    assert ts == sorted(ts) and len(ts) == 240
+    assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
+
+
+def test_without_ncpu_a_log_by_cpu_buffers_is_sorted(tmp_path, pieces, monkeypatch):
+    """Without the CPUs the header states, a CPU not seen yet could print records earlier
+    than those written."""
+    text = HEADER.replace("# ncpu=4\n", "") + by_buffers()
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == ("after sorting: the log is not in time order, and its header "
+                             "states no ncpu to follow its CPUs' buffers")
+    assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
+
+
+def test_a_cpu_that_prints_nothing_holds_the_records_back(tmp_path, pieces, monkeypatch):
+    """The header names 4 CPUs and CPU 3 records nothing: the watermark never moves, and
+    past HELD_ROWS records the stream gives up; below it, they are written at the end."""
+    text = HEADER + by_buffers(idle=(3,))
+    out, meta = ingest(tmp_path, text, "few")
+    assert written(meta) == "while parsing"
+    monkeypatch.setattr(stream, "HELD_ROWS", 100)
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == WAITED
+    assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
+
+
+def test_a_log_of_buffers_drained_once_is_sorted(tmp_path, pieces, monkeypatch):
+    # as dtrace prints buffers it drains only when tracing stops (-x bufpolicy=ring): CPU
+    # 0's records, then CPU 1's from the start; the watermark moves only at the last CPU
+    monkeypatch.setattr(stream, "HELD_ROWS", 100)
+    text = HEADER.replace("ncpu=4", "ncpu=3") + by_buffers(drains=1)
+    out, meta = ingest(tmp_path, text)
+    assert written(meta) == WAITED
+    ts = events(out)["ts"].to_list()
+    assert ts == sorted(ts) and len(ts) == 240
     assert events(out).equals(events(sorted_path(tmp_path, text, monkeypatch)))
 
 
@@ -101,7 +155,7 @@ def test_a_piece_that_goes_back_in_time_is_sorted(tmp_path, pieces):
     # every piece in order, but the records after the first 60 start over earlier
     text = HEADER + temporal(60) + "".join(record(1005 + 10 * i, 3, 200) for i in range(60))
     out, meta = ingest(tmp_path, text)
-    assert written(meta) == "after sorting: the log is not in time order"
+    assert written(meta) == "after sorting: the log is in neither time nor CPU-buffer order"
     ts = events(out)["ts"].to_list()
     assert ts == sorted(ts) and len(ts) == 120
     # ties and order as the stable sort gives them: by line within equal times
@@ -209,8 +263,10 @@ DAMAGE = st.one_of(
 )
 
 
-def _damaged(n: int, damage: list[tuple[str, int, str]]) -> str:
-    lines = temporal(n).splitlines(keepends=True)
+def _damaged(n: int, damage: list[tuple[str, int, str]], drains: int = 0) -> str:
+    """A log of ``n`` records in time order, or by CPU buffers drained ``drains`` times,
+    damaged."""
+    lines = (by_buffers(n, drains=drains) if drains else temporal(n)).splitlines(keepends=True)
     for kind, at, text in damage:
         i = at % len(lines)
         if kind == "junk":
@@ -223,7 +279,7 @@ def _damaged(n: int, damage: list[tuple[str, int, str]]) -> str:
             lines[i], lines[i + 1] = lines[i + 1], lines[i]
         elif kind == "cr":
             lines[i] = lines[i].replace("\n", "\r\n")
-    return HEADER + "".join(lines)
+    return (HEADER.replace("ncpu=4", "ncpu=3") if drains else HEADER) + "".join(lines)
 
 
 def _outcome(tmp: Path, text: str, name: str, stream_on: bool):
@@ -245,12 +301,12 @@ def _outcome(tmp: Path, text: str, name: str, stream_on: bool):
           derandomize="PVTRACE_FUZZ_EXAMPLES" not in os.environ, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 150), damage=st.lists(DAMAGE, max_size=4),
-       piece=st.integers(60, 600))
-def test_the_stream_and_the_sort_write_the_same_bundle(n, damage, piece):
-    """Whatever the log, writing while parsing gives what the sort gives (records, types,
-    order, line numbers), or the same error. (1500 random examples passed when it was
-    written.)"""
-    text = _damaged(n, damage)
+       piece=st.integers(60, 600), drains=st.sampled_from([0, 0, 1, 2, 5]))
+def test_the_stream_and_the_sort_write_the_same_bundle(n, damage, piece, drains):
+    """Whatever the log, in time order or by CPU buffers, writing while parsing gives what
+    the sort gives (records, types, order, line numbers), or the same error. (1500 random
+    examples passed when it was written.)"""
+    text = _damaged(n, damage, drains)
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as m:
         m.setattr(arrowcsv, "PIECE_BYTES", piece)
         m.setattr(arrowcsv, "MIN_PIECE_BYTES", 1)

@@ -8,12 +8,13 @@ capture ever exists whole and no contiguous copy of a chunked column is made (th
 be a memory-mapped spill file, see :mod:`pvtrace.ingest.pvlog`).
 
 The gather is compiled: for each row of a part, which chunk holds it and where (computed once
-per part and per distinct chunking, as columns may be chunked differently), then one pass per
+per part and per distinct chunking, as columns may be chunked differently), then one call per
 group of columns with that chunking and element width, loading each value from its chunk's
-buffer by address (categorical codes renumbered on the way). A per-chunk numpy gather costs
-a Python call per (chunk, column) pair and two fancy-index passes per value; on 5 M records in
-162 chunks it took about twice as long as the Parquet writer it feeds. One pass per column,
-with a numpy lookup for the codes, took 1.45 s in all; one per group, 0.94 s.
+buffer by address (categorical codes renumbered on the way), a column at a time. A per-chunk
+numpy gather costs a Python call per (chunk, column) pair and two fancy-index passes per
+value; on 5 M records in 162 chunks it took about twice as long as the Parquet writer it
+feeds. One numpy pass per column, with a numpy lookup for the codes, took 1.45 s in all;
+one compiled call per group, 0.94 s.
 """
 
 from __future__ import annotations
@@ -62,18 +63,18 @@ def _locate(idx, bounds, chunk, local):
 def _gather(out, bases, chunk, local, luts, has_lut):
     """``out[j, i]`` = element ``local[i]`` of column ``j``'s chunk ``chunk[i]``, whose buffer
     starts at byte address ``bases[j, chunk[i]]`` (elements of ``out``'s width), mapped
-    through ``luts[j]`` where ``has_lut[j]``. All of a row's columns are read in one visit:
-    the row's place is loaded once, and the part's rows come from a few dozen sorted runs
-    (one per CPU), so the lines of every column stay in cache between rows."""
+    through ``luts[j]`` where ``has_lut[j]``. One column at a time: the part's rows come
+    from a few dozen sorted runs (one per CPU), a few dozen streams of reads the prefetcher
+    follows; reading a row's columns together made it follow six times as many, and took
+    2.5-3x as long (26 against 10 ms for a million rows of six 64-bit columns)."""
     ncols = out.shape[0]
     width = out.itemsize
     zero = out.dtype.type(0)
-    for i in range(out.shape[1]):
-        c = chunk[i]
-        off = local[i] * width
-        for j in range(ncols):
-            v = _load(bases[j, c] + off, zero)
-            out[j, i] = luts[j, v] if has_lut[j] else v
+    for j in range(ncols):
+        mapped = has_lut[j]
+        for i in range(out.shape[1]):
+            v = _load(bases[j, chunk[i]] + local[i] * width, zero)
+            out[j, i] = luts[j, v] if mapped else v
 
 
 FIRST_PART_DIVISOR = 8    # the first part has an eighth of the rows of the others
@@ -223,8 +224,8 @@ def _mark(values, lo, seen):
 
 
 def ordered_parts(events: pl.DataFrame, rows: int, recycle: bool = False,
-                  check: Callable[[pa.Table], None] | None = None, small_first: bool = True
-                  ) -> tuple[Iterator[pa.Table], pa.Table]:
+                  check: Callable[[pa.Table], None] | None = None, small_first: bool = True,
+                  order: np.ndarray | None = None) -> tuple[Iterator[pa.Table], pa.Table]:
     """``events`` in time order as Arrow tables of ``rows`` rows each (the last one shorter),
     and an empty table of their schema; see the module docstring. Categorical columns become
     dictionary arrays over the values the column uses. The sort itself happens on the first
@@ -239,19 +240,26 @@ def ordered_parts(events: pl.DataFrame, rows: int, recycle: bool = False,
 
     ``check``, when given, is called on each part in order, in the thread that gathers it;
     what it raises reaches the caller when it asks for that part. ``small_first``: the first
-    part is smaller than the others (see _parts)."""
-    n = events.height
+    part is smaller than the others (see _parts). ``order``: the rows to take, in time
+    order (the caller sorted them, and may take only some); by default all of them, sorted
+    here."""
+    n = events.height if order is None else len(order)
     if n == 0:
         return iter(()), events.head(0).to_arrow()
-    return _parts(events, rows, recycle, check, small_first), events.head(0).to_arrow()
+    return (_parts(events, rows, recycle, check, small_first, order),
+            events.head(0).to_arrow())
 
 
 def _parts(events: pl.DataFrame, rows: int, recycle: bool,
-           check: Callable[[pa.Table], None] | None, small_first: bool) -> Iterator[pa.Table]:
-    n = events.height
-    ts = events.get_column("ts")
-    order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
-    del ts
+           check: Callable[[pa.Table], None] | None, small_first: bool,
+           order: np.ndarray | None) -> Iterator[pa.Table]:
+    if order is None:
+        n = events.height
+        ts = events.get_column("ts")
+        order = None if ts.is_sorted() else np.argsort(ts.to_numpy(), kind="stable")
+        del ts
+    else:
+        n = len(order)
     groups, others, sliced = _gather_plan(events, in_order=order is None)
     names = events.columns
 
@@ -292,6 +300,9 @@ def _parts(events: pl.DataFrame, rows: int, recycle: bool,
     first = min(max(rows // FIRST_PART_DIVISOR, 1), n) if small_first else min(rows, n)
     cuts = [0, *range(first, n, rows), n]
     spans = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+    if len(spans) == 1:         # nothing to overlap (the stream's parts): no thread
+        yield part(*spans[0], None)[0]
+        return
     spare = None        # buffers of a part the caller is done with (``recycle``)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(part, *spans[0], None)

@@ -154,6 +154,8 @@ def _fast_read(path: Path, what: str, lines: int, spill: Path | None = None,
                 events, refused_rows = _fast(typed)
                 del typed
                 if streamed is not None:
+                    if not streamed.rows and text.height:   # the header, in the first piece
+                        streamed.expect_cpus(_stated_cpus(text))
                     streamed.add(events)
                 if spill is not None:
                     held.append(events)
@@ -571,6 +573,13 @@ def _empty_events() -> pl.DataFrame:
         "ts": pl.UInt64, "cpu": pl.Int32, "tid": pl.Int64, "ev": pl.Categorical,
         "cls": pl.Categorical, "lock": pl.UInt64, "mode": pl.Categorical, "ns": pl.Int64,
         "pa": pl.UInt64, "op": pl.Categorical, "line": pl.UInt64})
+
+
+def _stated_cpus(lines: pl.DataFrame) -> int:
+    """The CPUs a ``# ncpu=N`` among ``lines`` (``l``) states, 0 if none does."""
+    values = lines.filter(pl.col("l").str.extract(_KV_RE, 1) == "ncpu").select(
+        pl.col("l").str.extract(_KV_RE, 2).str.strip_chars()).to_series()
+    return next((int(v) for v in values if v.isascii() and v.isdigit()), 0)
 
 
 def _metadata(lines: pl.DataFrame, src: int, name: str) -> tuple[dict[str, Any], list[Problem]]:
