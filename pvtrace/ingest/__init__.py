@@ -310,7 +310,10 @@ class _RepeatCheck:
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.carry: pl.DataFrame | None = None   # the previous part's rows at its last ts
+        # The previous parts' rows at their last ts, as Arrow: decoded only when the next
+        # part goes on at that time (each part's dictionaries are its own).
+        self.carry: list[pa.Table] = []
+        self.carry_ts: int | None = None
         self.seen = 0
 
     def __call__(self, part: pa.Table) -> None:
@@ -318,18 +321,21 @@ class _RepeatCheck:
         ts = part.column("ts").to_numpy()
         if not len(ts):
             return
-        carry = self.carry
         suspects = _repeated_rows(part)
         rows = np.zeros(0, np.int64)
-        joined = carry is not None and carry["ts"][0] == ts[0]
+        joined = bool(self.carry) and self.carry_ts == ts[0]
         if joined:      # the previous part's last time goes on here
             rows = np.arange(np.searchsorted(ts, ts[0], side="right"))
         if len(suspects) or joined:
             rows = np.union1d(suspects, rows)
-            _refuse_repeated_records(pl.concat([carry, _decoded(part, rows)])
-                                     if joined else _decoded(part, rows), self.names, self.seen)
-        last = _decoded(part, np.arange(np.searchsorted(ts, ts[-1]), len(ts)))
-        self.carry = pl.concat([carry, last]) if joined and ts[-1] == ts[0] else last
+            carried = ([_decoded(c, np.arange(c.num_rows)) for c in self.carry]
+                       if joined else [])
+            _refuse_repeated_records(pl.concat([*carried, _decoded(part, rows)]), self.names,
+                                     self.seen)
+        # a copy: the part's memory may be recycled for a later one (order.ordered_parts)
+        last = part.take(np.arange(np.searchsorted(ts, ts[-1]), len(ts)))
+        self.carry = [*self.carry, last] if joined and ts[-1] == ts[0] else [last]
+        self.carry_ts = int(ts[-1])
 
 
 def _repeated_rows(part: pa.Table) -> np.ndarray:
