@@ -159,6 +159,7 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
     # One event log: its records are written while it is parsed, if they come in time
     # order (:mod:`.stream`); else, as for several inputs, sorted once all are parsed.
     streamed: bundle.Written | None = None
+    stream: tuple[EventStream, Parsed] | None = None     # and the input it wrote
     extra_problems: list[Problem] = []
     seen: dict[tuple[int, bytes, bytes], tuple[str, Path]] = {}
     for src, arg in enumerate(inputs):
@@ -182,10 +183,7 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
                     scratch / "events.parquet", src, _RepeatCheck([source.name])))
             one = _parser(fmt, source.name).parse(source.path, src, source.name, **extra)
             if "stream" in extra:
-                streamed = extra["stream"].finish(one.records)
-                one.meta.setdefault("reader", {})["events_written"] = (
-                    "while parsing" if streamed is not None
-                    else f"after sorting: {extra['stream'].gave_up}")
+                stream = (extra["stream"], one)
         totals = _totals(one)
         if source.trailing:
             extra_problems.append(Problem(
@@ -227,6 +225,16 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
 
     tables: dict[str, Any] = _merge_tables([r for r, _ in parsed])
     events = tables.get("events")
+    detected = counted = None
+    if stream is not None:
+        # The stream writes its last records while the summary is counted on the other core.
+        writer, one = stream
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            finishing = pool.submit(writer.finish, one.records)
+            detected, counted = _detect(events), _event_facts(events)
+            streamed = finishing.result()
+        one.meta.setdefault("reader", {})["events_written"] = (
+            "while parsing" if streamed is not None else f"after sorting: {writer.gave_up}")
     if streamed is not None:    # every record of the one input, written while parsed
         tables["events"] = streamed
     elif events is not None:
@@ -243,10 +251,10 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
         facts: Future[dict[str, Any]] = Future()
         written = pool.submit(bundle.write_bundle, out, tables, facts.result, force=force)
         try:
-            detected = (layouts.detect(events) if events is not None
-                        else layouts.Layout("unknown", "no event log among the inputs"))
+            if detected is None:
+                detected = _detect(events)
             result = _result(Path(out), summaries, events, tables, detected, layout, problems,
-                             dict(problem_totals))
+                             dict(problem_totals), counted)
             result.warnings.extend(_capture_warnings(summaries, events))
             result.warnings.extend(_span_warning(result, events))
             result.warnings.extend(_layout_line_warnings(summaries, detected, layout))
@@ -259,6 +267,11 @@ def _ingest_in(stack: contextlib.ExitStack, inputs: list[str], out: str, scratch
     result.tables = {name: t.rows if isinstance(t, (bundle.Parts, bundle.Written)) else t.height
                      for name, t in tables.items()}
     return result
+
+
+def _detect(events: pl.DataFrame | None) -> layouts.Layout:
+    return (layouts.detect(events) if events is not None
+            else layouts.Layout("unknown", "no event log among the inputs"))
 
 
 def _refuse_repeat(path: Path, name: str,
@@ -433,18 +446,9 @@ def _merge_tables(parsed: list[Parsed]) -> dict[str, pl.DataFrame]:
 
 def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
             tables: dict[str, pl.DataFrame], detected: layouts.Layout, override: str | None,
-            problems: list[Problem], totals: dict[str, int]) -> IngestResult:
-    counts: dict[str, dict[str, int]] = {}
-    threads, cpus, first, last = 0, [], None, None
-    if events is not None and events.height:
-        # This runs while the events are sorted and written on the other core (or, for a
-        # log written while parsed, after it): cheap passes only (counting categorical
-        # codes, not grouping the strings; marking ids in a table, not hashing them).
-        for col in ("ev", "cls", "op"):
-            counts[col] = _value_counts(events.get_column(col))
-        threads = len(order.distinct_values(events.get_column("tid")))
-        cpus = order.distinct_values(events.get_column("cpu")).tolist()
-        first, last = events.get_column("ts").min(), events.get_column("ts").max()
+            problems: list[Problem], totals: dict[str, int],
+            facts: EventFacts | None = None) -> IngestResult:
+    counts, threads, cpus, first, last = facts or _event_facts(events)
     drops: dict[int, int] = {}
     other: dict[str, int] = {}
     kinds: dict[str, int] = {}
@@ -481,6 +485,23 @@ def _result(out: Path, inputs: list[InputSummary], events: pl.DataFrame | None,
         layout_evidence=detected.evidence, layout_source=source,
         layout_assumed=source == "detected" and detected.assumed,
         problems=problems, problem_totals=totals)
+
+
+EventFacts = tuple[dict[str, dict[str, int]], int, list[int], int | None, int | None]
+
+
+def _event_facts(events: pl.DataFrame | None) -> EventFacts:
+    """(records per event, class and operation; threads; CPUs; first and last time)."""
+    counts: dict[str, dict[str, int]] = {}
+    if events is None or not events.height:
+        return counts, 0, [], None, None
+    # This runs while the events are written on the other core: cheap passes only (counting
+    # categorical codes, not grouping the strings; marking ids in a table, not hashing them).
+    for col in ("ev", "cls", "op"):
+        counts[col] = _value_counts(events.get_column(col))
+    return (counts, len(order.distinct_values(events.get_column("tid"))),
+            order.distinct_values(events.get_column("cpu")).tolist(),
+            events.get_column("ts").min(), events.get_column("ts").max())
 
 
 def _value_counts(col: pl.Series) -> dict[str, int]:
