@@ -86,7 +86,9 @@ def batches(path: Path, rows: int
     workers = _workers()
     spans = _spans_of(path)
     try:
-        source = pa.memory_map(str(path))
+        # The whole file as one buffer over the map: each piece is a slice of it, read in
+        # place. (``read_at`` copies: a 16 MiB piece took 10 ms to copy into fresh memory.)
+        source = pa.memory_map(str(path)).read_buffer()
     except (OSError, pa.ArrowException) as exc:
         raise Unsure(f"cannot map the file: {exc}") from None
     first = 0                      # lines before the piece
@@ -154,7 +156,7 @@ def _spans(mm: mmap.mmap, size: int, piece: int) -> list[tuple[int, int]]:
     return spans
 
 
-def _read(source: pa.MemoryMappedFile, lo: int, hi: int
+def _read(source: pa.Buffer, lo: int, hi: int
           ) -> tuple[pa.Table, list[int | None], list[str], int, np.ndarray]:
     """The piece ``lo:hi`` read: its records, the 1-based numbers of the lines skipped
     (among its lines that are not blank: pyarrow counts no blank line) and their text (the
@@ -168,7 +170,7 @@ def _read(source: pa.MemoryMappedFile, lo: int, hi: int
             said.append(_as_polars_reads(row.text))
         return "skip"
 
-    data = source.read_at(hi - lo, lo)
+    data = source.slice(lo, hi - lo)
     lines, blanks = _lines(np.frombuffer(data, np.uint8))     # raises for a "\r"
     table = pcsv.read_csv(
         pa.BufferReader(data),
