@@ -118,29 +118,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=5_000_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--order", choices=list(ORDERS), default="buffers",
-                    help="; ".join(f"{k}: {v}" for k, v in ORDERS.items()))
+    ap.add_argument("--order", choices=["all", *ORDERS], default="all",
+                    help="; ".join(f"{k}: {v}" for k, v in ORDERS.items())
+                    + "; all (the default): each in turn")
     ap.add_argument("--temporal", action="store_const", const="temporal", dest="order",
                     help="the same as --order temporal")
     args = ap.parse_args()
+    ratios = {order: bench(order, args.records, args.runs)
+              for order in (ORDERS if args.order == "all" else [args.order])}
+    if len(ratios) > 1:
+        print("ingest / plain CSV: " + ", ".join(f"{ORDERS[o].split(' (')[0]} {r:.2f}x"
+                                                for o, r in ratios.items()))
+
+
+def bench(order: str, records: int, runs: int) -> float:
+    """Generate a log in ``order``, time the ingest and the plain read (see the module
+    docstring), print the figures; returns the ratio."""
     tmp = Path(tempfile.mkdtemp(prefix="pvtrace-bench-"))
     try:
         log = tmp / "bench.log"
         t0 = time.perf_counter()
-        generate(log, args.records, order=args.order)
-        print(f"generated {args.records:,} records ({log.stat().st_size / 1e6:.0f} MB, "
-              f"{ORDERS[args.order]}) "
-              f"in {time.perf_counter() - t0:.1f} s")
+        generate(log, records, order=order)
+        print(f"generated {records:,} records ({log.stat().st_size / 1e6:.0f} MB, "
+              f"{ORDERS[order]}) in {time.perf_counter() - t0:.1f} s")
         events = pvlog.parse(log, 0, str(log)).tables["events"]
         ordered = events.sort("ts", maintain_order=True).with_columns(
             pl.lit(0, pl.UInt16).alias("src"))
-        best = best_of(args.runs, {
+        best = best_of(runs, {
             "csv": lambda: pl.read_csv(log, separator=" ", has_header=False, comment_prefix="#"),
             "ingest": lambda: run_ingest([str(log)], str(tmp / "out"), force=True),
             "parse": lambda: pvlog.parse(log, 0, str(log)),
             "write": lambda: write_bundle(tmp / "w", {"events": ordered}, {}, force=True),
         })
-        n = args.records
+        n = records
         for label, key in (("plain CSV read (pl.read_csv)", "csv"),
                            ("pvtrace ingest (run_ingest)", "ingest"),
                            ("  parse stage (pvlog.parse)", "parse")):
@@ -170,6 +180,8 @@ def main() -> None:
               f"best {csv / serial:.2f}x plain CSV"
               + (" (when the events are written after sorting)"
                  if how["events_written"] == "while parsing" else ""))
+        print()
+        return csv / ing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -15,9 +15,10 @@ no such wait, in either of its two orders (``dt_consume.c``, ``dtrace_consume``)
   record up to the earliest of the CPUs' latest times (the *watermark*) is final. The stream
   holds the records above it, and writes the others, sorted, as the watermark moves on. It
   needs the header's ``# ncpu=`` (which pvtrace.d prints) and every CPU to have shown a
-  record (those ``ncpu`` names, and any other it meets): a CPU that records nothing holds the watermark back, and the stream gives
-  up once :data:`HELD_ROWS` records wait, as it does on a log printed from buffers drained
-  only when tracing stops (``-x bufpolicy=ring`` or ``fill``).
+  record (those ``ncpu`` names, and any other it meets): a CPU that records nothing holds
+  the watermark back, and the stream gives up once :data:`HELD_ROWS` records wait, as it
+  does on a log printed from buffers drained only when tracing stops (``-x bufpolicy=ring``
+  or ``fill``).
 
 It is only a shortcut to the same bundle. The records, their order and their types are the
 sorted path's (parts made by :func:`pvtrace.ingest.order.ordered_parts`, which sorts them
@@ -27,7 +28,8 @@ record earlier than what was written already makes it give up, delete what it wr
 the ingest sorts and writes the events as for any log. It gives up on:
 
 - a record earlier than the watermark last used (not a dtrace log, or two captures
-  concatenated), or too many records held;
+  concatenated), too many records held, or a log out of time order whose header states no
+  ``ncpu`` (a CPU not seen yet could print records earlier than those written);
 - the first reader giving up on the file (polars' reader then reads it again);
 - a record recovered by the line-by-line reader from a line the first reader refused (it
   belongs between records already written);
