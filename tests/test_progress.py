@@ -10,7 +10,7 @@ from rich.console import Console
 
 from pvtrace import progress
 from pvtrace.cli.progress import shown
-from pvtrace.ingest import pvlog, run_ingest
+from pvtrace.ingest import pvlog, run_ingest, stream
 from pvtrace.replay.api import REPLAY_COLUMNS, replay_trace
 
 SAMPLE = sorted((Path(__file__).resolve().parents[1] / "sample_traces").glob("*.log.gz"))[0]
@@ -36,6 +36,12 @@ def test_ingest_announces_decompressing_parsing_and_writing(tmp_path, monkeypatc
     monkeypatch.setattr(pvlog, "ONE_BATCH_BYTES", 0)     # streamed in batches ...
     monkeypatch.setattr(pvlog, "BATCH_ROWS", 500)         # ... of 500 lines
     lines = len(gzip.decompress(SAMPLE.read_bytes()).splitlines())
+    seen = Recorder()
+    with progress.listening(seen):      # the sample's events are written while it is parsed
+        run_ingest([str(SAMPLE)], str(tmp_path / "a"))
+    assert [s[0].split()[0] for s in seen.stages] == ["decompressing", "parsing"]
+    # sorted after the parse, they are written in a stage of their own
+    monkeypatch.setattr(stream.EventStream, "add", lambda self, events: self.give_up("test"))
     seen = Recorder()
     with progress.listening(seen):
         result = run_ingest([str(SAMPLE)], str(tmp_path / "b"))
@@ -67,7 +73,7 @@ def test_terminal_shows_the_stages_and_pipes_get_nothing(tmp_path):
     with shown(console=Console(file=screen, force_terminal=True, width=100)):
         assert progress._listener is not None
         run_ingest([str(SAMPLE)], str(tmp_path / "b"))
-    assert "decompressing" in screen.getvalue() and "writing the events" in screen.getvalue()
+    assert "decompressing" in screen.getvalue() and "parsing" in screen.getvalue()
     assert progress._listener is None
     pipe = io.StringIO()
     for console, quiet in ((Console(file=pipe), False),
