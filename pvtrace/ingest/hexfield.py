@@ -124,7 +124,10 @@ def _decode(views, bufs, offsets, data, validity, offset, digits, out, ok):
             start = np.int64(_load(offsets + 4 * j, np.int32(0)))
             n = np.int64(_load(offsets + 4 * j + 4, np.int32(0))) - start
             text = data + start
-        if n > 10 and n <= 2 + MAX_DIGITS and _load(text, np.uint16(0)) == 0x7830:   # "0x"
+        if n == 1:      # a bare "0" (an event that names no lock): most of a lock column
+            out[i] = 0
+            ok[i] = _load(text, _ZERO) == 48
+        elif n > 10 and n <= 2 + MAX_DIGITS and _load(text, np.uint16(0)) == 0x7830:   # "0x"
             first, ok_first = _eight(_load(text + 2, np.uint64(0)))
             last, ok_last = _eight(_load(text + n - 8, np.uint64(0)))
             valid = ok_first and ok_last
