@@ -1082,3 +1082,9 @@ def test_distinct_values_and_code_counts_over_chunks(span):
     categories = ev.dtype.categories.to_series()
     counts = order.code_counts(order.category_codes(ev), categories.len())
     assert {categories[i]: n for i, n in enumerate(counts) if n} == {"A": 3, "R": 1, "X": 1}
+    # counted in four lanes: chunks longer than four, of any length
+    ev = pl.concat([pl.Series(list("AARRAXAARAX"), dtype=pl.Categorical),
+                    pl.Series(list("RRRRRRRR"), dtype=pl.Categorical)], rechunk=False)
+    categories = ev.dtype.categories.to_series()
+    counts = order.code_counts(order.category_codes(ev), categories.len())
+    assert {categories[i]: n for i, n in enumerate(counts) if n} == {"A": 6, "R": 11, "X": 2}

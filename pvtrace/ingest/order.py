@@ -186,16 +186,28 @@ def category_codes(col: pl.Series) -> list[np.ndarray]:
 def code_counts(codes: list[np.ndarray], ncategories: int) -> np.ndarray:
     """Records per category code over the chunks ``codes`` (see :func:`category_codes`).
     (np.bincount would first copy each chunk's 32-bit codes to 64 bits.)"""
-    counts = np.zeros(ncategories, np.int64)
+    counts = np.zeros((_LANES, ncategories), np.int64)
     for chunk in codes:
         _count_codes(chunk, counts)
-    return counts
+    return counts.sum(axis=0)
+
+
+_LANES = 4
 
 
 @njit(nogil=True, cache=True)
 def _count_codes(codes, counts):
-    for i in range(codes.size):
-        counts[codes[i]] += 1
+    """Counts into ``_LANES`` rows of ``counts`` in turn: a column's codes come in runs of
+    one value (``-`` for every E, P and X record), and one counter bumped again and again
+    waits for its last store each time; four take turns (5.9 -> 2.0 ms for the 5 M class
+    codes of the bench log)."""
+    n = codes.size
+    head = n - n % _LANES
+    for i in range(0, head, _LANES):
+        for lane in range(_LANES):
+            counts[lane, codes[i + lane]] += 1
+    for i in range(head, n):
+        counts[0, codes[i]] += 1
 
 
 DISTINCT_SPAN = 1 << 24     # distinct_values marks values in a table up to this wide
