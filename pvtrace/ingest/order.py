@@ -70,12 +70,15 @@ def _gather(out, bases, chunk, local, luts, has_lut):
     ncols = out.shape[0]
     width = out.itemsize
     zero = out.dtype.type(0)
+    chunked = chunk.size > 0        # else every row is in the one chunk (see _ONE_CHUNK)
     for j in range(ncols):
         mapped = has_lut[j]
         for i in range(out.shape[1]):
-            v = _load(bases[j, chunk[i]] + local[i] * width, zero)
+            v = _load(bases[j, chunk[i] if chunked else 0] + local[i] * width, zero)
             out[j, i] = luts[j, v] if mapped else v
 
+
+_ONE_CHUNK = np.zeros(0, np.int64)     # the chunk of every row, when a group has one chunk
 
 FIRST_PART_DIVISOR = 8    # the first part has an eighth of the rows of the others
 
@@ -120,10 +123,10 @@ class _Group:
              buffer: np.ndarray | None = None) -> tuple[list[pa.Array], np.ndarray]:
         """The rows at (``chunk``, ``local``) of the group's columns, gathered into
         ``buffer`` when it is large enough; returns the arrays and the buffer used."""
-        size = len(self.names) * len(chunk)
+        size = len(self.names) * len(local)
         if buffer is None or buffer.size < size:
             buffer = np.empty(size, self.bits)
-        out = buffer[:size].reshape(len(self.names), len(chunk))
+        out = buffer[:size].reshape(len(self.names), len(local))
         _gather(out, self.bases, chunk, local, self.lut, self.has_lut)
         # Each row of ``out`` is one column, contiguous: Arrow takes it without a copy.
         arrays = []
@@ -288,8 +291,8 @@ def _parts(events: pl.DataFrame, rows: int, recycle: bool,
         located: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for j, group in enumerate(groups):
             where = located.get(id(group.bounds))
-            if where is None and len(group.bounds) == 2:      # one chunk
-                where = (np.zeros(len(idx), np.int64), idx)
+            if where is None and len(group.bounds) == 2:      # one chunk: no place to look up
+                where = (_ONE_CHUNK, idx)
             elif where is None:
                 where = (np.empty(len(idx), np.int64), np.empty(len(idx), np.int64))
                 _locate(idx, group.bounds, *where)

@@ -181,11 +181,15 @@ class EventStream:
         if self.gave_up is not None:
             return
         try:
-            events = events.with_columns(pl.lit(self.src, dtype=pl.UInt16).alias("src"))
             parts, _ = order.ordered_parts(
-                events, events.height if rows is None else len(rows), check=self.check,
-                small_first=False, order=rows)
+                events, events.height if rows is None else len(rows), small_first=False,
+                order=rows)
             for part in parts:
+                # the input's number, the same on every row: added, not gathered
+                part = part.append_column("src", pa.array(
+                    np.full(part.num_rows, self.src, np.uint16)))
+                if self.check is not None:
+                    self.check(part)
                 if self._writer is None:
                     self._writer = bundle.open_part_writer(self.path, "events", part)
                 bundle.write_part(self._writer, "events", part)
