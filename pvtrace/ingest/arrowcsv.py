@@ -184,16 +184,61 @@ def _read(source: pa.Buffer, lo: int, hi: int
 
 
 def _decoded(table: pa.Table) -> pa.Table:
-    """The piece's token fields dictionary-encoded (:mod:`.tokens`) and its addresses
-    decoded (:mod:`.hexfield`), here in the reading thread: both passes free the GIL."""
-    for name in (*TOKENS, *ADDRESSES):
-        i = table.schema.get_field_index(name)
-        convert, kind = ((tokens.encode, None) if name in TOKENS
-                         else (hexfield.decode_arrow, pa.uint64()))
-        table = table.set_column(i, name, pa.chunked_array(
-            [convert(c) for c in table.column(i).chunks],
-            kind or pa.dictionary(pa.int32(), pa.string())))
-    return table
+    """The piece's token fields dictionary-encoded (:mod:`.tokens`), its addresses decoded
+    (:mod:`.hexfield`), and an ``ok`` column: whether each record passes the checks of SPEC
+    section 1 (:func:`_check`), here in the reading thread: the passes free the GIL. The
+    checks were polars expressions, run in the thread that hands the pieces on."""
+    table = table.combine_chunks()      # one block per piece: one chunk per column
+    n = table.num_rows
+    arrays = {name: (table.column(name).chunk(0) if table.column(name).num_chunks
+                     else pa.array([], table.schema.field(name).type))
+              for name in RECORD_FIELDS}
+    values, valid = {}, {}
+    for name in ADDRESSES:
+        arrays[name], values[name], valid[name] = hexfield.decode_arrow_valid(arrays[name])
+    for name in TOKENS:
+        arrays[name] = tokens.encode(arrays[name])
+    ok = np.empty(n, np.bool_)
+    kinds = {name: np.array([_KINDS[name].get(v, _OTHER[name])
+                             for v in arrays[name].dictionary.to_pylist()] or [0], np.int8)
+             for name in TOKENS}
+    codes = {name: arrays[name].indices.to_numpy() for name in TOKENS}
+    _check(ok, *(arrays[name].to_numpy() for name in ("cpu", "tid", "ns")),
+           codes["ev"], kinds["ev"], codes["cls"], kinds["cls"], codes["mode"],
+           kinds["mode"], codes["op"], kinds["op"], values["lock"], valid["lock"], valid["pa"])
+    return pa.table({**{name: arrays[name] for name in RECORD_FIELDS}, "ok": ok})
+
+
+# What each token value is, for _check (pvtrace.ingest.pvlog._valid says the same with
+# polars expressions: the slow path's checks, and the polars reader's).
+_LOCK_EVENT, _PAGE_MOVE, _OTHER_EVENT = 1, 2, 3      # ev (0: no event of SPEC section 1)
+_DASH, _EMPTY = 1, 2                                 # cls and op (0: any other token)
+_LOCK_MODE, _PAGE_SIZE = 1, 2                        # mode (3: "-", 0: anything else)
+_KINDS = {
+    "ev": {"A": _LOCK_EVENT, "R": _LOCK_EVENT, "B": _LOCK_EVENT, "S": _LOCK_EVENT,
+           "P": _PAGE_MOVE, "E": _OTHER_EVENT, "X": _OTHER_EVENT},
+    "cls": {"-": _DASH, "": _EMPTY},
+    "mode": {"w": _LOCK_MODE, "r": _LOCK_MODE, "4k": _PAGE_SIZE, "2m": _PAGE_SIZE, "-": 3},
+    "op": {"": _EMPTY},
+}
+_OTHER = {"ev": 0, "cls": 0, "mode": 0, "op": 0}
+
+
+@njit(nogil=True, cache=True)
+def _check(ok, cpu, tid, ns, ev, ev_kind, cls, cls_kind, mode, mode_kind, op, op_kind,
+           lock, lock_valid, pa_valid):
+    """``ok[i]``: record ``i`` passes every check of SPEC section 1 (the ``*_kind`` arrays
+    say what each token's dictionary value is, see ``_KINDS``)."""
+    for i in range(ok.size):
+        kind = ev_kind[ev[i]]
+        is_lock = kind == _LOCK_EVENT
+        klass = cls_kind[cls[i]]
+        wanted = _LOCK_MODE if is_lock else (_PAGE_SIZE if kind == _PAGE_MOVE else 3)
+        ok[i] = (kind != 0 and cpu[i] >= 0 and tid[i] >= 0 and ns[i] >= 0
+                 and lock_valid[i] and pa_valid[i]
+                 and is_lock == (klass != _DASH) and klass != _EMPTY
+                 and is_lock == (lock[i] != 0)
+                 and mode_kind[mode[i]] == wanted and op_kind[op[i]] != _EMPTY)
 
 
 def _as_polars_reads(text: str) -> str:

@@ -161,9 +161,16 @@ def _chunk_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def decode_arrow(chunk: pa.Array) -> pa.Array:
     """One Arrow string-view, string or binary chunk decoded as :func:`decode` does."""
+    return decode_arrow_valid(chunk)[0]
+
+
+def decode_arrow_valid(chunk: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """:func:`decode_arrow`, and as numpy arrays its values (0 where not valid) and which
+    are valid."""
     values, ok = _chunk_values(chunk)
     mask = None if ok.all() else pa.py_buffer(np.packbits(ok, bitorder="little"))
-    return pa.Array.from_buffers(pa.uint64(), len(values), [mask, pa.py_buffer(values)])
+    return (pa.Array.from_buffers(pa.uint64(), len(values), [mask, pa.py_buffer(values)]),
+            values, ok)
 
 
 def decode(column: pl.Series) -> pl.Series:
