@@ -45,7 +45,7 @@ import pyarrow.csv as pcsv
 from numba import njit
 
 from pvtrace.ingest import hexfield, tokens
-from pvtrace.ingest.common import LINE_SEP, NO_LINES, RECORD_FIELDS
+from pvtrace.ingest.common import EVENTS, LINE_SEP, LOCK_EVENTS, NO_LINES, RECORD_FIELDS
 
 PIECE_BYTES = 16 << 20        # the most a piece holds (a big log streams piece by piece) ...
 MIN_PIECE_BYTES = 1 << 20     # ... and the least, unless the file is smaller
@@ -199,7 +199,7 @@ def _decoded(table: pa.Table) -> pa.Table:
     for name in TOKENS:
         arrays[name] = tokens.encode(arrays[name])
     ok = np.empty(n, np.bool_)
-    kinds = {name: np.array([_KINDS[name].get(v, _OTHER[name])
+    kinds = {name: np.array([_KINDS[name].get(v, 0)
                              for v in arrays[name].dictionary.to_pylist()] or [0], np.int8)
              for name in TOKENS}
     codes = {name: arrays[name].indices.to_numpy() for name in TOKENS}
@@ -213,15 +213,16 @@ def _decoded(table: pa.Table) -> pa.Table:
 # polars expressions: the slow path's checks, and the polars reader's).
 _LOCK_EVENT, _PAGE_MOVE, _OTHER_EVENT = 1, 2, 3      # ev (0: no event of SPEC section 1)
 _DASH, _EMPTY = 1, 2                                 # cls and op (0: any other token)
-_LOCK_MODE, _PAGE_SIZE = 1, 2                        # mode (3: "-", 0: anything else)
+_LOCK_MODE, _PAGE_SIZE, _NO_MODE = 1, 2, 3          # mode (0: anything else)
+# Any value not listed is 0: no event, or any other token.
 _KINDS = {
-    "ev": {"A": _LOCK_EVENT, "R": _LOCK_EVENT, "B": _LOCK_EVENT, "S": _LOCK_EVENT,
-           "P": _PAGE_MOVE, "E": _OTHER_EVENT, "X": _OTHER_EVENT},
+    "ev": {ev: (_LOCK_EVENT if ev in LOCK_EVENTS else _PAGE_MOVE if ev == "P"
+                else _OTHER_EVENT) for ev in EVENTS},
     "cls": {"-": _DASH, "": _EMPTY},
-    "mode": {"w": _LOCK_MODE, "r": _LOCK_MODE, "4k": _PAGE_SIZE, "2m": _PAGE_SIZE, "-": 3},
+    "mode": {"w": _LOCK_MODE, "r": _LOCK_MODE, "4k": _PAGE_SIZE, "2m": _PAGE_SIZE,
+             "-": _NO_MODE},
     "op": {"": _EMPTY},
 }
-_OTHER = {"ev": 0, "cls": 0, "mode": 0, "op": 0}
 
 
 @njit(nogil=True, cache=True)
@@ -233,7 +234,7 @@ def _check(ok, cpu, tid, ns, ev, ev_kind, cls, cls_kind, mode, mode_kind, op, op
         kind = ev_kind[ev[i]]
         is_lock = kind == _LOCK_EVENT
         klass = cls_kind[cls[i]]
-        wanted = _LOCK_MODE if is_lock else (_PAGE_SIZE if kind == _PAGE_MOVE else 3)
+        wanted = _LOCK_MODE if is_lock else (_PAGE_SIZE if kind == _PAGE_MOVE else _NO_MODE)
         ok[i] = (kind != 0 and cpu[i] >= 0 and tid[i] >= 0 and ns[i] >= 0
                  and lock_valid[i] and pa_valid[i]
                  and is_lock == (klass != _DASH) and klass != _EMPTY

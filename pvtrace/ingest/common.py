@@ -20,6 +20,10 @@ from pvtrace.errors import printable
 
 # The ten fields of an event-log record (SPEC section 1), in their order on a line.
 RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "op")
+# The event letters of SPEC section 1, and those of lock events (which name a class, a lock
+# and a mode w or r); P records name a page size, the others "-".
+EVENTS = ("A", "R", "B", "S", "P", "E", "X")
+LOCK_EVENTS = ("A", "R", "B", "S")
 # The separator of the event-log parser's one-column line reader: the unit separator byte,
 # which no log holds (pvtrace.ingest.pvlog._lines; arrowcsv reads skipped lines alike).
 LINE_SEP = "\x1f"

@@ -49,8 +49,8 @@ import pyarrow as pa
 from pvtrace import progress
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import arrowcsv, hexfield
-from pvtrace.ingest.common import (LINE_SEP, NO_LINES, RECORD_FIELDS, Format, Parsed,
-                                   Problem, ProblemKind)
+from pvtrace.ingest.common import (EVENTS, LINE_SEP, LOCK_EVENTS, NO_LINES, RECORD_FIELDS,
+                                   Format, Parsed, Problem, ProblemKind)
 
 if TYPE_CHECKING:
     from pvtrace.ingest.stream import EventStream
@@ -61,8 +61,6 @@ BATCH_ROWS = 1_000_000               # ... of this many lines: text is never all
 MAX_PROBLEMS = 1000                  # Problem objects kept per kind; totals go to meta
 FEW_REFUSED = 64                     # up to this many refused lines in a batch are cut out
 
-EVENTS = ("A", "R", "B", "S", "P", "E", "X")
-LOCK_EVENTS = ("A", "R", "B", "S")
 
 _HEADER_RE = r"^#\s*pvtrace-log\s+v(\d+)(?:\.\d+)?\s*$"
 _LOOSE_HEADER = re.compile(r"^#\s*pvtrace-log(?![\w-])", re.IGNORECASE)
