@@ -292,6 +292,13 @@ def _sparse(pos: np.ndarray, arr) -> tuple[np.ndarray, np.ndarray]:
         # ingest refuses a negative wait; a damaged table's would shorten waits silently
         raise PvtraceError(f"events column ns holds a negative wait ({int(values.min()):,} "
                            "ns): not a table pvtrace ingest wrote")
+    # Every total of recorded waits the replay reports (an acquisition's B and S, a class's,
+    # the capture's) is a part of this sum: below 2^62 none of them wraps around in int64.
+    # (A float sum: its rounding is far below the margin to 2^63.)
+    if float(np.sum(values, dtype=np.float64)) > MAX_SPAN_NS:
+        total = sum(values.tolist())        # exact, to say
+        raise PvtraceError(f"the events' recorded waits (ns) add up to {total:,} ns, more "
+                           f"than {MAX_SPAN_NS:,} ns (146 years): a corrupt ns field?")
     order = np.argsort(at, kind="stable")
     return at[order], values[order]
 

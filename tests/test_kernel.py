@@ -20,14 +20,16 @@ from pvtrace.replay.run import _design_keys, make_params
 PV = 0xFFFFF80001000000
 
 
-def _events(rows: list[tuple[int, int, str, int]]) -> pl.DataFrame:
-    """(ts, tid, ev, lock) rows of write acquisitions/releases of the pmap class."""
+def _events(rows: list[tuple[int, ...]]) -> pl.DataFrame:
+    """(ts, tid, ev, lock[, ns]) rows of write acquisitions/releases (and waits) of the pmap
+    class."""
     n = len(rows)
     return pl.DataFrame(
         {
             "ts": [r[0] for r in rows], "cpu": [0] * n, "tid": [r[1] for r in rows],
             "ev": [r[2] for r in rows], "cls": ["pmap"] * n, "lock": [r[3] for r in rows],
-            "mode": ["w"] * n, "ns": [0] * n, "pa": [0] * n, "op": ["pmap_enter"] * n,
+            "mode": ["w"] * n, "ns": [r[4] if len(r) > 4 else 0 for r in rows],
+            "pa": [0] * n, "op": ["pmap_enter"] * n,
         },
         schema_overrides={"ts": pl.UInt64, "lock": pl.UInt64, "pa": pl.UInt64, "ns": pl.Int64},
     ).sort("ts", maintain_order=True)
@@ -87,6 +89,25 @@ def test_replay_refuses_a_timestamp_span_that_would_wrap(ts):
 
     events = _events([(0, 101, "A", PV), (10, 101, "R", PV), (ts, 102, "A", PV)])
     with pytest.raises(PvtraceError, match=f"timestamps span {ts:,} ns .*corrupt ts"):
+        replay_events(events, captured_layout="superpage", model="stock")
+
+
+@pytest.mark.parametrize("waits", [
+    [(101, "B", 2**63 - 1), (101, "S", 2**63 - 1)],  # one acquisition's: -2 once wrapped
+    [(101 + k, "B", 2**60 - 1) for k in range(9)],   # nine threads': the total wrapped
+])
+def test_replay_refuses_recorded_waits_whose_sum_would_wrap(waits):
+    # Each ns fits an int64; the replay reported negative waits, with exit status 0.
+    from pvtrace.replay.run import replay_events
+
+    tids = sorted({tid for tid, _, _ in waits})
+    events = _events([(1000, tid, ev, PV, ns) for tid, ev, ns in waits]
+                     + [(1000, tid, "A", PV) for tid in tids]
+                     + [(2000 + k, tid, "R", PV) for k, tid in enumerate(tids)])
+    total = sum(ns for _, _, ns in waits)
+    with pytest.raises(PvtraceError, match=f"recorded waits .ns. add up to {total:,} ns, more "
+                                           r"than 4,611,686,018,427,387,903 ns .146 years.: a "
+                                           "corrupt ns field"):
         replay_events(events, captured_layout="superpage", model="stock")
 
 

@@ -325,6 +325,9 @@ def run_design(tl: Timeline, design: Design, params: ReplayParams,
     wait, hold, klass, sib, t_end, forced, _ = run_kernel(
         steps.rec, steps.thread_first, steps.thread_end, steps.thread_start, max(nkeys, 1),
         turnstile, design.shared_turnstiles, nacq, params.spin_limit_ns, params.wakeup_ns)
+    # No wait total of the report (per class, operation, thread) wraps around in int64: the
+    # kernel keeps every replayed time below time_limit(nthreads), a thread's waits come one
+    # after another within that, and nthreads * time_limit(nthreads) < 2^62.
     # Keep what the reports need; the step records are most of the memory.
     return DesignRun(design, params, Acquisitions.of(steps), nkeys, wait, hold, klass, sib,
                      t_end, int(forced), unknown)
