@@ -123,6 +123,11 @@ def _rewrite_timeline(bundle: Path, change) -> None:
         w.write_table(table)
 
 
+def _column(bundle: Path, table: str, column: str) -> np.ndarray:
+    path = bundle / cache.CACHE_DIR / f"{table}.arrow"
+    return ipc.open_file(pa.py_buffer(path.read_bytes())).read_all().column(column).to_numpy()
+
+
 def _poke(bundle: Path, table: str, column: str, rows: slice, value: int) -> None:
     """Overwrite ``rows`` of ``column`` in the cache file in place (the file's structure,
     schema and key stay intact: only values change, as a disk error or a hand edit would)."""
@@ -141,7 +146,8 @@ def _poke(bundle: Path, table: str, column: str, rows: slice, value: int) -> Non
                                     "other events", "not arrow", "thread index out of range",
                                     "partner out of range", "lock out of range",
                                     "values zeroed", "wait index out of range",
-                                    "counts of an older version"])
+                                    "counts of an older version", "values swapped",
+                                    "waits swapped", "a fifo"])
 def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> None:
     cold, _ = _replay(bundle)
     where = bundle / cache.CACHE_DIR
@@ -178,6 +184,17 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(bundle: Path, damage: str) -> Non
         _poke(bundle, "timeline", "lock", slice(5, 6), 2 * 10**9)
     elif damage == "values zeroed":     # in range, but not what was written
         _poke(bundle, "timeline", "ev", slice(100, 200), 0)
+    elif damage in ("values swapped", "waits swapped"):
+        # the least, the greatest and the sum stay as they were
+        table, column = (("timeline", "ev") if damage == "values swapped"
+                         else ("timeline_waits", "waited_ns"))
+        values = _column(bundle, table, column)
+        i = int(np.flatnonzero(values != values[0])[0])     # the first value to differ
+        _poke(bundle, table, column, slice(0, 1), int(values[i]))
+        _poke(bundle, table, column, slice(i, i + 1), int(values[0]))
+    elif damage == "a fifo":            # opening it waited for a writer forever
+        (where / "timeline_waits.arrow").unlink()
+        os.mkfifo(where / "timeline_waits.arrow")
     else:
         _poke(bundle, "timeline_waits", "waited_idx", slice(0, 1), 2 * 10**9)
     again, how = _replay(bundle)
@@ -287,7 +304,7 @@ def _npy_data(path: Path) -> tuple[bytearray, np.ndarray]:
                                     "array missing", "arrays gone from json",
                                     "turnstile gone from json", "other code",
                                     "key out of range", "run reversed",
-                                    "pv index out of range"])
+                                    "pv index out of range", "values swapped", "a fifo"])
 def test_damaged_or_stale_keys_are_computed_again(bundle: Path, key_work: list[str],
                                                   damage: str) -> None:
     cold, _ = _replay(bundle)
@@ -300,6 +317,17 @@ def test_damaged_or_stale_keys_are_computed_again(bundle: Path, key_work: list[s
         data, values = _npy_data(lo)
         values[:10] = values[10]
         lo.write_bytes(bytes(data))
+    elif damage == "values swapped":
+        # Two records trade keys (each run whole: the range checks pass); each array's
+        # least, greatest and sum stay as they were.
+        i = int(np.flatnonzero(np.load(lo) != np.load(lo)[0])[0])
+        for path in (lo, lo.with_name(lo.name.replace(".lo.", ".hi."))):
+            data, values = _npy_data(path)
+            values[[0, i]] = values[[i, 0]]
+            path.write_bytes(bytes(data))
+    elif damage == "a fifo":
+        lo.unlink()
+        os.mkfifo(lo)
     elif damage == "truncated":
         lo.write_bytes(lo.read_bytes()[:200])
     elif damage == "emptied":           # a crash right after the file was created
