@@ -9,7 +9,6 @@ Nothing in the package imports :mod:`pvtrace.cli`.
 """
 
 import os
-import tempfile
 
 __version__ = "0.1.0"
 
@@ -30,6 +29,8 @@ def _numba_cache_dir() -> str | None:
         cache = os.path.dirname(cache)      # numba creates what is missing below
     if os.access(cache, os.W_OK):
         return None
+    import tempfile     # not at the top: the console script handles Ctrl-C once this is loaded
+
     return os.path.join(tempfile.gettempdir(), f"pvtrace-numba-{os.getuid()}")
 
 

@@ -357,6 +357,77 @@ def test_signals_wait_for_cleanup_to_finish() -> None:
     assert seen == ["block finished", "handled"]
 
 
+_STOP_WHILE_LOADING = """
+import os, signal, sys
+stop = getattr(signal, sys.argv[1])
+class Stop:             # the signal arrives while the CLI's modules load
+    def find_spec(self, name, path, target=None):
+        if name == "pvtrace.cli":
+            os.kill(os.getpid(), stop)
+sys.meta_path.insert(0, Stop())
+sys.argv[1:] = ["ingest", "capture.log", "-o", "b"]
+from pvtrace.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signame, status, said", [("SIGINT", 130, "interrupted"),
+                                                   ("SIGTERM", 143, "terminated")])
+def test_a_signal_while_the_cli_loads_is_one_line(tmp_path: Path, signame: str, status: int,
+                                                  said: str) -> None:
+    # Ctrl-C in the first tenth of a second printed the traceback of an import.
+    proc = subprocess.run([sys.executable, "-c", _STOP_WHILE_LOADING, signame],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (status, "", f"pvtrace: {said}\n")
+
+
+def test_a_signal_inside_llvmlite_is_raised_once_out_of_it(monkeypatch) -> None:
+    # Raised inside llvmlite's object-cache callback (numba loading compiled code), the
+    # KeyboardInterrupt was printed as "Exception ignored" and lost: the ingest went on, or
+    # died of a segmentation fault.
+    import signal
+    import time
+    import types
+
+    from pvtrace import signals
+
+    monkeypatch.setattr(signals, "received", [])
+    in_llvmlite = types.SimpleNamespace(f_globals={"__name__": "llvmlite.binding.ffi"})
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        signals.on_signal(signal.SIGINT, in_llvmlite)     # returns: not raised in there
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(5)                                # raised here, a moment later
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert signals.received == [signal.SIGINT]
+
+
+def test_an_interrupt_that_polars_turned_into_a_panic_is_one_line(monkeypatch, capsys) -> None:
+    # Ctrl-C while polars ran Python code (pl.from_arrow) came out as a pyo3 PanicException
+    # with 240 lines of traceback.
+    import signal
+
+    import pvtrace.cli as cli
+    from pvtrace import signals
+
+    class PanicException(BaseException):
+        pass
+
+    def panics(**kw):
+        raise PanicException("called `Result::unwrap()` on an `Err` value: KeyboardInterrupt")
+
+    monkeypatch.setattr(cli, "app", panics)
+    monkeypatch.setattr(signals, "received", [signal.SIGINT])
+    with pytest.raises(SystemExit) as stop:
+        cli.run()
+    assert stop.value.code == 130 and capsys.readouterr().err == "pvtrace: interrupted\n"
+    monkeypatch.setattr(signals, "received", [])    # a panic of its own is not hidden
+    with pytest.raises(PanicException):
+        cli.run()
+
+
 def test_the_script_skips_interpreter_teardown_but_no_output(tmp_path: Path) -> None:
     # pvtrace.cli.main ends the process without Python's teardown (os._exit): stdout must
     # still be whole when it is a pipe, a few MB of it.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import io
 import os
-import signal
 import sys
 import threading
 from typing import NoReturn
@@ -22,6 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
 
+from pvtrace import signals  # noqa: E402
 from pvtrace.errors import PvtraceError  # noqa: E402
 
 app = typer.Typer(
@@ -46,28 +46,6 @@ from pvtrace.cli import ingest as _ingest  # noqa: E402,F401
 from pvtrace.cli import replay as _replay  # noqa: E402,F401
 from pvtrace.cli import dscript as _dscript  # noqa: E402,F401
 from pvtrace.cli import synth as _synth  # noqa: E402,F401
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout(1), a batch scheduler), raised in the main thread like Ctrl-C so
-    that the same cleanup runs: no scratch copy of a capture, no half-written bundle left."""
-
-
-_terminated = False
-
-
-def _on_sigterm(signum, frame) -> None:
-    global _terminated
-    _terminated = True      # typer turns the interrupt into exit status 130: say which it was
-    raise _Terminated()
-
-
-def _interrupted() -> None:
-    if _terminated:
-        print("pvtrace: terminated", file=sys.stderr)
-        sys.exit(143)
-    print("pvtrace: interrupted", file=sys.stderr)
-    sys.exit(130)
 
 
 class _ReaderGone(Exception):
@@ -127,14 +105,13 @@ def _whole_stdout() -> None:
 
 
 def _python_sigint() -> None:
-    """Give SIGINT back to Python. Importing polars installs its own handler with
-    SA_RESTART (pola-rs/polars#21739): a read from a stalled pipe or FIFO (``pvtrace ingest
-    <(ssh box cat capture.log)``) was restarted after Ctrl-C and never raised
-    KeyboardInterrupt, and only SIGKILL ended the command."""
+    """Give SIGINT back to Python (:func:`pvtrace.signals.install`). Importing polars
+    installs its own handler with SA_RESTART (pola-rs/polars#21739): a read from a stalled
+    pipe or FIFO (``pvtrace ingest <(ssh box cat capture.log)``) was restarted after Ctrl-C
+    and never raised KeyboardInterrupt, and only SIGKILL ended the command."""
     import polars  # noqa: F401
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signals.install()
 
 
 def main() -> NoReturn:
@@ -184,14 +161,14 @@ def _end(status: int | str | None) -> NoReturn:
 def run() -> None:
     """The command line in this process (``sys.argv``); ends with ``SystemExit`` unless the
     command succeeds (what :func:`main`, the console script, ends the process with)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signals.install()
     try:
         _python_sigint()
         _whole_stdout()
         # Without standalone mode, an Exit raised by a command comes back as a return value.
         status = app(standalone_mode=False)
         if status == 130:       # typer's answer to a KeyboardInterrupt in a command
-            _interrupted()
+            signals.exit_stopped()
         if isinstance(status, int) and status:
             sys.exit(status)
         sys.stdout.flush()      # a full disk or a closed pipe shows here, not at exit
@@ -204,12 +181,13 @@ def run() -> None:
         print("pvtrace: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:       # outside a command (while the CLI starts)
-        _interrupted()
+        signals.exit_stopped()
     except SystemError as exc:
         # The interrupt landed inside numba's dispatcher, which reports it as "returned a
         # result with an exception set": still the user's signal, not a crash.
-        if _terminated or isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            _interrupted()
+        if signals.received or isinstance(exc.__cause__ or exc.__context__,
+                                          KeyboardInterrupt):
+            signals.exit_stopped()
         raise
     except MemoryError:
         print("pvtrace: out of memory: an ingest needs about 25 bytes per record and a replay "
@@ -234,3 +212,9 @@ def run() -> None:
         print(f"pvtrace: {exc.strerror or exc}", file=sys.stderr)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(2)
+    except BaseException as exc:
+        # Ctrl-C while polars ran Python code for pvtrace (pl.from_arrow): polars turns the
+        # KeyboardInterrupt into a pyo3 PanicException, which printed 240 lines of traceback.
+        if signals.received and type(exc).__name__ == "PanicException":
+            signals.exit_stopped()
+        raise
