@@ -1,13 +1,13 @@
 """The event log's first reader: pyarrow's CSV reader, over pieces of the file read in parallel.
 
-pyarrow's reader types this log faster than polars' (about 0.95 s against 1.45 s for the
-5 M-line bench log on two cores): it reads the four numbers as numbers and the other six
-fields as bytes, which compiled passes turn into dictionaries (the tokens, :mod:`.tokens`)
-and numbers (the addresses, :mod:`.hexfield`) in the reading thread. It is also stricter, which
-is what makes it safe to try first: a field it cannot type (``+5``, ``1e3``, a 65-bit
-number, invalid UTF-8 in a token) fails the whole read instead of becoming a null, and then
-:mod:`.pvlog`'s polars reader reads the file, which types what it can and leaves the rest
-to the slow path. A line with other than 10 fields (a ``#`` or ``dtrace:`` line, a damaged
+pyarrow's reader types this log faster than polars' (:func:`.pvlog.parse` of the 5 M-line
+bench log on two cores: 0.54-0.57 s against 0.83-0.88 s): it reads the four numbers as
+numbers and the other six fields as bytes, which compiled passes turn into dictionaries (the
+tokens, :mod:`.tokens`) and numbers (the addresses, :mod:`.hexfield`) in the reading thread.
+It is also stricter, which is what makes it safe to try first: a field it cannot type
+(``+5``, ``1e3``, a 65-bit number, invalid UTF-8 in a token) fails the whole read instead of
+becoming a null, and then :mod:`.pvlog`'s polars reader reads the file, which types what it
+can and leaves the rest to the slow path. A line with other than 10 fields (a ``#`` or ``dtrace:`` line, a damaged
 record) is skipped and numbered, and the slow path reads it.
 
 Line numbers. Every record keeps its line number (SPEC's tie order, and the error messages
