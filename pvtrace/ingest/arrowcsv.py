@@ -7,8 +7,8 @@ tokens, :mod:`.tokens`) and numbers (the addresses, :mod:`.hexfield`) in the rea
 It is also stricter, which is what makes it safe to try first: a field it cannot type
 (``+5``, ``1e3``, a 65-bit number, invalid UTF-8 in a token) fails the whole read instead of
 becoming a null, and then :mod:`.pvlog`'s polars reader reads the file, which types what it
-can and leaves the rest to the slow path. A line with other than 10 fields (a ``#`` or ``dtrace:`` line, a damaged
-record) is skipped and numbered, and the slow path reads it.
+can and leaves the rest to the slow path. A line with other than 10 fields (a ``#`` or
+``dtrace:`` line, a damaged record) is skipped and numbered, and the slow path reads it.
 
 Line numbers. Every record keeps its line number (SPEC's tie order, and the error messages
 that name a line). A multi-threaded pyarrow reader cannot number the lines it skips, so the
