@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# held() notes SIGALRM too: it raises a signal that arrived inside llvmlite (on_signal)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
 RETRY_S = 0.02      # how soon a signal that arrived inside llvmlite is raised again
 
 
@@ -70,7 +71,8 @@ def exit_stopped() -> NoReturn:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Run the block with SIGINT and SIGTERM noted, not acted on; then act on them."""
+    """Run the block with SIGINT and SIGTERM (and SIGALRM) noted, not acted on; then act on
+    them."""
     if threading.current_thread() is not threading.main_thread():
         yield       # handlers run in the main thread only, and can be set only there
         return
