@@ -358,7 +358,7 @@ def main() -> None:
                            ("compare", [*designs, "--jobs", "2"])):
             # A bundle's first replay builds the timeline and writes its cache; later ones
             # map the cache (pvtrace.replay.cache). Both, the faster of two runs each (the
-            # machine's load varies); RSS of the big one.
+            # machine's load varies; both big runs are printed); RSS of the big one.
             for first in (True, False):
                 def run(bundle: Path):
                     if first:
@@ -373,8 +373,9 @@ def main() -> None:
                 steps_per_record = nsteps / events.height
                 print(f"{' '.join([cmd, *extra[2:]])}, "
                       f"{'first (builds the timeline cache)' if first else 'again (maps it)'}: "
-                      f"{tb:.2f} s for {events.height:,} records "
-                      f"({ts_:.2f} s for {n_small:,}); marginal {marginal / 1e6:.2f} M records/s"
+                      f"{tb:.2f} s for {events.height:,} records (runs "
+                      f"{' and '.join(f'{r[0]:.2f}' for r in runs)} s; {ts_:.2f} s for "
+                      f"{n_small:,}); marginal {marginal / 1e6:.2f} M records/s"
                       f" = {marginal * steps_per_record * ndesign / py_rate:.0f}x plain Python "
                       f"per step; CPU user {fastest[3]:.2f} s, system {fastest[4]:.2f} s; "
                       f"peak RSS {rss / 1024:.0f} MiB = {rss * 1024 / arrow_bytes:.2f}x Arrow "
