@@ -274,6 +274,27 @@ def test_a_span_no_replay_can_hold_is_named_at_ingest(tmp_path):
     assert ingest(tmp_path, SPEC_LOG, force=True)[0].warnings == []
 
 
+def test_a_nonzero_ns_outside_b_and_s_is_named_at_ingest(tmp_path):
+    """The log format has ns 0 on A, R, P, E and X records; a producer that puts a number
+    there had it accepted without a word (the replay ignores it)."""
+    text = (SPEC_LOG.replace("1000 0 101 A pv 0xfffff80001000040 w 0 ",
+                             "1000 0 101 A pv 0xfffff80001000040 w 9000 ")
+            .replace("11000 0 101 R pv 0xfffff80001000040 w 0 ",
+                     "11000 0 101 R pv 0xfffff80001000040 w 7000 "))
+    result, out, meta = ingest(tmp_path, text)
+    warning = (f"2 records other than B and S have a nonzero ns (the first in time at "
+               f"{tmp_path / 'in0.log'}:5), where the log format has 0: kept as read, not "
+               "used by the replay")
+    assert result.warnings == [warning] and meta["warnings"] == [warning]
+    assert [r[7] for r in bundle_events(out)] == [0, 9000, 7000, 9000, 0, 0]
+    one = ingest(tmp_path, SPEC_LOG.replace("1000 0 101 E - 0 - 0 ", "1000 0 101 E - 0 - 3 "),
+                 force=True)[0]
+    assert one.warnings == [f"a record other than B and S has a nonzero ns (the first in time "
+                            f"at {tmp_path / 'in0.log'}:4), where the log format has 0: kept "
+                            "as read, not used by the replay"]
+    assert ingest(tmp_path, SPEC_LOG, force=True)[0].warnings == []
+
+
 def test_corrupt_gzip_is_an_error(tmp_path):
     data = bytearray(gzip.compress(SPEC_LOG.encode() * 50))
     data[30:60] = b"\xff" * 30
