@@ -52,7 +52,8 @@ import pvtrace
 from pvtrace import bundle, progress, signals
 from pvtrace.errors import PvtraceError
 from pvtrace.ingest import detect, layout as layouts, order
-from pvtrace.ingest.common import RECORD_FIELDS, Format, Parsed, Problem, ProblemKind
+from pvtrace.ingest.common import (RECORD_FIELDS, WAIT_EVENTS, Format, Parsed, Problem,
+                                   ProblemKind)
 from pvtrace.ingest.source import open_source
 from pvtrace.ingest.stream import EventStream
 
@@ -605,7 +606,7 @@ def _stray_wait_warning(result: IngestResult, events: pl.DataFrame | None) -> li
     used by the replay, which takes waits from B and S alone (3 ms per 5 M records)."""
     if events is None or not events.height:
         return []
-    stray = (pl.col("ns") != 0) & ~pl.col("ev").is_in(["B", "S"])
+    stray = (pl.col("ns") != 0) & ~pl.col("ev").is_in(list(WAIT_EVENTS))
     count = events.select(stray.sum()).item()
     if not count:
         return []

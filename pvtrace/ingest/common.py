@@ -24,6 +24,7 @@ RECORD_FIELDS = ("ts", "cpu", "tid", "ev", "cls", "lock", "mode", "ns", "pa", "o
 # and a mode w or r); P records name a page size, the others "-".
 EVENTS = ("A", "R", "B", "S", "P", "E", "X")
 LOCK_EVENTS = ("A", "R", "B", "S")
+WAIT_EVENTS = ("B", "S")        # the records whose ns is a wait (0 on the others)
 # The separator of the event-log parser's one-column line reader: the unit separator byte,
 # which no log holds (pvtrace.ingest.pvlog._lines; arrowcsv reads skipped lines alike).
 LINE_SEP = "\x1f"
